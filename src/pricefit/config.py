@@ -1,0 +1,326 @@
+"""Typed configuration: one pydantic model per stage, and RunConfig that holds them all.
+
+Profiles are YAML files (deployments/profiles/*.yaml) that fill a RunConfig; command-line
+``--set key.sub=value`` overrides apply on top. Impossible combinations fail here, once, with a
+message that says what to change.
+
+Ownership: each stage's config class belongs to that stage's module; add fields there, with a
+description, a default that works on the 2-core CPU demo, and validation of impossible values.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import PricefitError
+
+# Reference product-pricer prompt, split into the part the model reads and the part it must write.
+DEFAULT_QUESTION = "How much does this cost to the nearest dollar?"
+DEFAULT_PROMPT_TEMPLATE = "How much does this cost to the nearest dollar?\n\n{text}\n\nPrice is $"
+DEFAULT_COMPLETION_TEMPLATE = "{price}.00"
+
+# details keys the reference product pricer dropped as noise
+DEFAULT_DROP_DETAIL_KEYS = [
+    "Batteries Included?",
+    "Batteries Required?",
+    "Batteries",
+    "Best Sellers Rank",
+    "Customer Reviews",
+    "Date First Available",
+    "Discontinued by manufacturer",
+    "Is Discontinued By Manufacturer",
+    "Item model number",
+    "Manufacturer recommended age",
+    "Manufacturer Part Number",
+    "Part Number",
+    "Product Dimensions",
+    "Item Weight",
+    "Model Number",
+    "Model Name",
+    "UPC",
+    "ASIN",
+]
+
+
+class _Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CurateConfig(_Stage):
+    """Curation rules (reference product pricer defaults)."""
+
+    min_price: float = Field(0.5, description="Drop items cheaper than this (USD).")
+    max_price: float = Field(999.49, description="Drop items dearer than this (USD).")
+    min_chars: int = Field(300, description="Drop items whose cleaned text is shorter than this.")
+    max_text_tokens: int = Field(160, description="Truncate the text to this many tokens of the tokenizer.")
+    tokenizer: str = Field(
+        "smollm2-135m",
+        description="Base model whose tokenizer measures the token budget (hub id, local dir, or built-in name).",
+    )
+    drop_detail_keys: list[str] = Field(default_factory=lambda: list(DEFAULT_DROP_DETAIL_KEYS))
+    part_number_min_len: int = Field(7, description="Remove words at least this long that contain a digit.")
+    balance: bool = Field(True, description="Balanced sampling over whole-dollar prices.")
+    balance_keep_all_above: float = Field(240.0, description="Keep every item priced above this.")
+    balance_cap_per_dollar: int = Field(1200, description="At most this many items per whole-dollar price.")
+    category_weights: dict[str, float] = Field(
+        default_factory=lambda: {"Automotive": 1.0}, description="Sampling weight per category."
+    )
+    default_category_weight: float = Field(5.0, description="Sampling weight of categories not listed.")
+    seed: int = Field(42, description="Seed for sampling and the split shuffle.")
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    max_items: int | None = Field(None, description="Keep at most this many items after balancing (None: all).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "CurateConfig":
+        if self.min_price >= self.max_price:
+            raise ValueError(f"min_price ({self.min_price}) must be below max_price ({self.max_price})")
+        if self.validation_fraction + self.test_fraction >= 1.0:
+            raise ValueError("validation_fraction + test_fraction must leave room for a train split (< 1.0)")
+        return self
+
+
+class TokenizeConfig(_Stage):
+    base_model: str = Field("smollm2-135m", description="Hub id, local directory, or built-in name.")
+    prompt_template: str = Field(DEFAULT_PROMPT_TEMPLATE, description="Prompt with a {text} slot.")
+    completion_template: str = Field(
+        DEFAULT_COMPLETION_TEMPLATE, description="The only part that carries loss; {price} is the rounded price."
+    )
+    max_length: int = Field(182, description="Sequence length cap in tokens (prompt + completion).")
+    batch_size: int = Field(1000, description="Rows per batch for the fast tokenizer.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TokenizeConfig":
+        if "{text}" not in self.prompt_template:
+            raise ValueError("prompt_template must contain the {text} placeholder")
+        if "{price}" not in self.completion_template:
+            raise ValueError("completion_template must contain the {price} placeholder")
+        return self
+
+
+Quantization = Literal["none", "8bit", "4bit"]
+
+
+class TrainConfig(_Stage):
+    base_model: str = Field("smollm2-135m", description="Hub id, local directory, or built-in name.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    quantization: Quantization = Field("4bit", description="none, 8bit or 4bit (bitsandbytes).")
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on CUDA, float32 on CPU (bitsandbytes bf16 is 25x slower on CPU)."
+    )
+    lora_r: int = Field(32, ge=1)
+    lora_alpha: int = Field(64, ge=1)
+    lora_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, description="Stop after this many optimizer steps (overrides epochs).")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.3
+    optimizer: Literal["adamw", "adamw_fused", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit"] = Field(
+        "adamw", description="paged/8-bit optimizers need CUDA."
+    )
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps.")
+    logging_steps: int = Field(1, ge=1)
+    merge: bool = Field(False, description="Also write a merged (base + adapter) model.")
+    max_train_items: int | None = None
+    mode: Literal["auto", "throughput", "memory"] = Field(
+        "auto", description="CUDA speed/memory trade-off; see docs/PERFORMANCE.md."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.quant_type == "fp4" and self.quantization != "4bit":
+            raise ValueError("quant_type fp4 only applies with quantization: 4bit")
+        return self
+
+
+class EvaluateConfig(_Stage):
+    split: Literal["test", "validation"] = "test"
+    max_items: int | None = Field(None, description="Score at most this many held-out items (None: all).")
+    batch_size: int = 16
+    max_new_tokens: int = 6
+    mode: Literal["greedy", "expected"] = Field(
+        "greedy", description="greedy: parse the generated string; expected: mean over price-token distribution."
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class FrontierConfig(_Stage):
+    enabled: bool = True
+    model: str = "gpt-4o"
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint (env OPENAI_BASE_URL).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the key.")
+    concurrency: int = Field(4, ge=1)
+    max_retries: int = Field(5, ge=0)
+    timeout_s: float = Field(60.0, gt=0)
+    max_items: int | None = None
+    input_cost_per_mtok: float = Field(2.50, description="USD per million input tokens (estimate).")
+    output_cost_per_mtok: float = Field(10.00, description="USD per million output tokens (estimate).")
+
+
+class BaselinesConfig(_Stage):
+    include: list[Literal["constant", "linear", "tfidf", "base_model", "frontier"]] = Field(
+        default_factory=lambda: ["constant", "linear", "tfidf", "base_model", "frontier"]
+    )
+    frontier: FrontierConfig = Field(default_factory=FrontierConfig)
+
+
+class PromoteConfig(_Stage):
+    metric: Literal["mae", "rmsle"] = "mae"
+    margin: float = Field(0.02, ge=0, description="Challenger must beat the champion by this relative margin.")
+
+
+class RunConfig(_Stage):
+    """Everything one retrain run needs."""
+
+    profile: str = Field("demo", description="Name of the profile this config came from.")
+    source: str = Field("demo:600", description="Listings source: demo[:N], file/glob, hf:Cat1,Cat2, csv:...")
+    workdir: str = Field(
+        default_factory=lambda: os.environ.get("PRICEFIT_WORKDIR", "runs"),
+        description="Root directory of artifacts and caches.",
+    )
+    curate: CurateConfig = Field(default_factory=CurateConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
+    promote: PromoteConfig = Field(default_factory=PromoteConfig)
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+def _parse_scalar(value: str) -> Any:
+    """Parse an override value the way YAML would ("1e-4" -> float, "true" -> bool, "[a,b]" -> list)."""
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if isinstance(parsed, str):
+        # YAML 1.1 reads "1e-4" as a string; a learning rate is a number
+        try:
+            return float(parsed)
+        except ValueError:
+            return parsed
+    return parsed
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a nested dict (copy)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides or []:
+        if "=" not in item:
+            raise PricefitError(f"override {item!r} is not key=value", hint="write e.g. --set train.lora_r=16")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise PricefitError(f"override {item!r}: {p!r} is not a section")
+        node[parts[-1]] = _parse_scalar(value)
+    return out
+
+
+def validate_model(cls: type[BaseModel], data: dict[str, Any], where: str) -> Any:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "(root)"
+            lines.append(f"  {loc}: {err['msg']}")
+        raise PricefitError(
+            f"invalid configuration in {where}:\n" + "\n".join(lines),
+            hint="fix the named keys in the profile or --set override",
+        ) from None
+
+
+def profiles_dir() -> Path:
+    env = os.environ.get("PRICEFIT_PROFILES")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "deployments" / "profiles"
+
+
+def list_profiles() -> list[str]:
+    d = profiles_dir()
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.exists() else []
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise PricefitError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise PricefitError(f"config file {p} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise PricefitError(f"config file {p} must hold a mapping at the top level")
+    return data
+
+
+def load_run_config(profile: str | None = None, config_file: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Profile (by name or path) + overrides -> validated RunConfig."""
+    data: dict[str, Any] = {}
+    where = "defaults"
+    if profile:
+        path = Path(profile)
+        if not path.suffix:
+            path = profiles_dir() / f"{profile}.yaml"
+        if not path.exists():
+            raise PricefitError(
+                f"profile {profile!r} not found at {path}",
+                hint=f"available profiles: {', '.join(list_profiles()) or '(none)'}",
+            )
+        data = load_yaml(path)
+        data.setdefault("profile", path.stem)
+        where = str(path)
+    if config_file:
+        data = load_yaml(config_file)
+        where = config_file
+    data = apply_overrides(data, overrides)
+    return validate_model(RunConfig, data, where)
+
+
+def load_stage_config(cls: type[BaseModel], config_file: str | None, section: str, overrides: list[str] | None = None) -> Any:
+    """A stage config from a YAML file (either the stage mapping itself or a RunConfig with ``section``)."""
+    data: dict[str, Any] = {}
+    where = "defaults"
+    if config_file:
+        raw = load_yaml(config_file)
+        data = raw.get(section, raw) if section in raw else raw
+        where = config_file
+    data = apply_overrides(data, overrides)
+    return validate_model(cls, data, where)
+
+
+def cache_home() -> Path:
+    """Where models and other caches live (PRICEFIT_HOME, default ~/.cache/pricefit)."""
+    return Path(os.environ.get("PRICEFIT_HOME", Path.home() / ".cache" / "pricefit"))
+
+
+def shared_data_dir() -> Path | None:
+    """../shared/data, from PRICEFIT_SHARED_DATA (set by .ci/run and the Makefile)."""
+    env = os.environ.get("PRICEFIT_SHARED_DATA")
+    return Path(env) if env else None
