@@ -1,0 +1,187 @@
+"""Baselines on the same held-out items as the fine-tuned model.
+
+``run_baselines(curated_dir, out_dir, cfg)`` fits/queries each baseline named in
+``cfg.include`` and writes, per baseline, ``<out_dir>/<name>/predictions.parquet`` (item_id,
+category, price, prediction, raw, parsed: the evaluation stage's layout) and
+``<out_dir>/<name>/metrics.json`` (:func:`pricefit.metrics.compute_metrics`), plus ``summary.json``
+and ``manifest.json``. A baseline that cannot run (the frontier model without an API key) is listed
+in the summary with a ``skipped: ...`` status and gets no directory.
+
+The held-out items are the first ``cfg.max_items`` rows of the curated ``cfg.split`` split, which
+is what the evaluation stage scores with the same split and max_items; :mod:`pricefit.compare`
+refuses to put side by side models scored on different items.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import ArtifactRef, atomic_dir, read_manifest, ref_for, sha256_file, write_json_atomic, write_manifest
+from ..config import BaselinesConfig
+from ..errors import PricefitError
+
+log = logging.getLogger("pricefit.baselines")
+
+ALL_BASELINES = ("constant", "linear", "tfidf", "base_model", "frontier")
+REQUIRED_COLUMNS = ("item_id", "category", "title", "text", "price")
+
+
+def _read_split(curated_dir: Path, split: str):
+    import polars as pl
+
+    path = curated_dir / f"{split}.parquet"
+    if not path.exists():
+        raise PricefitError(
+            f"{path} does not exist",
+            hint="point --data at the output directory of `pricefit curate` (it holds train/validation/test.parquet)",
+        )
+    df = pl.read_parquet(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise PricefitError(
+            f"{path} lacks column(s) {', '.join(missing)}",
+            hint="rerun `pricefit curate`: curated splits carry item_id, category, title, text, price",
+        )
+    return df
+
+
+def load_held_out(curated_dir: str | Path, split: str = "test", max_items: int | None = None):
+    """The held-out frame every model is scored on (first ``max_items`` rows of ``split``)."""
+    df = _read_split(Path(curated_dir), split)
+    if max_items is not None:
+        df = df.head(max_items)
+    if df.height == 0:
+        raise PricefitError(f"the {split} split of {curated_dir} is empty", hint="curate more items")
+    return df
+
+
+def _write_one(out: Path, name: str, test, preds: list[float | None], raws: list[str], info: dict[str, Any]) -> dict:
+    import polars as pl
+
+    from ..metrics import compute_metrics
+
+    d = out / name
+    d.mkdir(parents=True, exist_ok=True)
+    frame = pl.DataFrame(
+        {
+            "item_id": test["item_id"].cast(pl.Utf8),
+            "category": test["category"],
+            "price": test["price"].cast(pl.Float64),
+            "prediction": pl.Series("prediction", preds, dtype=pl.Float64),
+            "raw": pl.Series("raw", raws, dtype=pl.Utf8),
+            "parsed": pl.Series("parsed", [p is not None for p in preds], dtype=pl.Boolean),
+        }
+    )
+    frame.write_parquet(d / "predictions.parquet")
+    metrics = compute_metrics(test["price"].to_list(), preds, test["category"].to_list())
+    metrics["model"] = name
+    metrics["info"] = info
+    write_json_atomic(d / "metrics.json", metrics)
+    return metrics
+
+
+def run_baselines(
+    curated_dir: str | Path,
+    out_dir: str | Path,
+    cfg: BaselinesConfig | None = None,
+    *,
+    progress: bool = True,
+) -> ArtifactRef:
+    """Run every baseline in ``cfg.include`` on the held-out items; returns the ``baselines`` ref."""
+    from ..compare import item_set_sha256
+    from . import constant, frontier, linear, tfidf
+
+    cfg = cfg or BaselinesConfig()
+    curated = Path(curated_dir)
+    train = _read_split(curated, "train")
+    test = load_held_out(curated, cfg.split, cfg.max_items)
+    prices = [float(p) for p in train["price"].to_list()]
+    if not prices:
+        raise PricefitError(f"the train split of {curated} is empty", hint="curate more items")
+    price_range = (min(prices), max(prices))
+    n = test.height
+    summary: dict[str, Any] = {}
+
+    with atomic_dir(out_dir) as tmp:
+        for name in dict.fromkeys(cfg.include):  # keep order, drop repeats
+            t0 = time.perf_counter()
+            log.info("baseline %s on %d %s items", name, n, cfg.split)
+            raws: list[str]
+            extra: dict[str, Any] = {}
+            if name == "constant":
+                preds, info = constant.fit_predict(prices, n)
+            elif name == "linear":
+                preds, info = linear.fit_predict(train.to_dict(as_series=False), test.to_dict(as_series=False))
+            elif name == "tfidf":
+                preds, info = tfidf.fit_predict(train["text"].to_list(), prices, test["text"].to_list())
+            elif name == "base_model":
+                from . import base_model
+
+                preds, raws, info = base_model.predict(
+                    cfg.base_model, test["text"].to_list(), price_range=price_range, progress=progress
+                )
+            elif name == "frontier":
+                reason = frontier.skip_reason(cfg.frontier)
+                if reason:
+                    log.warning("frontier baseline %s", reason)
+                    summary[name] = {"status": reason}
+                    continue
+                texts = test["text"].to_list()
+                if cfg.frontier.max_items is not None and cfg.frontier.max_items < n:
+                    # the frontier model costs money per item: score a prefix, leave the rest unscored
+                    raise PricefitError(
+                        f"baselines.frontier.max_items ({cfg.frontier.max_items}) is below the {n} held-out items",
+                        hint="set baselines.max_items to the same value so every model sees the same items",
+                    )
+                run = frontier.price_texts(texts, cfg.frontier, price_range=price_range, progress=progress)
+                preds = [r.prediction for r in run.items]
+                raws = [r.raw for r in run.items]
+                info = {"model": cfg.frontier.model, "host": run.usage["host"], "prompt": frontier.messages_for("{text}")}
+                extra = {k: run.usage[k] for k in ("requests", "retries", "cached_items", "estimated_cost_usd")}
+                write_json_atomic(tmp / name / "usage.json", run.usage)
+            else:  # pragma: no cover - BaselinesConfig validates the names
+                raise PricefitError(f"unknown baseline {name!r}", hint=f"choose from {', '.join(ALL_BASELINES)}")
+            if name in ("constant", "linear", "tfidf"):
+                raws = [f"{p:.2f}" for p in preds]
+            m = _write_one(tmp, name, test, preds, raws, info)
+            summary[name] = {
+                "status": "ok",
+                "n": m["n"],
+                "n_unparsed": m["n_unparsed"],
+                "mae": m["mae"],
+                "rmsle": m["rmsle"],
+                "hit_rate": m["hit_rate"],
+                "seconds": round(time.perf_counter() - t0, 3),
+                **extra,
+            }
+            log.info("baseline %s: MAE $%.2f", name, m["mae"])
+
+        items_sha = item_set_sha256(test["item_id"].cast(str).to_list())
+        write_json_atomic(tmp / "summary.json", {"split": cfg.split, "n": n, "items_sha256": items_sha, "baselines": summary})
+        curated_manifest = curated / "manifest.json"
+        write_manifest(
+            tmp,
+            {
+                "kind": "baselines",
+                "schema_version": 1,
+                "curated": str(curated.resolve()),
+                "curated_sha256": sha256_file(curated_manifest) if curated_manifest.exists() else None,
+                "split": cfg.split,
+                "max_items": cfg.max_items,
+                "n": n,
+                "items_sha256": items_sha,
+                "config": cfg.model_dump(),
+                "status": {k: v["status"] for k, v in summary.items()},
+            },
+        )
+    return ref_for(out_dir, "baselines", rows=n)
+
+
+def read_summary(baselines_dir: str | Path) -> dict[str, Any]:
+    read_manifest(baselines_dir)  # a clear error when the directory is not a finished artifact
+    import json
+
+    return json.loads((Path(baselines_dir) / "summary.json").read_text())

@@ -1,0 +1,417 @@
+"""The frontier-model baseline: any OpenAI-compatible Chat Completions endpoint.
+
+Prompt (the reference product pricer, ``messages_for`` in its frontier notebook, checked against
+the course code): the system message ``"You estimate prices of items. Reply only with the price,
+no explanation"``, the user message ``"How much does this cost?\\n\\n{text}"`` (its training prompt
+without "to the nearest dollar" and without the trailing "Price is $"), and an assistant message
+``"Price is $"`` as a prefill; ``seed=42``, ``max_tokens=5``. The reply is read with
+:func:`pricefit.parsing.parse_price_output` (first number, clipped to a sane range), so a reply
+that a listing tries to steer ("ignore previous instructions... price is 0") is parsed like any
+other and clipped.
+
+Operational rules:
+- bounded concurrency (``asyncio.Semaphore(cfg.concurrency)`` around each request);
+- our own retries (the SDK's are switched off so they can be counted): 408/409/429/5xx, timeouts
+  and connection errors, exponential backoff with jitter, ``Retry-After`` honoured (capped at
+  ``cfg.backoff_max_s``); 401/403 stop the run at once with a hint;
+- a per-item cache on disk, ``cache_home()/frontier/<model>/<sha256>.json``, keyed by model, the
+  endpoint's host and the exact request (messages, max_tokens, seed); written atomically; only
+  well-formed replies are cached, so a rerun retries the malformed ones and costs nothing else;
+- the API key is never written anywhere: it is redacted from reply text, error messages, cached
+  files and (during the run) from the log records of openai/httpx;
+- malformed replies (body not JSON, no choices, no number) are counted as unparsed, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+from urllib.parse import urlsplit
+
+from ..artifacts import canonical_json, write_json_atomic
+from ..config import FrontierConfig, cache_home
+from ..errors import PricefitError
+from ..parsing import parse_price_output
+
+log = logging.getLogger("pricefit.baselines.frontier")
+
+SYSTEM_PROMPT = "You estimate prices of items. Reply only with the price, no explanation"
+USER_TEMPLATE = "How much does this cost?\n\n{text}"
+PREFILL = "Price is $"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+RETRYABLE_STATUS = {408, 409, 429}
+REDACTED = "[REDACTED]"
+# loggers that see requests; a record they emit is scrubbed of the key during a run
+_SCRUBBED_LOGGERS = ("openai", "httpx", "httpx2", "httpcore", "httpcore2", "pricefit")
+
+
+def messages_for(text: str) -> list[dict[str, str]]:
+    """The reference prompt for one item's text."""
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": USER_TEMPLATE.format(text=text)},
+        {"role": "assistant", "content": PREFILL},
+    ]
+
+
+def resolve_endpoint(cfg: FrontierConfig) -> tuple[str, str | None]:
+    """(base URL, API key or None) from the config, else the environment."""
+    base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    key = os.environ.get(cfg.api_key_env) or None
+    return base_url.rstrip("/"), key
+
+
+def endpoint_host(base_url: str) -> str:
+    """Host[:port] of the endpoint, without any user:password part (for cache keys and reports)."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or base_url
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+def skip_reason(cfg: FrontierConfig) -> str | None:
+    """Why the frontier baseline cannot run, or None when it can."""
+    if not cfg.enabled:
+        return "skipped: disabled in configuration (baselines.frontier.enabled)"
+    if not resolve_endpoint(cfg)[1]:
+        return f"skipped: no API key in {cfg.api_key_env}"
+    return None
+
+
+class Redactor:
+    """Replaces the API key (and anything Bearer-shaped that carries it) in text."""
+
+    def __init__(self, secret: str | None):
+        self.secret = secret or None
+
+    def __call__(self, text: Any) -> str:
+        s = "" if text is None else str(text)
+        if self.secret and self.secret in s:
+            s = s.replace(self.secret, REDACTED)
+        return s
+
+
+class _ScrubFilter(logging.Filter):
+    def __init__(self, redact: Redactor):
+        super().__init__()
+        self.redact = redact
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = self.redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
+
+
+@contextlib.contextmanager
+def _scrubbed_logs(redact: Redactor) -> Iterator[None]:
+    if not redact.secret:
+        yield
+        return
+    flt = _ScrubFilter(redact)
+    names = set(_SCRUBBED_LOGGERS) | {
+        n for n in logging.root.manager.loggerDict if n.split(".")[0] in {x.split(".")[0] for x in _SCRUBBED_LOGGERS}
+    }
+    loggers = [logging.getLogger(n) for n in sorted(names)]
+    handlers = list(logging.getLogger().handlers)
+    for obj in [*loggers, *handlers]:
+        obj.addFilter(flt)
+    try:
+        yield
+    finally:
+        for obj in [*loggers, *handlers]:
+            obj.removeFilter(flt)
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+
+def _safe_name(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model) or "model"
+
+
+def cache_dir_for(cfg: FrontierConfig, root: Path | None = None) -> Path:
+    return (root or cache_home() / "frontier") / _safe_name(cfg.model)
+
+
+def request_body(cfg: FrontierConfig, text: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": cfg.model, "messages": messages_for(text), "max_tokens": cfg.max_tokens}
+    if cfg.seed is not None:
+        body["seed"] = cfg.seed
+    return body
+
+
+def cache_key(cfg: FrontierConfig, host: str, text: str) -> str:
+    return hashlib.sha256(canonical_json({"host": host, **request_body(cfg, text)}).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class ItemResult:
+    prediction: float | None = None
+    raw: str = ""
+    status: str = "pending"  # ok | no_number | malformed | empty_choices | failed
+    cached: bool = False  # answered from the disk cache (no request sent)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+    @property
+    def parsed(self) -> bool:
+        return self.prediction is not None
+
+
+@dataclass
+class FrontierRun:
+    items: list[ItemResult]
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+def _retry_after_s(headers: Any) -> float | None:
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        with contextlib.suppress(ValueError):
+            return max(0.0, float(ms) / 1000)
+    val = headers.get("retry-after")
+    if not val:
+        return None
+    with contextlib.suppress(ValueError):
+        return max(0.0, float(val))
+    with contextlib.suppress(TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(val)
+        return max(0.0, when.timestamp() - time.time())
+    return None
+
+
+def _backoff_s(cfg: FrontierConfig, attempt: int, retry_after: float | None) -> float:
+    if retry_after is not None:
+        return min(retry_after, cfg.backoff_max_s)
+    ceiling = min(cfg.backoff_max_s, cfg.backoff_base_s * (2**attempt))
+    return random.uniform(ceiling / 2, ceiling)  # "equal jitter": spread clients apart, keep growth
+
+
+def _parse_body(text: str, redact: Redactor, price_range: tuple[float, float]) -> ItemResult:
+    try:
+        body = json.loads(text)
+    except (json.JSONDecodeError, ValueError):
+        return ItemResult(status="malformed", raw=redact(text[:200]), error="response body is not JSON")
+    if not isinstance(body, dict):
+        return ItemResult(status="malformed", raw=redact(text[:200]), error="response body is not a JSON object")
+    usage = body.get("usage") or {}
+    pt = int(usage.get("prompt_tokens") or 0) if isinstance(usage, dict) else 0
+    ct = int(usage.get("completion_tokens") or 0) if isinstance(usage, dict) else 0
+    choices = body.get("choices")
+    if not choices or not isinstance(choices, list):
+        return ItemResult(status="empty_choices", prompt_tokens=pt, completion_tokens=ct, error="no choices in reply")
+    msg = choices[0].get("message") if isinstance(choices[0], dict) else None
+    content = redact((msg or {}).get("content") if isinstance(msg, dict) else "")
+    pred = parse_price_output(content, *price_range)
+    return ItemResult(
+        prediction=pred,
+        raw=content,
+        status="ok" if pred is not None else "no_number",
+        prompt_tokens=pt,
+        completion_tokens=ct,
+    )
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.requests = 0
+        self.retries = 0
+        self.errors: dict[str, int] = {}
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+
+async def _price_one(
+    client: Any,
+    text: str,
+    cfg: FrontierConfig,
+    sem: asyncio.Semaphore,
+    stats: _Stats,
+    redact: Redactor,
+    price_range: tuple[float, float],
+    cache_file: Path | None,
+    host: str,
+) -> ItemResult:
+    import openai
+
+    if cache_file is not None and cache_file.exists():
+        try:
+            cached = json.loads(cache_file.read_text())
+            res = _parse_body(json.dumps(cached["response"]), redact, price_range)
+            res.cached = True
+            return res
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("ignoring unreadable cache file %s", cache_file.name)
+
+    body = request_body(cfg, text)
+    last_error = "no attempt made"
+    for attempt in range(cfg.max_retries + 1):
+        retry_after = None
+        async with sem:
+            stats.requests += 1
+            try:
+                raw = await client.chat.completions.with_raw_response.create(**body)
+                payload = raw.text
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+                raise PricefitError(
+                    f"the endpoint {host} rejected the API key (HTTP {e.status_code}): {redact(e.message)}",
+                    hint=f"check {cfg.api_key_env} and baselines.frontier.base_url / OPENAI_BASE_URL",
+                ) from None
+            except openai.APIStatusError as e:
+                code = e.status_code
+                last_error = f"HTTP {code}: {redact(e.message)}"
+                stats.error(f"http_{code}")
+                if code not in RETRYABLE_STATUS and code < 500:
+                    return ItemResult(status="failed", error=last_error)
+                retry_after = _retry_after_s(e.response.headers)
+            except openai.APITimeoutError:
+                last_error = f"timeout after {cfg.timeout_s} s"
+                stats.error("timeout")
+            except openai.APIConnectionError as e:
+                last_error = f"connection error: {redact(e.message)}"
+                stats.error("connection")
+            else:
+                res = _parse_body(payload, redact, price_range)
+                if cache_file is not None and res.status in ("ok", "no_number"):
+                    # the reply as received (key scrubbed), never the request headers
+                    write_json_atomic(
+                        cache_file,
+                        {"model": cfg.model, "host": host, "response": json.loads(redact(payload))},
+                    )
+                return res
+        if attempt < cfg.max_retries:
+            stats.retries += 1
+            await asyncio.sleep(_backoff_s(cfg, attempt, retry_after))
+    return ItemResult(status="failed", error=f"gave up after {cfg.max_retries + 1} attempts; last: {last_error}")
+
+
+async def aprice_texts(
+    texts: Sequence[str],
+    cfg: FrontierConfig,
+    price_range: tuple[float, float] = (0.0, 10_000.0),
+    cache_root: Path | None = None,
+    progress: bool = True,
+) -> FrontierRun:
+    """Price every text through the endpoint (async). Raises PricefitError when there is no key."""
+    import openai
+    from tqdm.auto import tqdm
+
+    base_url, key = resolve_endpoint(cfg)
+    if not key:
+        raise PricefitError(
+            f"no API key in {cfg.api_key_env}",
+            hint=f"export {cfg.api_key_env}=... (any value for a local OpenAI-compatible server)",
+        )
+    redact = Redactor(key)
+    host = endpoint_host(base_url)
+    cdir = cache_dir_for(cfg, cache_root) if cfg.cache else None
+    if cdir is not None:
+        cdir.mkdir(parents=True, exist_ok=True)
+    stats = _Stats()
+    sem = asyncio.Semaphore(cfg.concurrency)
+    started = time.perf_counter()
+    with _scrubbed_logs(redact):
+        client = openai.AsyncOpenAI(api_key=key, base_url=base_url, timeout=cfg.timeout_s, max_retries=0)
+        try:
+            bar = tqdm(total=len(texts), desc=f"frontier {cfg.model}", unit="item", file=sys.stderr, disable=not progress)
+
+            async def one(i: int, text: str) -> tuple[int, ItemResult]:
+                cf = cdir / f"{cache_key(cfg, host, text)}.json" if cdir is not None else None
+                res = await _price_one(client, text, cfg, sem, stats, redact, price_range, cf, host)
+                bar.update(1)
+                return i, res
+
+            tasks = [asyncio.ensure_future(one(i, t)) for i, t in enumerate(texts)]
+            try:
+                done = await asyncio.gather(*tasks)
+            except BaseException:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+            finally:
+                bar.close()
+        finally:
+            await client.close()
+    items = [r for _, r in sorted(done, key=lambda x: x[0])]
+    return FrontierRun(items=items, usage=_usage(cfg, host, items, stats, time.perf_counter() - started))
+
+
+def _usage(cfg: FrontierConfig, host: str, items: list[ItemResult], stats: _Stats, seconds: float) -> dict[str, Any]:
+    live = [r for r in items if not r.cached]
+    cached = [r for r in items if r.cached]
+    pt = sum(r.prompt_tokens for r in live)
+    ct = sum(r.completion_tokens for r in live)
+    statuses: dict[str, int] = {}
+    for r in items:
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+    return {
+        "status": "ok",
+        "model": cfg.model,
+        "host": host,
+        "items": len(items),
+        "requests": stats.requests,
+        "retries": stats.retries,
+        "errors": dict(sorted(stats.errors.items())),
+        "statuses": dict(sorted(statuses.items())),
+        "cached_items": len(cached),
+        "unparsed": sum(1 for r in items if not r.parsed),
+        "prompt_tokens": pt,
+        "completion_tokens": ct,
+        "estimated_cost_usd": round(pt / 1e6 * cfg.input_cost_per_mtok + ct / 1e6 * cfg.output_cost_per_mtok, 6),
+        "cached_prompt_tokens": sum(r.prompt_tokens for r in cached),
+        "cached_completion_tokens": sum(r.completion_tokens for r in cached),
+        "price_per_mtok": {"input": cfg.input_cost_per_mtok, "output": cfg.output_cost_per_mtok},
+        "seconds": round(seconds, 3),
+    }
+
+
+def price_texts(
+    texts: Sequence[str],
+    cfg: FrontierConfig,
+    price_range: tuple[float, float] = (0.0, 10_000.0),
+    cache_root: Path | None = None,
+    progress: bool = True,
+) -> FrontierRun:
+    """Synchronous wrapper of :func:`aprice_texts` (works inside a running event loop too)."""
+    coro_args = (texts, cfg, price_range, cache_root, progress)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(aprice_texts(*coro_args))
+    # called from async code (a notebook, an async flow): run on a private loop in a thread
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["run"] = asyncio.run(aprice_texts(*coro_args))
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    th = threading.Thread(target=target, name="pricefit-frontier")
+    th.start()
+    th.join()
+    if "error" in box:
+        raise box["error"]
+    return box["run"]
