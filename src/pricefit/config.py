@@ -75,6 +75,14 @@ class CurateConfig(_Stage):
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     max_items: int | None = Field(None, description="Keep at most this many items after balancing (None: all).")
+    csv_columns: dict[str, str | list[str]] | None = Field(
+        None,
+        description="CSV sources: item-metadata field -> CSV column(s), e.g. {title: name, price: cost} "
+        "(None: the built-in Amazon Products 2023 layout).",
+    )
+    csv_categories: str | None = Field(
+        None, description="CSV sources: id,category_name file for a category_id column (default: beside the CSV)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "CurateConfig":
