@@ -1,0 +1,558 @@
+"""Ingest listings into a raw artifact, then curate them into train/validation/test splits (polars).
+
+Rules (reference product-pricer recipe; every threshold is a :class:`~pricefit.config.CurateConfig` field),
+applied in this order; the first rule an item fails is its one drop reason:
+
+1. ``price_missing`` / ``price_unparseable``: see :mod:`pricefit.prices` (a range counts as unparseable,
+   a negative price as ``price_out_of_range``; raw ``price_issue`` keeps the precise parse reason);
+2. ``title_missing``: no title, or only whitespace;
+3. ``price_out_of_range``: price outside [min_price, max_price] ($0.50-$999.49);
+4. ``text_too_short``: the cleaned text (title + description + features + details) has fewer than
+   ``min_chars`` characters, before or after the token truncation (the reference measured before; the
+   curated contract requires it of the final text);
+5. ``duplicate``: same (title, text) as an earlier item, or same item_id (first one kept, input order);
+6. ``sampled_out``: balanced sampling over whole-dollar prices (see :func:`balance_mask`);
+7. ``over_max_items``: beyond ``max_items`` (a seeded random subset is kept).
+
+The text (:func:`text_expr`): each part is capped at ``max_text_tokens x 7`` characters before any
+regex runs (the reference's CEILING_CHARS: a 5 MB description costs nothing), details keys in
+``drop_detail_keys`` are removed, then the reference ``scrub``: runs of ``: [ ] " { } 【 】`` and
+whitespace become one space, ``" ,"``/``",,"`` collapse, and words of ``part_number_min_len``+ characters
+that contain a digit (part numbers) are removed. ``text = scrub(title) + "\\n" + scrub(contents)``,
+then cut to ``max_text_tokens`` tokens of the configured tokenizer (batched, fast tokenizer, cut at the
+character offset of the last kept token so the text stays exactly as written).
+
+Public: :func:`ingest`, :func:`curate`, :func:`prepare_items` (same rules, no dedupe/sampling: for scoring
+new listings), :func:`build_text` (one listing), :func:`read_splits`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import polars as pl
+
+from . import artifacts
+from .config import CurateConfig
+from .errors import PricefitError
+from .prices import DROP_REASON, parse_price
+
+log = logging.getLogger("pricefit.curation")
+
+SCHEMA_VERSION = 1
+CEILING_CHARS_PER_TOKEN = 7  # reference: CEILING_CHARS = MAX_TOKENS * 7
+UNKNOWN_CATEGORY = "Unknown"
+SPLITS = ("train", "validation", "test")
+DROP_REASONS = (
+    "price_missing",
+    "price_unparseable",
+    "title_missing",
+    "price_out_of_range",
+    "text_too_short",
+    "duplicate",
+    "sampled_out",
+    "over_max_items",
+)
+RAW_SCHEMA: dict[str, pl.DataType] = {
+    "item_id": pl.String,
+    "source_file": pl.String,
+    "source_line": pl.Int64,
+    "category": pl.String,
+    "title": pl.String,
+    "description": pl.String,
+    "features": pl.String,
+    "details": pl.String,
+    "price_raw": pl.String,
+    "price": pl.Float64,
+    "price_issue": pl.String,
+}
+SPLIT_COLUMNS = ["item_id", "category", "title", "text", "price", "source_file", "source_line"]
+DROPPED_COLUMNS = ["item_id", "source_file", "source_line", "reason", "title", "price"]
+
+
+# ----------------------------------------------------------------------------------------------
+# ingest: source records -> raw rows
+
+
+def _join(value: Any) -> str:
+    """description / features: list of strings (or a string, or null) -> one string, entries on lines."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        return "\n".join(_join(v) for v in value if v is not None)
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return str(value)
+
+
+def _detail_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {_detail_value(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_detail_value(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _details(value: Any) -> str:
+    """details (object, JSON text or null) -> JSON object text whose values are all strings."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except (json.JSONDecodeError, RecursionError):
+            return json.dumps({"details": value}, ensure_ascii=False)
+    if not isinstance(value, Mapping):
+        return "{}"
+    return json.dumps({str(k): _detail_value(v) for k, v in value.items() if v is not None}, ensure_ascii=False)
+
+
+def _text_or_none(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = _join(value) if not isinstance(value, str) else value
+    return text if text.strip() else None
+
+
+def normalize_record(data: Mapping[str, Any], source_file: str, source_line: int) -> dict[str, Any]:
+    """One item-metadata object -> one raw row (the raw.parquet schema)."""
+    raw_price = data.get("price")
+    price, issue = parse_price(raw_price)
+    asin = data.get("parent_asin") or data.get("asin")
+    item_id = str(asin).strip() if asin is not None and str(asin).strip() else f"{Path(source_file).name.split('.')[0]}:{source_line}"
+    category = data.get("main_category")
+    return {
+        "item_id": item_id,
+        "source_file": source_file,
+        "source_line": source_line,
+        "category": str(category) if category not in (None, "") else None,
+        "title": _text_or_none(data.get("title")),
+        "description": _join(data.get("description")),
+        "features": _join(data.get("features")),
+        "details": _details(data.get("details")),
+        "price_raw": None if raw_price is None else (raw_price if isinstance(raw_price, str) else json.dumps(raw_price)),
+        "price": price,
+        "price_issue": issue,
+    }
+
+
+def _progress(total: int | None, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=" rows", file=sys.stderr, mininterval=0.5, disable=None)
+
+
+def _csv_options(cfg: CurateConfig) -> dict[str, Any]:
+    return {"csv_columns": cfg.csv_columns, "csv_categories": cfg.csv_categories}
+
+
+def read_source(source: str, cfg: CurateConfig) -> tuple[pl.DataFrame, list[dict[str, Any]], Any]:
+    """Read a source spec into (raw frame, quarantine rows, resolved Source). Never stops on a bad row."""
+    from .sources import Quarantined, resolve
+
+    src = resolve(source, **_csv_options(cfg))
+    cols: dict[str, list[Any]] = {k: [] for k in RAW_SCHEMA}
+    quarantine: list[dict[str, Any]] = []
+    with _progress(src.size_hint, f"reading {source}") as bar:
+        for item in src:
+            bar.update(1)
+            if isinstance(item, Quarantined):
+                quarantine.append(
+                    {"source_file": item.source_file, "source_line": item.source_line, "reason": item.reason, "excerpt": item.excerpt}
+                )
+                continue
+            row = normalize_record(item.data, item.source_file, item.source_line)
+            for k, v in row.items():
+                cols[k].append(v)
+    frame = pl.DataFrame(cols, schema=RAW_SCHEMA)
+    return frame, quarantine, src
+
+
+def _write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    with artifacts.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _write_parquet(path: Path, frame: pl.DataFrame) -> None:
+    with artifacts.atomic_path(path) as tmp:
+        frame.write_parquet(tmp, compression="zstd", statistics=True)
+
+
+def ingest(source: str, out_dir: str | Path, cfg: CurateConfig) -> artifacts.ArtifactRef:
+    """Read ``source`` into a raw artifact: raw.parquet (one row per parsed line), quarantine.jsonl, manifest.
+
+    Raises PricefitError when the source holds no row at all (empty files) or nothing parseable.
+    """
+    frame, quarantine, src = read_source(source, cfg)
+    rows_read = frame.height + len(quarantine)
+    files = ", ".join(src.files)
+    if rows_read == 0:
+        raise PricefitError(
+            f"source {source!r} is empty: no listing in {files}",
+            hint="check that the files hold one JSON object a line (or CSV rows), or pick another --source",
+        )
+    if frame.height == 0:
+        reasons = sorted({q["reason"] for q in quarantine})
+        raise PricefitError(
+            f"source {source!r} has no usable row: all {rows_read} rows of {files} were quarantined ({', '.join(reasons)})",
+            hint="the files are not Amazon item metadata (one JSON object a line in UTF-8); see the first bad line: "
+            f"{quarantine[0]['source_file']}:{quarantine[0]['source_line']}",
+        )
+    with artifacts.atomic_dir(out_dir) as tmp:
+        _write_parquet(tmp / "raw.parquet", frame)
+        _write_jsonl(tmp / "quarantine.jsonl", quarantine)
+        artifacts.write_manifest(
+            tmp,
+            {
+                "kind": "raw",
+                "schema_version": SCHEMA_VERSION,
+                "source": source,
+                "source_files": src.files,
+                "rows_read": rows_read,
+                "parsed": frame.height,
+                "quarantined": len(quarantine),
+                "quarantine_reasons": _counts(q["reason"] for q in quarantine),
+                "synthetic": src.synthetic,
+            },
+        )
+    log.info("ingest: %d rows read, %d parsed, %d quarantined -> %s", rows_read, frame.height, len(quarantine), out_dir)
+    return artifacts.ref_for(out_dir, "raw", rows=frame.height)
+
+
+def _counts(values: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))
+
+
+# ----------------------------------------------------------------------------------------------
+# text: vectorised rules
+
+
+def _scrub(expr: pl.Expr, min_len: int) -> pl.Expr:
+    """The reference ``scrub``: collapse separators to spaces, then drop part-number-like words."""
+    e = (
+        expr.str.replace_all(r'[:\[\]"{}【】\s]+', " ")
+        .str.strip_chars()
+        .str.replace_all(" ,", ",", literal=True)
+        .str.replace_all(",,,", ",", literal=True)
+        .str.replace_all(",,", ",", literal=True)
+    )
+    word = pl.element()
+    keep = (word.str.len_chars() < min_len) | ~word.str.contains(r"\d")
+    return e.str.split(" ").list.eval(word.filter(keep)).list.join(" ")
+
+
+def _drop_keys_pattern(keys: list[str]) -> str | None:
+    if not keys:
+        return None
+    # the details JSON is written by normalize_record: {"k": "v", ...} with string values only
+    names = "|".join(re.escape(json.dumps(k, ensure_ascii=False)[1:-1]) for k in keys)
+    return rf'"(?:{names})": "(?:[^"\\]|\\.)*"(?:, )?'
+
+
+def text_expr(cfg: CurateConfig) -> pl.Expr:
+    """Polars expression: the cleaned (untruncated) text from title/description/features/details."""
+    ceiling = cfg.max_text_tokens * CEILING_CHARS_PER_TOKEN
+    details = pl.col("details").fill_null("{}").str.slice(0, ceiling * 4)
+    pattern = _drop_keys_pattern(cfg.drop_detail_keys)
+    if pattern:
+        details = details.str.replace_all(pattern, "").str.replace_all(r", \}$", "}")
+    details = details.str.replace_all(r"\\[nrt]", " ").str.replace_all(r"\\(.)", "$1")
+    contents = pl.concat_str(
+        [
+            pl.col("description").fill_null("").str.slice(0, ceiling),
+            pl.col("features").fill_null("").str.slice(0, ceiling),
+            details.str.slice(0, ceiling),
+        ],
+        separator="\n",
+    ).str.slice(0, ceiling)
+    title = _scrub(pl.col("title").fill_null("").str.slice(0, ceiling), cfg.part_number_min_len)
+    body = _scrub(contents, cfg.part_number_min_len)
+    return pl.concat_str([title, body], separator="\n").str.strip_chars()
+
+
+def truncate_to_tokens(texts: list[str], tokenizer: Any, max_tokens: int, batch_size: int = 1024) -> tuple[list[str], int]:
+    """Cut each text to its first ``max_tokens`` tokens (fast tokenizer, batched). Returns (texts, n_truncated)."""
+    out: list[str] = []
+    n_cut = 0
+    with _progress(len(texts), "token budget") as bar:
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            enc = tokenizer(
+                batch, add_special_tokens=False, truncation=True, max_length=max_tokens, return_offsets_mapping=True
+            )
+            for text, offsets in zip(batch, enc["offset_mapping"]):
+                end = offsets[-1][1] if offsets else 0
+                if len(offsets) >= max_tokens and end < len(text.rstrip()):
+                    out.append(text[:end].rstrip())
+                    n_cut += 1
+                else:
+                    out.append(text)
+            bar.update(len(batch))
+    return out, n_cut
+
+
+def resolve_tokenizer(cfg: CurateConfig, tokenizer: Any = None) -> Any:
+    if tokenizer is not None:
+        return tokenizer
+    from .models import load_tokenizer
+
+    return load_tokenizer(cfg.tokenizer)
+
+
+def _tokenizer_name(cfg: CurateConfig, tokenizer: Any) -> str:
+    return getattr(tokenizer, "name_or_path", None) or cfg.tokenizer
+
+
+# ----------------------------------------------------------------------------------------------
+# rules
+
+
+def apply_filters(raw: pl.DataFrame, cfg: CurateConfig, tokenizer: Any) -> pl.DataFrame:
+    """Rules 1-4 on a raw frame: adds ``text`` (truncated; null when dropped) and ``reason`` (null = kept)."""
+    title_ok = pl.col("title").is_not_null() & (pl.col("title").str.strip_chars().str.len_chars() > 0)
+    in_range = (pl.col("price") >= cfg.min_price) & (pl.col("price") <= cfg.max_price)
+    df = raw.with_columns(
+        pl.when(pl.col("price_issue").is_not_null())
+        .then(pl.col("price_issue").replace(DROP_REASON))
+        .when(pl.col("price").is_null())
+        .then(pl.lit("price_missing"))
+        .when(~title_ok)
+        .then(pl.lit("title_missing"))
+        .when(~in_range)
+        .then(pl.lit("price_out_of_range"))
+        .otherwise(None)
+        .alias("reason"),
+        pl.col("category").fill_null(UNKNOWN_CATEGORY),
+    )
+    # build text only for rows still in, so a dropped 5 MB row costs nothing
+    ok = df.filter(pl.col("reason").is_null()).select("_row", text_expr(cfg).alias("text"))
+    ok = ok.with_columns(
+        pl.when(pl.col("text").str.len_chars() < cfg.min_chars).then(pl.lit("text_too_short")).otherwise(None).alias("_short")
+    )
+    long_rows = ok.filter(pl.col("_short").is_null())
+    cut, n_cut = truncate_to_tokens(long_rows["text"].to_list(), tokenizer, cfg.max_text_tokens)
+    # measured again after the cut: a tokenizer with short tokens can bring a text under min_chars
+    long_rows = long_rows.with_columns(pl.Series("text", cut, dtype=pl.String)).with_columns(
+        pl.when(pl.col("text").str.len_chars() < cfg.min_chars).then(pl.lit("text_too_short")).otherwise(None).alias("_short")
+    )
+    long_rows = long_rows.with_columns(pl.when(pl.col("_short").is_null()).then(pl.col("text")).alias("text"))
+    short_rows = ok.filter(pl.col("_short").is_not_null()).with_columns(pl.lit(None, dtype=pl.String).alias("text"))
+    texts = pl.concat([long_rows, short_rows]).select("_row", "text", "_short")
+    df = df.join(texts, on="_row", how="left").with_columns(pl.coalesce("reason", "_short").alias("reason")).drop("_short")
+    df = df.sort("_row")
+    log.info("text: %d items cut to %d tokens", n_cut, cfg.max_text_tokens)
+    return df
+
+
+def balance_mask(df: pl.DataFrame, cfg: CurateConfig) -> pl.Series:
+    """Which rows balanced sampling keeps (bool Series, aligned with ``df``).
+
+    Items are grouped by whole-dollar price (round half up). A group is kept whole when its dollar is at
+    least ``balance_keep_all_above`` (the reference: ``i >= 240``) or it holds at most
+    ``balance_cap_per_dollar`` items; otherwise ``cap`` items are drawn without replacement with
+    probability proportional to the category weight (Efraimidis-Spirakis keys ``log(u)/w`` from a
+    numpy Generator seeded with ``seed``, one draw per row in input order: deterministic).
+    """
+    if df.height == 0:
+        return pl.Series("keep", [], dtype=pl.Boolean)
+    rng = np.random.default_rng(cfg.seed)
+    u = rng.random(df.height)
+    weights = df["category"].replace_strict(
+        cfg.category_weights, default=cfg.default_category_weight, return_dtype=pl.Float64
+    ).to_numpy()
+    keys = np.log(np.maximum(u, 1e-300)) / np.maximum(weights, 1e-12)
+    cap = cfg.balance_cap_per_dollar
+    scored = df.select(
+        (pl.col("price") + 0.5).floor().cast(pl.Int64).alias("dollar"),
+    ).with_columns(
+        pl.Series("key", keys),
+        pl.len().over("dollar").alias("n"),
+    )
+    keep = scored.select(
+        (
+            (pl.col("dollar") >= cfg.balance_keep_all_above)
+            | (pl.col("n") <= cap)
+            | (pl.col("key").rank("ordinal", descending=True).over("dollar") <= cap)
+        ).alias("keep")
+    )["keep"]
+    return keep
+
+
+def _set_reason(df: pl.DataFrame, mask: pl.Series, reason: str) -> pl.DataFrame:
+    """Give ``reason`` to still-kept rows where ``mask`` is True."""
+    return df.with_columns(
+        pl.when(pl.col("reason").is_null() & mask).then(pl.lit(reason)).otherwise(pl.col("reason")).alias("reason")
+    )
+
+
+def select_items(df: pl.DataFrame, cfg: CurateConfig) -> pl.DataFrame:
+    """Rules 5-7 (duplicate, sampled_out, over_max_items) on the output of :func:`apply_filters`."""
+    kept = df.filter(pl.col("reason").is_null())
+    dup = ~(pl.struct("title", "text").is_first_distinct() & pl.col("item_id").is_first_distinct())
+    dup_rows = kept.filter(dup)["_row"]
+    df = _set_reason(df, df["_row"].is_in(dup_rows.implode()), "duplicate")
+
+    if cfg.balance:
+        kept = df.filter(pl.col("reason").is_null())
+        out_rows = kept.filter(~balance_mask(kept, cfg))["_row"]
+        df = _set_reason(df, df["_row"].is_in(out_rows.implode()), "sampled_out")
+
+    if cfg.max_items is not None:
+        kept = df.filter(pl.col("reason").is_null())
+        if kept.height > cfg.max_items:
+            order = np.random.default_rng(cfg.seed + 1).permutation(kept.height)
+            over = kept["_row"].gather(order[cfg.max_items :])
+            df = _set_reason(df, df["_row"].is_in(over.implode()), "over_max_items")
+    return df
+
+
+def split_items(kept: pl.DataFrame, cfg: CurateConfig) -> dict[str, pl.DataFrame]:
+    """Seeded shuffle, then test / validation / train slices (sizes: round(n x fraction)); disjoint by construction."""
+    n = kept.height
+    order = np.random.default_rng(cfg.seed).permutation(n)
+    shuffled = kept[order] if n else kept
+    n_test = int(round(n * cfg.test_fraction))
+    n_val = int(round(n * cfg.validation_fraction))
+    return {
+        "test": shuffled.slice(0, n_test),
+        "validation": shuffled.slice(n_test, n_val),
+        "train": shuffled.slice(n_test + n_val, n - n_test - n_val),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# stage functions
+
+
+def _read_raw(raw_dir: str | Path) -> tuple[pl.DataFrame, dict[str, Any]]:
+    raw_dir = Path(raw_dir)
+    manifest = artifacts.read_manifest(raw_dir)
+    if manifest.get("kind") != "raw":
+        raise PricefitError(f"{raw_dir} is a {manifest.get('kind')!r} artifact, not 'raw'", hint="point at the output of ingest")
+    frame = pl.read_parquet(raw_dir / "raw.parquet")
+    return frame, manifest
+
+
+def curate(
+    raw_dir: str | Path, out_dir: str | Path, cfg: CurateConfig, tokenizer: Any = None, embed_raw: bool = False
+) -> artifacts.ArtifactRef:
+    """Raw artifact -> curated artifact (train/validation/test parquet, dropped.parquet, quarantine.jsonl, manifest).
+
+    ``tokenizer``: a fast tokenizer object (default: ``models.load_tokenizer(cfg.tokenizer)``).
+    ``embed_raw``: copy the raw artifact into ``out_dir/raw`` (the ``pricefit curate`` layout).
+    """
+    raw_dir = Path(raw_dir)
+    raw, raw_manifest = _read_raw(raw_dir)
+    tok = resolve_tokenizer(cfg, tokenizer)
+    df = apply_filters(raw.with_row_index("_row"), cfg, tok)
+    df = select_items(df, cfg)
+
+    kept = df.filter(pl.col("reason").is_null())
+    splits = split_items(kept.select(SPLIT_COLUMNS), cfg)
+    dropped = df.filter(pl.col("reason").is_not_null()).select(DROPPED_COLUMNS)
+    dropped_counts = {r: n for r, n in sorted(dropped["reason"].value_counts().iter_rows())}
+    quarantined = int(raw_manifest.get("quarantined", 0))
+    rows_read = int(raw_manifest["rows_read"])
+    kept_counts = {s: splits[s].height for s in SPLITS}
+    total = sum(kept_counts.values()) + sum(dropped_counts.values()) + quarantined
+    if total != rows_read:  # an internal bug, never the user's input: refuse to write a lying artifact
+        raise RuntimeError(f"row accounting broken: {total} accounted for, {rows_read} read")
+    if kept.height == 0:
+        raise PricefitError(
+            f"no usable rows: all {rows_read} rows of {raw_manifest.get('source')} were dropped or quarantined "
+            f"(dropped: {dropped_counts}, quarantined: {quarantined})",
+            hint="check the source (prices and text present?) or relax the rules, e.g. --set min_chars=100",
+        )
+
+    with artifacts.atomic_dir(out_dir) as tmp:
+        for name in SPLITS:
+            _write_parquet(tmp / f"{name}.parquet", splits[name])
+        _write_parquet(tmp / "dropped.parquet", dropped)
+        shutil.copyfile(raw_dir / "quarantine.jsonl", tmp / "quarantine.jsonl")
+        if embed_raw:
+            shutil.copytree(raw_dir, tmp / "raw")
+        artifacts.write_manifest(
+            tmp,
+            {
+                "kind": "curated",
+                "schema_version": SCHEMA_VERSION,
+                "source": raw_manifest.get("source"),
+                "raw_sha256": artifacts.sha256_file(raw_dir / artifacts.MANIFEST),
+                "config": cfg.model_dump(mode="json"),
+                "rows_read": rows_read,
+                "kept": kept_counts,
+                "dropped": dropped_counts,
+                "quarantined": quarantined,
+                "synthetic": bool(raw_manifest.get("synthetic", False)),
+                "tokenizer": _tokenizer_name(cfg, tok),
+            },
+        )
+    log.info("curate: kept %s, dropped %s, quarantined %d -> %s", kept_counts, dropped_counts, quarantined, out_dir)
+    return artifacts.ref_for(out_dir, "curated", rows=kept.height)
+
+
+def prepare_items(
+    source_or_raw_dir: str | Path | pl.DataFrame, cfg: CurateConfig, sample: bool = False, tokenizer: Any = None
+) -> pl.DataFrame:
+    """Listings -> frame with ``item_id, category, title, text, price, source_file, source_line, reason``.
+
+    Same rules as :func:`curate` (``reason`` null = usable). With ``sample=False`` (scoring new listings)
+    no dedupe, balancing or max_items applies: only rules 1-4. The input is a raw artifact directory,
+    a source spec, or a frame in the raw.parquet schema. Quarantined lines are not in the frame.
+    """
+    if isinstance(source_or_raw_dir, pl.DataFrame):
+        raw = source_or_raw_dir
+    elif Path(str(source_or_raw_dir), artifacts.MANIFEST).exists():
+        raw, _ = _read_raw(source_or_raw_dir)
+    else:
+        raw, _, _ = read_source(str(source_or_raw_dir), cfg)
+    tok = resolve_tokenizer(cfg, tokenizer)
+    df = apply_filters(raw.with_row_index("_row"), cfg, tok)
+    if sample:
+        df = select_items(df, cfg)
+    return df.select(SPLIT_COLUMNS + ["reason"])
+
+
+def build_text(
+    title: str | None,
+    description: Any = None,
+    features: Any = None,
+    details: Any = None,
+    cfg: CurateConfig | None = None,
+    tokenizer: Any = None,
+) -> str:
+    """The curated text of one listing (same expression as :func:`curate`; with a tokenizer, also truncated).
+
+    Does not apply the min_chars rule; :func:`prepare_items` does.
+    """
+    cfg = cfg or CurateConfig()
+    row = normalize_record(
+        {"title": title, "description": description, "features": features, "details": details}, "listing", 1
+    )
+    text = pl.DataFrame([row], schema=RAW_SCHEMA).select(text_expr(cfg))[0, 0]
+    if tokenizer is not None:
+        text = truncate_to_tokens([text], tokenizer, cfg.max_text_tokens)[0][0]
+    return text
+
+
+def read_splits(curated_dir: str | Path) -> dict[str, pl.DataFrame]:
+    """The three split frames of a curated artifact."""
+    d = Path(curated_dir)
+    manifest = artifacts.read_manifest(d)
+    if manifest.get("kind") != "curated":
+        raise PricefitError(f"{d} is a {manifest.get('kind')!r} artifact, not 'curated'", hint="point at the output of curate")
+    return {s: pl.read_parquet(d / f"{s}.parquet") for s in SPLITS}
