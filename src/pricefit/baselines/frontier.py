@@ -302,8 +302,12 @@ async def _price_one(
                 return res
         if attempt < cfg.max_retries:
             stats.retries += 1
-            await asyncio.sleep(_backoff_s(cfg, attempt, retry_after))
-    return ItemResult(status="failed", error=f"gave up after {cfg.max_retries + 1} attempts; last: {last_error}")
+            delay = _backoff_s(cfg, attempt, retry_after)
+            log.info("frontier: %s; retry %d/%d in %.2f s", last_error, attempt + 1, cfg.max_retries, delay)
+            await asyncio.sleep(delay)
+    error = f"gave up after {cfg.max_retries + 1} attempts; last: {last_error}"
+    log.warning("frontier: %s", error)
+    return ItemResult(status="failed", error=error)
 
 
 async def aprice_texts(
