@@ -95,7 +95,7 @@ def test_timeout_is_retried(server, env):
 
 
 def test_concurrency_bound_is_respected(env):
-    with FakeOpenAI(delay_s=0.15) as server:
+    with FakeOpenAI(delay_s=0.3) as server:
         texts = [f"item {i} [[price:{i + 1}]]" for i in range(12)]
         run = price_texts(texts, _cfg(server, concurrency=3), progress=False)
         assert [r.prediction for r in run.items] == [float(i + 1) for i in range(12)]

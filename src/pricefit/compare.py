@@ -1,0 +1,296 @@
+"""Every model side by side on the same held-out items, and champion/challenger promotion.
+
+``compare(eval_dir, baselines_dir, out_dir)`` reads the fine-tuned model's evaluation
+(``predictions.parquet`` + ``metrics.json``) and each baseline's, checks that all of them scored
+exactly the same item_id set (refuses otherwise: an error on other items is not comparable), ranks
+them by the chosen metric (lower is better; ties share the better rank) and gives the ratio of the
+fine-tuned model's error to each baseline's (below 1: the fine-tuned model is better). Writes
+``comparison.json`` and ``comparison.md``.
+
+``promote(eval_dir, workdir, cfg)`` makes an evaluated adapter the champion
+(``<workdir>/champion.json``, written atomically) only when it beats the current champion on the
+same items by ``cfg.margin`` (relative); every decision and its numbers is appended to
+``<workdir>/promotions.jsonl``. A champion scored on other items is not re-scored here: the
+promotion is refused with that reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .artifacts import ArtifactRef, atomic_dir, read_manifest, ref_for, write_json_atomic, write_manifest, write_text_atomic
+from .config import PromoteConfig
+from .errors import PricefitError
+
+log = logging.getLogger("pricefit.compare")
+
+FINE_TUNED = "fine_tuned"
+METRICS = ("mae", "rmsle", "hit_rate", "mdape")
+LOWER_IS_BETTER = {"mae": True, "rmsle": True, "mdape": True, "hit_rate": False}
+# a float at the margin boundary ("exactly 2% better") must count as meeting it
+_EPS = 1e-12
+
+
+def item_set_sha256(item_ids: Iterable[str]) -> str:
+    """Identity of a set of items (order-independent)."""
+    return hashlib.sha256("\n".join(sorted(str(i) for i in item_ids)).encode()).hexdigest()
+
+
+def _read_item_ids(directory: Path) -> list[str]:
+    import polars as pl
+
+    path = directory / "predictions.parquet"
+    if not path.exists():
+        raise PricefitError(f"{path} does not exist", hint="point at a finished evaluation or baseline directory")
+    return [str(x) for x in pl.read_parquet(path, columns=["item_id"])["item_id"].to_list()]
+
+
+def _read_metrics(directory: Path) -> dict[str, Any]:
+    path = directory / "metrics.json"
+    if not path.exists():
+        raise PricefitError(f"{path} does not exist", hint="point at a finished evaluation or baseline directory")
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------------- table
+
+
+def build_comparison(
+    models: Mapping[str, Mapping[str, Any]],
+    item_sets: Mapping[str, Iterable[str]],
+    metric: str = "mae",
+    fine_tuned: str = FINE_TUNED,
+    skipped: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Pure core of :func:`compare`: ``models`` maps a name to its metrics dict.
+
+    Raises PricefitError when the item sets differ or the metric is missing.
+    """
+    if metric not in LOWER_IS_BETTER:
+        raise PricefitError(f"unknown metric {metric!r}", hint=f"choose from {', '.join(LOWER_IS_BETTER)}")
+    if fine_tuned not in models:
+        raise PricefitError(f"no {fine_tuned!r} model to compare", hint="pass the evaluation of the fine-tuned adapter")
+    sets = {name: set(ids) for name, ids in item_sets.items()}
+    ref = sets[fine_tuned]
+    for name, s in sets.items():
+        if s != ref:
+            raise PricefitError(
+                f"{name} was scored on different items than {fine_tuned}: "
+                f"{len(s - ref)} item(s) only in {name}, {len(ref - s)} only in {fine_tuned} "
+                f"({len(s)} vs {len(ref)} items)",
+                hint="rerun the baselines with the same split and max_items as the evaluation "
+                "(baselines.split / baselines.max_items = evaluate.split / evaluate.max_items)",
+            )
+    for name, m in models.items():
+        if m.get(metric) is None:
+            raise PricefitError(f"{name}'s metrics lack {metric!r}", hint="rerun that stage")
+
+    sign = 1.0 if LOWER_IS_BETTER[metric] else -1.0
+    ordered = sorted(models, key=lambda k: (sign * float(models[k][metric]), k))
+    ranks: dict[str, int] = {}
+    for i, name in enumerate(ordered):
+        prev = ordered[i - 1] if i else None
+        same = prev is not None and math.isclose(float(models[prev][metric]), float(models[name][metric]), rel_tol=0, abs_tol=_EPS)
+        ranks[name] = ranks[prev] if same else i + 1  # type: ignore[index]
+
+    ft_value = float(models[fine_tuned][metric])
+    rows = []
+    for name in ordered:
+        m = models[name]
+        value = float(m[metric])
+        ratio = None if name == fine_tuned or value == 0 else ft_value / value
+        rows.append(
+            {
+                "model": name,
+                "rank": ranks[name],
+                "n": m.get("n"),
+                "n_unparsed": m.get("n_unparsed"),
+                **{k: m.get(k) for k in METRICS},
+                "fine_tuned_ratio": ratio,
+            }
+        )
+    return {
+        "metric": metric,
+        "lower_is_better": LOWER_IS_BETTER[metric],
+        "n_items": len(ref),
+        "items_sha256": item_set_sha256(ref),
+        "fine_tuned": fine_tuned,
+        "fine_tuned_rank": ranks[fine_tuned],
+        "models_ranked": len(ordered),
+        "ratios": {r["model"]: r["fine_tuned_ratio"] for r in rows if r["model"] != fine_tuned},
+        "rows": rows,
+        "skipped": dict(skipped or {}),
+    }
+
+
+def _fmt(v: Any, kind: str) -> str:
+    if v is None:
+        return "—"
+    if kind in ("mae",):
+        return f"${v:,.2f}"
+    if kind == "hit_rate":
+        return f"{100 * v:.1f}%"
+    if kind == "mdape":
+        return f"{v:.1f}%"
+    if kind == "ratio":
+        return f"{v:.3f}"
+    if kind == "rmsle":
+        return f"{v:.3f}"
+    return str(v)
+
+
+def to_markdown(table: dict[str, Any]) -> str:
+    metric = table["metric"]
+    lines = [
+        "# Model comparison",
+        "",
+        f"{table['n_items']} held-out items (item set sha256 `{table['items_sha256'][:12]}`), "
+        f"ranked by {metric} ({'lower' if table['lower_is_better'] else 'higher'} is better). "
+        f"The fine-tuned model ranks **{table['fine_tuned_rank']} of {table['models_ranked']}**. "
+        f"Ratio = fine-tuned {metric} / that model's {metric}.",
+        "",
+        "| rank | model | n | unparsed | MAE | RMSLE | hit rate | MdAPE | ratio |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in table["rows"]:
+        name = f"**{r['model']}**" if r["model"] == table["fine_tuned"] else r["model"]
+        lines.append(
+            f"| {r['rank']} | {name} | {r['n']} | {r['n_unparsed']} | {_fmt(r['mae'], 'mae')} | "
+            f"{_fmt(r['rmsle'], 'rmsle')} | {_fmt(r['hit_rate'], 'hit_rate')} | {_fmt(r['mdape'], 'mdape')} | "
+            f"{_fmt(r['fine_tuned_ratio'], 'ratio')} |"
+        )
+    if table["skipped"]:
+        lines += ["", "Not compared:"]
+        lines += [f"- {name}: {why}" for name, why in table["skipped"].items()]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def compare(
+    eval_dir: str | Path, baselines_dir: str | Path, out_dir: str | Path, metric: str = "mae"
+) -> ArtifactRef:
+    """Comparison table of the evaluation in ``eval_dir`` against every baseline in ``baselines_dir``."""
+    from .baselines import read_summary
+
+    ev, bl = Path(eval_dir), Path(baselines_dir)
+    models = {FINE_TUNED: _read_metrics(ev)}
+    items = {FINE_TUNED: _read_item_ids(ev)}
+    summary = read_summary(bl)
+    skipped: dict[str, str] = {}
+    for name, entry in summary.get("baselines", {}).items():
+        if entry.get("status") != "ok":
+            skipped[name] = entry.get("status", "unknown")
+            continue
+        models[name] = _read_metrics(bl / name)
+        items[name] = _read_item_ids(bl / name)
+    table = build_comparison(models, items, metric=metric, skipped=skipped)
+    table["evaluation"] = str(ev.resolve())
+    table["baselines"] = str(bl.resolve())
+    with atomic_dir(out_dir) as tmp:
+        write_json_atomic(tmp / "comparison.json", table)
+        write_text_atomic(tmp / "comparison.md", to_markdown(table))
+        write_manifest(tmp, {"kind": "comparison", "schema_version": 1, "metric": metric, "n_items": table["n_items"]})
+    return ref_for(out_dir, "comparison", rows=table["n_items"])
+
+
+# ---------------------------------------------------------------------------------------------- promotion
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, sort_keys=True, default=str) + "\n"
+    # one write of one line in append mode: a reader never sees half a record from a finished call
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def decide(
+    challenger_value: float, champion_value: float | None, margin: float, lower_is_better: bool = True
+) -> tuple[bool, float | None]:
+    """(promote?, relative improvement). Improvement exactly equal to the margin promotes."""
+    if champion_value is None:
+        return True, None
+    if champion_value == 0:
+        improvement = 0.0 if challenger_value == champion_value else (-math.inf if lower_is_better else math.inf)
+    elif lower_is_better:
+        improvement = (champion_value - challenger_value) / abs(champion_value)
+    else:
+        improvement = (challenger_value - champion_value) / abs(champion_value)
+    return improvement + _EPS >= margin, improvement
+
+
+def promote(eval_dir: str | Path, workdir: str | Path, cfg: PromoteConfig | None = None) -> dict[str, Any]:
+    """Champion/challenger: promote the adapter evaluated in ``eval_dir`` if it beats the champion.
+
+    Returns the decision record (also appended to ``<workdir>/promotions.jsonl``).
+    """
+    cfg = cfg or PromoteConfig()
+    ev = Path(eval_dir).resolve()
+    wd = Path(workdir)
+    metrics = _read_metrics(ev)
+    if metrics.get(cfg.metric) is None:
+        raise PricefitError(f"{ev}/metrics.json lacks {cfg.metric!r}", hint="rerun `pricefit evaluate`")
+    ids = _read_item_ids(ev)
+    try:
+        manifest = read_manifest(ev)
+    except PricefitError:
+        manifest = {}
+    challenger = {
+        "evaluation": str(ev),
+        "adapter": manifest.get("adapter"),
+        "metric": cfg.metric,
+        "value": float(metrics[cfg.metric]),
+        "items_sha256": item_set_sha256(ids),
+        "n": len(ids),
+        "metrics": {k: metrics.get(k) for k in ("n", "n_unparsed", *METRICS)},
+    }
+    champ_path = wd / "champion.json"
+    champion = json.loads(champ_path.read_text()) if champ_path.exists() else None
+    lower = LOWER_IS_BETTER[cfg.metric]
+
+    if champion is None:
+        promoted, improvement, reason = True, None, "no champion yet"
+    elif champion.get("evaluation") == challenger["evaluation"] and champion.get("items_sha256") == challenger["items_sha256"]:
+        promoted, improvement, reason = False, 0.0, "this evaluation is already the champion"
+    elif champion.get("items_sha256") != challenger["items_sha256"]:
+        promoted, improvement = False, None
+        reason = (
+            f"champion was evaluated on different items ({champion.get('n')} items, set "
+            f"{str(champion.get('items_sha256'))[:12]}) than the challenger ({challenger['n']} items, set "
+            f"{challenger['items_sha256'][:12]}); re-score the champion on the same split before comparing"
+        )
+    elif champion.get("metric") != cfg.metric:
+        promoted, improvement = False, None
+        reason = f"champion was chosen on {champion.get('metric')}, not {cfg.metric}; promote with --metric {champion.get('metric')}"
+    else:
+        promoted, improvement = decide(challenger["value"], float(champion["value"]), cfg.margin, lower)
+        verb = "beats" if promoted else "does not beat"
+        reason = (
+            f"challenger {cfg.metric} {challenger['value']:.4f} {verb} champion {float(champion['value']):.4f} "
+            f"by the margin {cfg.margin:.2%} (relative improvement {improvement:.2%})"
+        )
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record = {
+        "time": now,
+        "promoted": promoted,
+        "reason": reason,
+        "metric": cfg.metric,
+        "margin": cfg.margin,
+        "relative_improvement": improvement,
+        "challenger": challenger,
+        "champion_before": champion,
+    }
+    if promoted:
+        write_json_atomic(champ_path, {**challenger, "promoted_at": now})
+    _append_jsonl(wd / "promotions.jsonl", record)
+    log.info("promotion %s: %s", "accepted" if promoted else "refused", reason)
+    return record

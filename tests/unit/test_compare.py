@@ -1,0 +1,117 @@
+"""Comparison table and champion/challenger promotion on hand-made metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pricefit.compare import build_comparison, compare, decide, item_set_sha256, promote, to_markdown
+from pricefit.config import PromoteConfig
+from pricefit.errors import PricefitError
+
+IDS = ["a", "b", "c", "d"]
+
+
+def _m(mae: float, rmsle: float = 0.5, hit: float = 0.5, n: int = 4) -> dict:
+    return {"n": n, "n_unparsed": 0, "mae": mae, "rmsle": rmsle, "hit_rate": hit, "mdape": 20.0}
+
+
+def test_ranks_and_ratios_are_exact():
+    models = {"fine_tuned": _m(50.0), "constant": _m(150.0), "tfidf": _m(40.0), "frontier": _m(80.0)}
+    table = build_comparison(models, {k: IDS for k in models})
+    assert [r["model"] for r in table["rows"]] == ["tfidf", "fine_tuned", "frontier", "constant"]
+    assert [r["rank"] for r in table["rows"]] == [1, 2, 3, 4]
+    assert table["fine_tuned_rank"] == 2
+    assert table["ratios"] == {"tfidf": 1.25, "frontier": 0.625, "constant": pytest.approx(1 / 3)}
+    assert table["n_items"] == 4 and table["items_sha256"] == item_set_sha256(reversed(IDS))
+    md = to_markdown(table)
+    assert "| 2 | **fine_tuned** | 4 | 0 | $50.00 |" in md
+    assert "| 4 | constant | 4 | 0 | $150.00 | 0.500 | 50.0% | 20.0% | 0.333 |" in md
+
+
+def test_ties_share_a_rank_and_hit_rate_ranks_higher_first():
+    models = {"fine_tuned": _m(50.0, hit=0.7), "linear": _m(50.0, hit=0.6), "constant": _m(90.0, hit=0.7)}
+    by_mae = build_comparison(models, {k: IDS for k in models})
+    assert {r["model"]: r["rank"] for r in by_mae["rows"]} == {"fine_tuned": 1, "linear": 1, "constant": 3}
+    by_hit = build_comparison(models, {k: IDS for k in models}, metric="hit_rate")
+    assert {r["model"]: r["rank"] for r in by_hit["rows"]} == {"constant": 1, "fine_tuned": 1, "linear": 3}
+    assert by_hit["ratios"]["linear"] == pytest.approx(0.7 / 0.6)
+
+
+def test_refuses_different_item_sets():
+    models = {"fine_tuned": _m(50.0), "constant": _m(150.0)}
+    with pytest.raises(PricefitError, match="constant was scored on different items") as e:
+        build_comparison(models, {"fine_tuned": IDS, "constant": IDS[:3] + ["z"]})
+    assert "1 item(s) only in constant, 1 only in fine_tuned" in e.value.message
+    assert "max_items" in e.value.hint
+
+
+def _eval_dir(root: Path, name: str, mae: float, ids=IDS, manifest: bool = True) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    pl.DataFrame(
+        {"item_id": ids, "category": ["X"] * len(ids), "price": [1.0] * len(ids), "prediction": [1.0] * len(ids),
+         "raw": ["1"] * len(ids), "parsed": [True] * len(ids)}
+    ).write_parquet(d / "predictions.parquet")
+    (d / "metrics.json").write_text(json.dumps(_m(mae, n=len(ids))))
+    if manifest:
+        (d / "manifest.json").write_text(json.dumps({"kind": "evaluation", "adapter": f"/adapters/{name}"}))
+    return d
+
+
+def test_compare_reads_directories_and_lists_skipped(tmp_path: Path):
+    ev = _eval_dir(tmp_path, "eval", 50.0)
+    bl = tmp_path / "bl"
+    _eval_dir(bl, "constant", 100.0)
+    (bl / "summary.json").write_text(json.dumps({"baselines": {
+        "constant": {"status": "ok"}, "frontier": {"status": "skipped: no API key in OPENAI_API_KEY"}}}))
+    (bl / "manifest.json").write_text("{}")
+    out = Path(compare(ev, bl, tmp_path / "cmp").path)
+    table = json.loads((out / "comparison.json").read_text())
+    assert table["ratios"] == {"constant": 0.5}
+    assert table["skipped"] == {"frontier": "skipped: no API key in OPENAI_API_KEY"}
+    assert "- frontier: skipped: no API key in OPENAI_API_KEY" in (out / "comparison.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "challenger, margin, promoted",
+    [(98.0, 0.02, True), (98.01, 0.02, False), (100.0, 0.0, True), (100.01, 0.0, False), (90.0, 0.1, True), (90.1, 0.1, False)],
+)
+def test_decide_at_the_margin_boundary(challenger, margin, promoted):
+    assert decide(challenger, 100.0, margin)[0] is promoted
+
+
+def test_promotion_accepts_then_refuses_at_margin(tmp_path: Path):
+    wd = tmp_path / "work"
+    cfg = PromoteConfig(margin=0.02)
+    first = promote(_eval_dir(tmp_path, "e1", 100.0), wd, cfg)
+    assert first["promoted"] is True and first["reason"] == "no champion yet"
+    champ = json.loads((wd / "champion.json").read_text())
+    assert champ["value"] == 100.0 and champ["adapter"] == "/adapters/e1"
+
+    weak = promote(_eval_dir(tmp_path, "e2", 98.5), wd, cfg)  # 1.5% better: under the 2% margin
+    assert weak["promoted"] is False and weak["relative_improvement"] == pytest.approx(0.015)
+    assert json.loads((wd / "champion.json").read_text())["adapter"] == "/adapters/e1"
+
+    strong = promote(_eval_dir(tmp_path, "e3", 98.0), wd, cfg)  # exactly 2%: meets the margin
+    assert strong["promoted"] is True
+    assert json.loads((wd / "champion.json").read_text())["adapter"] == "/adapters/e3"
+
+    again = promote(tmp_path / "e3", wd, cfg)
+    assert again["promoted"] is False and again["reason"] == "this evaluation is already the champion"
+
+    lines = [json.loads(x) for x in (wd / "promotions.jsonl").read_text().splitlines()]
+    assert [x["promoted"] for x in lines] == [True, False, True, False]
+    assert lines[2]["champion_before"]["value"] == 100.0 and lines[2]["challenger"]["value"] == 98.0
+
+
+def test_promotion_refuses_a_champion_scored_on_other_items(tmp_path: Path):
+    wd = tmp_path / "work"
+    promote(_eval_dir(tmp_path, "e1", 100.0), wd)
+    rec = promote(_eval_dir(tmp_path, "e2", 10.0, ids=["a", "b", "c"]), wd)
+    assert rec["promoted"] is False
+    assert rec["reason"].startswith("champion was evaluated on different items (4 items")
+    assert json.loads((wd / "champion.json").read_text())["evaluation"].endswith("e1")
