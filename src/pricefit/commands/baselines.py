@@ -1,0 +1,145 @@
+"""`pricefit baselines`, `pricefit compare`, `pricefit promote`: the verdict on a fine-tuned adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ..cli import JSON_OPTION_HELP, app, command, emit
+
+BASELINE_NAMES = ("constant", "linear", "tfidf", "base_model", "frontier")
+
+
+def _overrides(items: list[str] | None) -> list[str]:
+    # accept both "frontier.model=x" and "baselines.frontier.model=x"
+    return [i[len("baselines."):] if i.startswith("baselines.") else i for i in (items or [])]
+
+
+def _money(v: Any) -> str:
+    return "—" if v is None else f"${v:,.2f}"
+
+
+def _human_baselines(r: dict[str, Any]) -> str:
+    lines = [f"baselines on {r['n']} {r['split']} items -> {r['out']}"]
+    for name, s in r["baselines"].items():
+        if s["status"] != "ok":
+            lines.append(f"  {name:<12} {s['status']}")
+            continue
+        extra = ""
+        if "requests" in s:
+            extra = f"  ({s['requests']} requests, {s['cached_items']} cached, ~${s['estimated_cost_usd']:.4f})"
+        lines.append(
+            f"  {name:<12} MAE {_money(s['mae']):>10}  RMSLE {s['rmsle']:.3f}  hit {100 * s['hit_rate']:5.1f}%"
+            f"  unparsed {s['n_unparsed']}{extra}"
+        )
+    return "\n".join(lines)
+
+
+@app.command("baselines")
+@command
+def baselines_cmd(
+    data: Path = typer.Option(..., "--data", "-d", help="Curated directory (output of `pricefit curate`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory: <name>/predictions.parquet + metrics.json per baseline."),
+    include: Optional[str] = typer.Option(
+        None, "--include", help=f"Comma-separated subset of {','.join(BASELINE_NAMES)} (default: all)."
+    ),
+    base_model: Optional[str] = typer.Option(
+        None, "--base-model", help="Model scored before fine-tuning (hub id, local dir, smollm2-135m, tiny-random)."
+    ),
+    split: Optional[str] = typer.Option(None, "--split", help="Held-out split: test or validation (match `pricefit evaluate`)."),
+    max_items: Optional[int] = typer.Option(None, "--max-items", help="Score the first N held-out items (match `pricefit evaluate`)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML: a baselines mapping or a run profile with a baselines: section."),
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", help="Override a setting, e.g. --set frontier.model=gpt-4o-mini --set frontier.concurrency=8."
+    ),
+    as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+) -> None:
+    """Score the baselines on the same held-out items as the fine-tuned model.
+
+    constant (training mean), linear (text-length/digit/category features), tfidf (TF-IDF + ridge on
+    log price), base_model (the model before fine-tuning) and frontier (an OpenAI-compatible chat
+    endpoint: key from OPENAI_API_KEY, endpoint from OPENAI_BASE_URL or frontier.base_url; skipped
+    with a note when there is no key; replies cached on disk so a rerun costs nothing).
+
+    Example:  pricefit baselines --data runs/demo/curated --out runs/demo/baselines --include constant,linear,tfidf
+    """
+    from ..baselines import read_summary, run_baselines
+    from ..config import BaselinesConfig, load_stage_config
+    from ..errors import PricefitError
+
+    overrides = _overrides(set_)
+    if include:
+        names = [x.strip() for x in include.split(",") if x.strip()]
+        unknown = [x for x in names if x not in BASELINE_NAMES]
+        if unknown:
+            raise PricefitError(f"unknown baseline(s): {', '.join(unknown)}", hint=f"choose from {','.join(BASELINE_NAMES)}")
+        overrides.append(f"include=[{','.join(names)}]")
+    if base_model:
+        overrides.append(f"base_model={base_model}")
+    if split:
+        overrides.append(f"split={split}")
+    if max_items is not None:
+        overrides.append(f"max_items={max_items}")
+    cfg = load_stage_config(BaselinesConfig, str(config) if config else None, "baselines", overrides)
+    ref = run_baselines(data, out, cfg)
+    summary = read_summary(ref.path)
+    emit(
+        {"ok": True, "out": ref.path, "sha256": ref.sha256, "split": summary["split"], "n": summary["n"],
+         "items_sha256": summary["items_sha256"], "baselines": summary["baselines"]},
+        as_json,
+        _human_baselines,
+    )
+
+
+@app.command("compare")
+@command
+def compare_cmd(
+    evaluation: Path = typer.Option(..., "--evaluation", "-e", help="Evaluation directory of the fine-tuned adapter (`pricefit evaluate`)."),
+    baselines: Path = typer.Option(..., "--baselines", "-b", help="Baselines directory (`pricefit baselines`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory: comparison.md + comparison.json."),
+    metric: str = typer.Option("mae", "--metric", help="Rank by mae, rmsle, mdape (lower is better) or hit_rate."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+) -> None:
+    """Put the fine-tuned model beside every baseline on the same items: rank and error ratios.
+
+    Refuses when any model was scored on a different set of items.
+
+    Example:  pricefit compare -e runs/demo/evaluation -b runs/demo/baselines -o runs/demo/comparison
+    """
+    import json
+
+    from ..compare import compare, to_markdown
+
+    ref = compare(evaluation, baselines, out, metric=metric)
+    table = json.loads((Path(ref.path) / "comparison.json").read_text())
+    emit({"ok": True, "out": ref.path, **table}, as_json, lambda r: to_markdown(table) + f"\n-> {ref.path}")
+
+
+@app.command("promote")
+@command
+def promote_cmd(
+    evaluation: Path = typer.Option(..., "--evaluation", "-e", help="Evaluation directory of the challenger adapter."),
+    workdir: Path = typer.Option(..., "--workdir", "-w", help="Directory of champion.json and promotions.jsonl."),
+    margin: float = typer.Option(0.02, "--margin", min=0.0, help="Relative improvement needed to replace the champion (0.02 = 2%)."),
+    metric: str = typer.Option("mae", "--metric", help="mae or rmsle (lower is better)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+) -> None:
+    """Champion/challenger: make this adapter the champion only if it beats the current one by --margin.
+
+    Both must have been evaluated on the same items (else refused: re-score the champion first).
+    The decision and its numbers are appended to WORKDIR/promotions.jsonl; a refusal exits 0.
+
+    Example:  pricefit promote -e runs/demo/evaluation -w runs/demo --margin 0.02
+    """
+    from ..compare import promote
+    from ..config import PromoteConfig, validate_model
+
+    cfg = validate_model(PromoteConfig, {"margin": margin, "metric": metric}, "command-line options")
+    rec = promote(evaluation, workdir, cfg)
+    emit(
+        {"ok": True, **rec},
+        as_json,
+        lambda r: f"{'PROMOTED' if r['promoted'] else 'not promoted'}: {r['reason']}",
+    )
