@@ -219,9 +219,11 @@ def decide(
     """(promote?, relative improvement). Improvement exactly equal to the margin promotes."""
     if champion_value is None:
         return True, None
-    if champion_value == 0:
-        improvement = 0.0 if challenger_value == champion_value else (-math.inf if lower_is_better else math.inf)
-    elif lower_is_better:
+    if champion_value == 0:  # no relative improvement is defined against a perfect (or zero) score
+        if lower_is_better:
+            return challenger_value <= 0 and margin == 0, None
+        return challenger_value > 0, None
+    if lower_is_better:
         improvement = (champion_value - challenger_value) / abs(champion_value)
     else:
         improvement = (challenger_value - champion_value) / abs(champion_value)
@@ -274,9 +276,10 @@ def promote(eval_dir: str | Path, workdir: str | Path, cfg: PromoteConfig | None
     else:
         promoted, improvement = decide(challenger["value"], float(champion["value"]), cfg.margin, lower)
         verb = "beats" if promoted else "does not beat"
+        gain = "undefined" if improvement is None else f"{improvement:.2%}"
         reason = (
             f"challenger {cfg.metric} {challenger['value']:.4f} {verb} champion {float(champion['value']):.4f} "
-            f"by the margin {cfg.margin:.2%} (relative improvement {improvement:.2%})"
+            f"by the margin {cfg.margin:.2%} (relative improvement {gain})"
         )
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record = {

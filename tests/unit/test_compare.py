@@ -115,3 +115,8 @@ def test_promotion_refuses_a_champion_scored_on_other_items(tmp_path: Path):
     assert rec["promoted"] is False
     assert rec["reason"].startswith("champion was evaluated on different items (4 items")
     assert json.loads((wd / "champion.json").read_text())["evaluation"].endswith("e1")
+
+
+def test_decide_against_a_zero_champion_has_no_relative_gain():
+    assert decide(1.0, 0.0, 0.02) == (False, None)
+    assert decide(0.0, 0.0, 0.0) == (True, None)

@@ -211,3 +211,25 @@ def test_key_never_written_or_logged(server, env, tmp_path, caplog):
     assert KEY not in caplog.text
     assert "simulated 500 (you sent Bearer [REDACTED]); retry 1/5" in caplog.text  # the retry was logged, scrubbed
     assert any("openai" in r.name or "httpx" in r.name for r in caplog.records)  # the client did log
+
+
+def test_unreachable_endpoint_stops_early_with_a_clear_error(env):
+    with FakeOpenAI() as gone:
+        url = gone.base_url  # a port that was free a moment ago and is closed now
+    cfg = FrontierConfig(base_url=url, backoff_base_s=0.0, max_retries=1, concurrency=2, timeout_s=2.0)
+    with pytest.raises(PricefitError, match=r"failed 3 items in a row without one answer; last error: connection error"):
+        price_texts([f"item {i}" for i in range(50)], cfg, progress=False)
+
+
+def test_retry_after_is_honoured_and_capped():
+    from pricefit.baselines.frontier import _backoff_s, _retry_after_s
+
+    cfg = FrontierConfig(backoff_base_s=1.0, backoff_max_s=10.0)
+    assert _retry_after_s({"retry-after": "3"}) == 3.0
+    assert _retry_after_s({"retry-after-ms": "250"}) == 0.25
+    assert _retry_after_s({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # a date in the past
+    assert _retry_after_s({}) is None
+    assert _backoff_s(cfg, 0, 3.0) == 3.0
+    assert _backoff_s(cfg, 0, 120.0) == 10.0
+    for attempt, ceiling in [(0, 1.0), (2, 4.0), (6, 10.0)]:
+        assert ceiling / 2 <= _backoff_s(cfg, attempt, None) <= ceiling

@@ -237,6 +237,8 @@ class _Stats:
         self.requests = 0
         self.retries = 0
         self.errors: dict[str, int] = {}
+        self.answered = 0  # items that got any reply (even a malformed one)
+        self.failed_in_a_row = 0
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -292,6 +294,8 @@ async def _price_one(
                 last_error = f"connection error: {redact(e.message)}"
                 stats.error("connection")
             else:
+                stats.answered += 1
+                stats.failed_in_a_row = 0
                 res = _parse_body(payload, redact, price_range)
                 if cache_file is not None and res.status in ("ok", "no_number"):
                     # the reply as received (key scrubbed), never the request headers
@@ -307,6 +311,14 @@ async def _price_one(
             await asyncio.sleep(delay)
     error = f"gave up after {cfg.max_retries + 1} attempts; last: {last_error}"
     log.warning("frontier: %s", error)
+    stats.failed_in_a_row += 1
+    if stats.answered == 0 and stats.failed_in_a_row >= max(3, cfg.concurrency):
+        # the endpoint is down or unreachable: stop instead of waiting out every item's retries
+        raise PricefitError(
+            f"the frontier endpoint {host} failed {stats.failed_in_a_row} items in a row without one answer; "
+            f"last error: {last_error}",
+            hint="check baselines.frontier.base_url / OPENAI_BASE_URL and the network, or drop frontier from --include",
+        )
     return ItemResult(status="failed", error=error)
 
 
