@@ -180,6 +180,11 @@ class FrontierConfig(_Stage):
     max_items: int | None = None
     input_cost_per_mtok: float = Field(2.50, description="USD per million input tokens (estimate).")
     output_cost_per_mtok: float = Field(10.00, description="USD per million output tokens (estimate).")
+    max_tokens: int = Field(5, ge=1, description="Completion tokens per reply (the reference used 5).")
+    seed: int | None = Field(42, description="Sampling seed sent with each request (reference: 42).")
+    backoff_base_s: float = Field(1.0, ge=0, description="First retry delay; doubles each retry, plus jitter.")
+    backoff_max_s: float = Field(60.0, ge=0, description="Cap on one retry delay (Retry-After included).")
+    cache: bool = Field(True, description="Keep each reply on disk so a rerun sends no request.")
 
 
 class BaselinesConfig(_Stage):
@@ -187,6 +192,11 @@ class BaselinesConfig(_Stage):
         default_factory=lambda: ["constant", "linear", "tfidf", "base_model", "frontier"]
     )
     frontier: FrontierConfig = Field(default_factory=FrontierConfig)
+    base_model: str = Field("smollm2-135m", description="Model scored before fine-tuning (the base_model baseline).")
+    split: Literal["test", "validation"] = Field("test", description="Held-out split; must match evaluate.split.")
+    max_items: int | None = Field(
+        None, description="Score the first N held-out items (None: all); must match evaluate.max_items."
+    )
 
 
 class PromoteConfig(_Stage):
