@@ -11,15 +11,15 @@ import pytest
 def word_tokenizer():
     """A fast tokenizer with exact, predictable counts: one token per word or run of punctuation.
 
-    Built locally (no download): WordLevel with only [UNK], Whitespace pre-tokenizer
+    Built locally (no download): WordLevel with only [UNK] and [PAD], Whitespace pre-tokenizer
     (``\\w+|[^\\w\\s]+``), so ``len(tok(text).input_ids) == len(re.findall(r"\\w+|[^\\w\\s]+", text))``.
     """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    core = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    core = Tokenizer(models.WordLevel({"[UNK]": 0, "[PAD]": 1}, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]")
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]")
 
 
 @pytest.fixture(scope="session")
