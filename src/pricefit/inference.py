@@ -1,0 +1,432 @@
+"""Price prediction with a causal LM (+ optional PEFT adapter): batched, KV-cached, left-padded.
+
+Two decoding modes:
+
+``greedy`` (default)
+    Batched greedy ``generate`` with LEFT padding (so every row's next token sits in the last
+    column) and a handful of new tokens, then :func:`pricefit.parsing.parse_price_output`. Prompts
+    are sorted by length before batching, so a batch pads to nearly its own length, and put back in
+    order afterwards. ``generate`` keeps a KV cache, so each new token costs one small forward
+    step; logits are computed only at the last position. :func:`reference_predict` is the
+    reference loop (one ``generate`` per item, no padding) that the batched path must match.
+
+``expected``
+    The expected price under the model's own distribution of *complete* prices, not the greedy
+    string. Where the tokenizer writes a price as one token (Llama 3 has 0..999 as single
+    tokens) one could read it off the first completion position; where it writes digits one per
+    token (SmolLM2), the first position only carries the leading digit, and an expectation over
+    it alone is wrong (it would price $450 and $4 alike). So we run a small beam over
+    *digit tokens* (every token that decodes to ASCII digits only, which covers both kinds of
+    tokenizer), with the KV cache:
+
+    - a live hypothesis is a digit string with its probability;
+    - at each step its mass splits into: "the number ends here" (any non-digit next token; the
+      completion continues with ``.00``) -> a finished price ``int(prefix)``; "a longer number than
+      the clip range allows" -> a finished price at the upper clip; and one extension per digit
+      token, of which the ``beam`` most probable per item survive;
+    - at the first position, the mass of non-digit tokens is "no number" and is left out: the
+      expectation is normalised over the mass of finished prices.
+
+    With ``beam >= 10 ** max_digits`` this is the exact expectation over all prices up to the clip
+    (the tests check it against brute-force enumeration); with a small beam it is a lower-cost
+    approximation whose covered probability mass is reported in ``raw``. It costs one prompt
+    forward pass plus at most ``max_digits + 1`` single-token steps over ``N x beam`` rows.
+
+Nothing here imports Prefect; torch/transformers/peft are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+from .config import DEFAULT_PROMPT_TEMPLATE
+from .errors import PricefitError
+from .parsing import DEFAULT_MAX_PRICE, DEFAULT_MIN_PRICE, parse_price_output
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["greedy", "expected"]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One item's prediction: ``value`` (None when no number could be read), the model's ``raw`` text."""
+
+    value: float | None
+    raw: str
+    parsed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PricefitError("device 'cuda' was asked for but torch sees no CUDA GPU", hint="use --device cpu or auto")
+    return device
+
+
+def find_adapter(adapter_dir: str | Path) -> Path:
+    """The PEFT directory: ``adapter_dir`` itself or ``<train_out>/adapter``."""
+    d = Path(adapter_dir)
+    for cand in (d, d / "adapter"):
+        if (cand / "adapter_config.json").exists():
+            return cand
+    raise PricefitError(
+        f"no PEFT adapter at {d} (looked for adapter_config.json there and in {d / 'adapter'})",
+        hint="pass the output directory of `pricefit train` or its adapter/ folder",
+    )
+
+
+def base_model_of(adapter_dir: str | Path) -> str | None:
+    """The base model an adapter was trained on: from the train manifest, else adapter_config.json."""
+    d = Path(adapter_dir)
+    for man in (d / "manifest.json", d.parent / "manifest.json"):
+        if man.exists():
+            try:
+                m = json.loads(man.read_text())
+            except ValueError:
+                continue
+            name = m.get("base_model") or (m.get("config") or {}).get("base_model")
+            if name:
+                return str(name)
+    try:
+        cfg = json.loads((find_adapter(d) / "adapter_config.json").read_text())
+        return cfg.get("base_model_name_or_path") or None
+    except (PricefitError, ValueError):
+        return None
+
+
+def _resolve(base_model: str) -> tuple[str, Any]:
+    """(path or hub id for from_pretrained, tokenizer) via pricefit.models when it knows the name."""
+    try:
+        from . import models
+    except ImportError:  # pragma: no cover - models.py is part of the package
+        models = None
+    if models is not None and hasattr(models, "resolve_model") and hasattr(models, "load_tokenizer"):
+        path = models.resolve_model(base_model)
+        return str(getattr(path, "path", path)), models.load_tokenizer(base_model)
+    from transformers import AutoTokenizer
+
+    return base_model, AutoTokenizer.from_pretrained(base_model)
+
+
+def load_model(
+    base_model: str,
+    adapter_dir: str | Path | None = None,
+    device: str = "auto",
+    quantization: Literal["none", "8bit", "4bit"] = "none",
+    compute_dtype: str = "auto",
+    quant_type: str = "nf4",
+    double_quant: bool = True,
+) -> tuple[Any, Any, str]:
+    """Load (model in eval mode, tokenizer, device) once; the adapter, when given, on top."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dev = pick_device(device)
+    if compute_dtype == "auto":
+        dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    else:
+        dtype = getattr(torch, compute_dtype)
+    path, tokenizer = _resolve(base_model)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if quantization != "none":
+        from transformers import BitsAndBytesConfig
+
+        if quantization == "4bit":
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=quant_type,
+                bnb_4bit_use_double_quant=double_quant,
+                bnb_4bit_compute_dtype=dtype,
+            )
+        else:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["device_map"] = {"": dev}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise PricefitError(
+            f"cannot load base model {base_model!r}: {e}",
+            hint="use a built-in name (smollm2-135m, tiny-random), a local directory, or a hub id you can reach",
+        ) from None
+    if quantization == "none":
+        model.to(dev)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(find_adapter(adapter_dir)))
+    model.eval()
+    return model, tokenizer, dev
+
+
+# ----------------------------------------------------------------------------------------------
+# the predictor
+
+
+class PricePredictor:
+    """Load a model (+ adapter) once; price many listings with :meth:`predict`.
+
+    >>> p = PricePredictor("smollm2-135m", adapter_dir="runs/demo/train")   # doctest: +SKIP
+    >>> p.predict(["Acme 12 V cordless drill ..."])                          # doctest: +SKIP
+    [Prediction(value=89.0, raw='89.00', parsed=True)]
+    """
+
+    def __init__(
+        self,
+        base_model: str | None = None,
+        adapter_dir: str | Path | None = None,
+        device: str = "auto",
+        quantization: Literal["none", "8bit", "4bit"] = "none",
+        compute_dtype: str = "auto",
+        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        max_new_tokens: int = 6,
+        low: float = DEFAULT_MIN_PRICE,
+        high: float = DEFAULT_MAX_PRICE,
+        beam: int = 8,
+        *,
+        model: Any = None,
+        tokenizer: Any = None,
+    ):
+        if base_model is None and model is None:
+            base_model = base_model_of(adapter_dir) if adapter_dir else None
+            if base_model is None:
+                raise PricefitError(
+                    "no base model given and none recorded with the adapter",
+                    hint="pass --base-model (e.g. smollm2-135m)",
+                )
+        if "{text}" not in prompt_template:
+            raise PricefitError("prompt_template must contain {text}")
+        if max_new_tokens < 1:
+            raise PricefitError("max_new_tokens must be >= 1")
+        if beam < 1:
+            raise PricefitError("beam must be >= 1")
+        self.base_model = base_model
+        self.adapter_dir = str(adapter_dir) if adapter_dir else None
+        if model is None:
+            model, tokenizer, self.device = load_model(base_model, adapter_dir, device, quantization, compute_dtype)
+        else:
+            if tokenizer is None:
+                raise PricefitError("a preloaded model needs its tokenizer")
+            self.device = str(next(model.parameters()).device.type)
+            model.eval()
+        self.model, self.tokenizer = model, tokenizer
+        if self.tokenizer.pad_token_id is None:  # Llama tokenizers ship without one
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.prompt_template = prompt_template
+        self.max_new_tokens = max_new_tokens
+        self.low, self.high = float(low), float(high)
+        self.beam = beam
+        self._digit_cache: tuple[Any, list[str]] | None = None
+        # transformers 5.24 renamed forward(past_key_values=) to forward(cache=); support both
+        import inspect
+
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+    # -- prompts ---------------------------------------------------------------------------------
+
+    def prompt(self, text: str) -> str:
+        return self.prompt_template.format(text=text)
+
+    def _encode(self, prompts: Sequence[str]) -> Any:
+        tok = self.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            enc = tok(list(prompts), return_tensors="pt", padding=True)
+        finally:
+            tok.padding_side = side
+        return {k: v.to(self.model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+    def _lengths(self, prompts: Sequence[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(list(prompts))["input_ids"]]
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def predict(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 16,
+        mode: Mode = "greedy",
+        progress: bool = True,
+        prompts: bool = False,
+    ) -> list[Prediction]:
+        """Price each text (item text, or full prompts with ``prompts=True``), in input order."""
+        if mode not in ("greedy", "expected"):
+            raise PricefitError(f"unknown mode {mode!r}", hint="use greedy or expected")
+        if batch_size < 1:
+            raise PricefitError("batch_size must be >= 1")
+        full = list(texts) if prompts else [self.prompt(t) for t in texts]
+        if not full:
+            return []
+        # longest first: similar lengths share a batch (little padding), and an out-of-memory
+        # failure shows up on the first batch rather than the last
+        lengths = self._lengths(full)
+        order = sorted(range(len(full)), key=lambda i: (-lengths[i], i))
+        step = self._greedy_batch if mode == "greedy" else self._expected_batch
+        out: list[Prediction | None] = [None] * len(full)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(full), desc=f"predict ({mode})", unit="item", file=sys.stderr, disable=not progress) as bar:
+            for start in range(0, len(full), batch_size):
+                idx = order[start : start + batch_size]
+                for i, pred in zip(idx, step([full[i] for i in idx])):
+                    out[i] = pred
+                bar.update(len(idx))
+        return out  # type: ignore[return-value]
+
+    def _to_prediction(self, raw: str) -> Prediction:
+        value = parse_price_output(raw, self.low, self.high)
+        return Prediction(value=value, raw=raw, parsed=value is not None)
+
+    # -- greedy ----------------------------------------------------------------------------------
+
+    def _generate(self, enc: dict[str, Any]) -> list[str]:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        new = out[:, enc["input_ids"].shape[1] :]
+        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
+
+    def _greedy_batch(self, prompts: list[str]) -> list[Prediction]:
+        return [self._to_prediction(raw) for raw in self._generate(self._encode(prompts))]
+
+    # -- expected value over complete prices -----------------------------------------------------
+
+    def _digit_tokens(self) -> tuple[Any, list[str]]:
+        """Ids (tensor) and strings of every token that decodes to ASCII digits only."""
+        if self._digit_cache is None:
+            import torch
+
+            tok = self.tokenizer
+            ids, strs = [], []
+            for i, t in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))):
+                if t and t.isascii() and t.isdigit() and tok.decode([i]) == t:
+                    ids.append(i)
+                    strs.append(t)
+            if not ids:
+                raise PricefitError(
+                    "mode 'expected' needs digit tokens, and this tokenizer has none",
+                    hint="use --mode greedy",
+                )
+            self._digit_cache = (torch.tensor(ids, dtype=torch.long, device=self.model.device), strs)
+        return self._digit_cache
+
+    def _expected_batch(self, prompts: list[str]) -> list[Prediction]:
+        import torch
+
+        digit_ids, digit_strs = self._digit_tokens()
+        dlen = torch.tensor([len(s) for s in digit_strs], device=digit_ids.device)
+        max_digits = len(str(int(self.high)))
+        n, beam = len(prompts), self.beam
+        k = len(digit_strs)
+
+        enc = self._encode(prompts)
+        mask = enc["attention_mask"]
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = self.model(**enc, position_ids=pos, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        logp = torch.log_softmax(out.logits[:, -1, :].double(), dim=-1)
+
+        # rows: one per (item, hypothesis); before the first step, one row per item
+        mass = torch.ones(n, dtype=torch.float64, device=logp.device)
+        prefix: list[str] = [""] * n
+        rows_per_item = 1
+        finished_v = [[] for _ in range(n)]  # values
+        finished_p = [[] for _ in range(n)]  # their probabilities
+        step = 0
+        while True:
+            p_dig = logp[:, digit_ids].exp()  # (R, K)
+            cur = torch.tensor([len(s) for s in prefix], device=p_dig.device)
+            allowed = (cur[:, None] + dlen[None, :]) <= max_digits
+            p_end = mass * (1.0 - p_dig.sum(1)).clamp(min=0)  # any non-digit token ends the number
+            p_over = mass * (p_dig * ~allowed).sum(1)  # longer than the clip range allows
+            for r in range(len(prefix)):
+                item = r // rows_per_item
+                if prefix[r] and p_end[r] > 0:
+                    finished_v[item].append(float(int(prefix[r])))
+                    finished_p[item].append(float(p_end[r]))
+                if p_over[r] > 0:
+                    finished_v[item].append(self.high)
+                    finished_p[item].append(float(p_over[r]))
+            cand = (mass[:, None] * p_dig * allowed).reshape(n, rows_per_item * k)
+            width = min(beam, rows_per_item * k)
+            top_p, top_i = cand.topk(width, dim=1)
+            if not torch.any(top_p > 0) or step > max_digits:
+                break
+            parent = (torch.arange(n, device=top_i.device)[:, None] * rows_per_item + top_i // k).reshape(-1)
+            tok_idx = (top_i % k).reshape(-1)
+            mass = top_p.reshape(-1)
+            prefix = [prefix[p] + digit_strs[t] for p, t in zip(parent.tolist(), tok_idx.tolist())]
+            rows_per_item = width
+            # one KV-cached step for every surviving hypothesis
+            cache.reorder_cache(parent)
+            mask = torch.cat([mask[parent], torch.ones_like(mask[:1, :1]).expand(len(prefix), 1)], dim=1)
+            next_ids = digit_ids[tok_idx][:, None]
+            with torch.inference_mode():
+                out = self.model(
+                    input_ids=next_ids,
+                    attention_mask=mask,
+                    position_ids=(mask.long().sum(1, keepdim=True) - 1),
+                    use_cache=True,
+                    **{self._cache_kwarg: cache},
+                )
+            cache = out.past_key_values
+            logp = torch.log_softmax(out.logits[:, -1, :].double(), dim=-1)
+            step += 1
+
+        preds = []
+        for vs, ps in zip(finished_v, finished_p):
+            total = sum(ps)
+            if total <= 0:
+                preds.append(Prediction(value=None, raw="expected: no digit tokens", parsed=False))
+                continue
+            ev = sum(v * p for v, p in zip(vs, ps)) / total
+            ev = min(max(ev, self.low), self.high)
+            best = vs[max(range(len(ps)), key=ps.__getitem__)]
+            raw = f"expected {ev:.2f} (mode {best:.0f}, covered mass {total:.3f})"
+            preds.append(Prediction(value=ev, raw=raw, parsed=True))
+        return preds
+
+
+# ----------------------------------------------------------------------------------------------
+# the reference loop
+
+
+def reference_predict(predictor: PricePredictor, texts: Iterable[str], progress: bool = False, prompts: bool = False) -> list[Prediction]:
+    """One ``generate`` call per item, no padding: the loop the batched path is measured against."""
+    from tqdm.auto import tqdm
+
+    out = []
+    for t in tqdm(list(texts), desc="predict (reference)", file=sys.stderr, disable=not progress):
+        enc = predictor.tokenizer(t if prompts else predictor.prompt(t), return_tensors="pt")
+        enc = {k: v.to(predictor.model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        out.append(predictor._to_prediction(predictor._generate(enc)[0]))
+    return out
