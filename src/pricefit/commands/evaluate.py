@@ -1,0 +1,181 @@
+"""`pricefit evaluate` (held-out metrics, plots, report) and `pricefit predict` (price new listings)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ..cli import JSON_OPTION_HELP, app, command, emit
+
+_ADAPTER_HELP = "Output directory of `pricefit train` (or its adapter/ folder). Leave out to score the base model alone."
+_BASE_HELP = "Base model: built-in name (smollm2-135m, tiny-random), local directory or hub id. Default: the one the adapter was trained on."
+
+
+def _eval_cfg(config: Optional[Path], set_: Optional[list[str]], **explicit: Any):
+    from ..config import EvaluateConfig, load_stage_config
+
+    overrides = [i[len("evaluate."):] if i.startswith("evaluate.") else i for i in (set_ or [])]
+    overrides += [f"{k}={v}" for k, v in explicit.items() if v is not None]
+    return load_stage_config(EvaluateConfig, str(config) if config else None, "evaluate", overrides)
+
+
+def _curate_cfg(config: Optional[Path]):
+    from ..config import CurateConfig, load_stage_config
+
+    return load_stage_config(CurateConfig, str(config) if config else None, "curate")
+
+
+def _human_eval(r: dict[str, Any]) -> str:
+    hit = r["hit_rate"] * 100
+    return (
+        f"evaluated {r['n']} items -> {r['out']}\n"
+        f"  MAE     ${r['mae']:,.2f}\n  RMSLE   {r['rmsle']:.3f}\n  hit     {hit:.1f}%\n"
+        f"  MdAPE   {r['mdape']:.1f}%\n  unparsed {r['n_unparsed']} (scored as $0)\n"
+        f"  report  {r['report']}"
+    )
+
+
+@app.command("evaluate")
+@command
+def evaluate_cmd(
+    adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help=_ADAPTER_HELP),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="A curated or tokenized artifact; its --split is scored."),
+    source: Optional[str] = typer.Option(
+        None, "--source", "-s", help="Instead of --data: any listings source `pricefit curate` reads (texts built by the same rules, no sampling)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory (evaluation artifact)."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", "-m", help=_BASE_HELP),
+    split: Optional[str] = typer.Option(None, "--split", help="test (default) or validation."),
+    max_items: Optional[int] = typer.Option(None, "--max-items", "-n", help="Score at most N items."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="greedy (parse the generated text) or expected (mean over the price distribution)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Prompts per batch."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML: an evaluate mapping or a run profile (its evaluate: and curate: sections)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override an evaluate setting, e.g. --set beam=16 (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+) -> None:
+    """Score a fine-tuned adapter (or a base model) on held-out items: MAE, RMSLE, hit rate, MdAPE, by category and
+    price band, a scatter plot, an error histogram and a Markdown/JSON report.
+
+    Examples:
+
+      pricefit evaluate --adapter runs/demo/train --data runs/demo/curated --out runs/demo/eval
+
+      pricefit evaluate --adapter runs/demo/train --source new_listings.jsonl.gz --out runs/new/eval
+    """
+    from ..errors import PricefitError
+    from .. import evaluation
+
+    if (data is None) == (source is None):
+        raise PricefitError("give exactly one of --data and --source", hint="--data <curated or tokenized dir> or --source <listings>")
+    if adapter is None and base_model is None:
+        raise PricefitError("nothing to evaluate: no --adapter and no --base-model", hint="pass --adapter DIR, or --base-model NAME to score a base model")
+    cfg = _eval_cfg(config, set_, split=split, max_items=max_items, mode=mode, batch_size=batch_size, device=device)
+    if data is not None:
+        ref = evaluation.evaluate(data, out, cfg, base_model, adapter)
+    else:
+        ref = evaluation.evaluate_source(source, out, cfg, base_model, adapter, curate_cfg=_curate_cfg(config))
+    metrics = json.loads((ref.dir / "metrics.json").read_text())
+    manifest = ref.manifest()
+    emit(
+        {
+            "ok": True,
+            "out": str(ref.dir),
+            "sha256": ref.sha256,
+            "report": str(ref.dir / "report.md"),
+            **{k: metrics[k] for k in ("n", "n_unparsed", "mae", "rmsle", "hit_rate", "mdape")},
+            "mode": cfg.mode,
+            "split": cfg.split if data is not None else None,
+            "items_per_s": manifest.get("items_per_s"),
+            "skipped": manifest["rows"]["skipped"],
+        },
+        as_json,
+        _human_eval,
+    )
+
+
+def _read_listings(json_listing: str) -> list[dict[str, Any]]:
+    from ..errors import PricefitError
+
+    text = sys.stdin.read() if json_listing == "-" else Path(json_listing).read_text() if Path(json_listing).exists() else None
+    if text is None:
+        raise PricefitError(f"--json-listing {json_listing}: no such file", hint="give a JSON file, or - to read stdin")
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        raise PricefitError(f"--json-listing is not valid JSON: {e}", hint='e.g. {"title": "...", "description": "..."}') from None
+    return obj if isinstance(obj, list) else [obj]
+
+
+@app.command("predict")
+@command
+def predict_cmd(
+    adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help=_ADAPTER_HELP),
+    base_model: Optional[str] = typer.Option(None, "--base-model", "-m", help=_BASE_HELP),
+    json_listing: Optional[str] = typer.Option(
+        None, "--json-listing", "-j", help="A JSON file (or - for stdin) holding one listing object (title, description, features, details) or a list of them."
+    ),
+    title: Optional[str] = typer.Option(None, "--title", "-t", help="Title of one listing."),
+    description: Optional[str] = typer.Option(None, "--description", help="Description of that listing."),
+    file: Optional[str] = typer.Option(None, "--file", "-f", help="A file of listings: any source `pricefit curate` reads."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write all predictions to this JSONL file."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="greedy or expected."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Prompts per batch."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML: evaluate and curate settings (a run profile works)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+) -> None:
+    """Price one listing (JSON, or --title/--description) or a file of listings with an adapter or a base model.
+
+    The listing's text is built by the curation rules (cleaned, cut to the token budget), then prompted as in training.
+
+    Examples:
+
+      pricefit predict --adapter runs/demo/train --title "Cordless drill" --description "18 V, two batteries"
+
+      echo '{"title": "Kettle", "description": ["1.7 L", "steel"]}' | pricefit predict --adapter runs/demo/train --json-listing -
+    """
+    from ..errors import PricefitError
+    from .. import evaluation
+
+    given = [x is not None for x in (json_listing, title, file)]
+    if sum(given) != 1:
+        raise PricefitError("give exactly one of --json-listing, --title (with --description) and --file")
+    if description is not None and title is None:
+        raise PricefitError("--description needs --title", hint='pricefit predict --title "..." --description "..."')
+    if adapter is None and base_model is None:
+        raise PricefitError("no --adapter and no --base-model", hint="pass --adapter DIR, or --base-model NAME")
+    cfg = _eval_cfg(config, None, mode=mode, batch_size=batch_size, device=device)
+    if file is not None:
+        listings: Any = file
+    elif title is not None:
+        listings = [{"title": title, "description": description or ""}]
+    else:
+        listings = _read_listings(json_listing)
+    predictor = evaluation.make_predictor(cfg, base_model, adapter)
+    rows = evaluation.predict_listings(listings, predictor, cfg, _curate_cfg(config))
+    if out is not None:
+        from ..artifacts import write_text_atomic
+
+        write_text_atomic(out, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+    public = [{k: r[k] for k in ("item_id", "title", "prediction", "raw", "parsed", "skipped")} for r in rows]
+    result: dict[str, Any] = {"ok": True, "n": len(rows), "n_priced": sum(r["parsed"] for r in rows), "mode": cfg.mode}
+    if len(rows) == 1:
+        result.update({"price": public[0]["prediction"], **public[0]})
+    else:
+        result["predictions"] = public
+    if out is not None:
+        result["out"] = str(out)
+
+    def human(r: dict[str, Any]) -> str:
+        lines = []
+        for p in public:
+            price = "no price" if p["prediction"] is None else f"${p['prediction']:,.2f}"
+            lines.append(f"{price:>12}  {(p['title'] or '(no title)')[:70]}" + (f"  [{p['skipped']}]" if p["skipped"] else ""))
+        return "\n".join(lines)
+
+    emit(result, as_json, human)
