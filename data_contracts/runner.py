@@ -203,10 +203,16 @@ def _entry_from_result(stage: str, batch: Batch, res: Any) -> dict[str, Any]:
     errors = [r.get("exception_message") for r in records if r.get("raised_exception")]
 
     examples: list[Any] = []
-    if result.get("partial_unexpected_index_list"):
-        examples = list(result["partial_unexpected_index_list"])
+    indexed = result.get("partial_unexpected_index_list") or []
+    if indexed and all(isinstance(x, dict) for x in indexed):
+        examples = list(indexed)  # id columns + the offending value(s)
     elif result.get("partial_unexpected_list"):
         examples = list(result["partial_unexpected_list"])
+        if "column_A" in kwargs:  # (a, b) tuples -> {column_A: a, column_B: b}
+            examples = [
+                {kwargs["column_A"]: x[0], kwargs["column_B"]: x[1]} if isinstance(x, (tuple, list)) else x
+                for x in examples
+            ]
     elif not res.success and "observed_value" in result:
         examples = [{"observed_value": result["observed_value"]}]
     unexpected = result.get("unexpected_count")
