@@ -1,0 +1,165 @@
+"""What every flow shares: the parameter model, config resolution, and the step runner."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from pricefit.config import RunConfig, load_run_config
+from pricefit.errors import PricefitError
+
+RefreshStep = Literal["none", "ingest", "curate", "tokenize", "train", "evaluate", "baselines", "compare", "report"]
+
+
+class RetrainParams(BaseModel):
+    """One retrain run: a named profile plus overrides (the Prefect UI renders this as a form)."""
+
+    profile: str = Field(
+        "demo",
+        description="Profile name in deployments/profiles (demo, shared-cpu, gpu-8b) or a path to a profile YAML.",
+    )
+    overrides: list[str] = Field(
+        default_factory=list,
+        description="key.sub=value overrides applied on top of the profile, e.g. train.learning_rate=2e-4.",
+    )
+    source: str | None = Field(
+        None, description="Listings source (demo:N, a JSONL/parquet path or glob, hf:..., csv:...); empty: the profile's."
+    )
+    workdir: str | None = Field(None, description="Root of artifacts and caches; empty: the profile's (runs/).")
+    refresh: RefreshStep = Field(
+        "none", description="Recompute this step and every step after it even when cached ('none': use the cache)."
+    )
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(value: str) -> str:
+    """Expand ``${VAR}`` in a source string; an unset variable is an error that names it."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in os.environ:
+            hint = (
+                "export PRICEFIT_SHARED_DATA=/path/to/shared/data (the Makefile sets it to ../shared/data)"
+                if name == "PRICEFIT_SHARED_DATA"
+                else f"export {name}=... or pass --set source=..."
+            )
+            raise PricefitError(f"the source {value!r} needs the environment variable {name}, which is not set", hint=hint)
+        return os.environ[name]
+
+    return _ENV_REF.sub(sub, value)
+
+
+def resolve_config(params: RetrainParams) -> RunConfig:
+    """Profile + overrides -> a validated RunConfig with the source expanded and the workdir absolute."""
+    overrides = list(params.overrides)
+    if params.source:
+        overrides.append(f"source={params.source}")
+    if params.workdir:
+        overrides.append(f"workdir={params.workdir}")
+    cfg = load_run_config(params.profile, overrides=overrides)
+    cfg = cfg.model_copy(update={"source": expand_env(cfg.source), "workdir": str(Path(os.path.expandvars(cfg.workdir)).resolve())})
+    b, e = cfg.baselines, cfg.evaluate
+    if (b.split, b.max_items) != (e.split, e.max_items):
+        raise PricefitError(
+            f"baselines score split={b.split} max_items={b.max_items} but evaluate scores split={e.split} "
+            f"max_items={e.max_items}: the comparison would not be on the same items",
+            hint="set baselines.split/max_items equal to evaluate.split/max_items in the profile",
+        )
+    return cfg
+
+
+def run_name(prefix: str) -> str:
+    """Flow run name: <prefix>-<profile>-<UTC timestamp> (read from the run's own parameters)."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters.get("params") or {}
+    profile = params.get("profile") if isinstance(params, dict) else getattr(params, "profile", None)
+    profile = Path(str(profile or "default")).stem
+    return f"{prefix}-{profile}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+
+
+class Steps:
+    """Runs one step task bound to the run's workdir/cache, records its state, publishes its UI artifacts."""
+
+    def __init__(self, cfg: RunConfig, refresh: str | None = None):
+        from tasks import cache
+
+        self.cfg = cfg
+        self.workdir = cfg.workdir
+        self.refresh = cache.refresh_set(refresh)
+        self.tags = {f"profile:{cfg.profile}", f"model:{cfg.train.base_model}"}
+        self.states: dict[str, str] = {}
+
+    def run(self, step: str, task: Any, *args: Any) -> Any:
+        from tasks import cache, ui
+
+        bound = cache.configured(task, step, self.workdir, refresh=step in self.refresh, tags=self.tags)
+        state = bound(*args, return_state=True)
+        self.states[step] = state.name
+        result = state.result()  # raises the step's error: the flow run fails at this step
+        ui.publish(step, result)
+        return result
+
+    # one method per step, in DAG order ------------------------------------------------------------
+
+    def ingest(self):
+        from tasks.ingest import ingest, ingest_options
+
+        return self.run("ingest", ingest, self.cfg.source, ingest_options(self.cfg.curate), self.workdir)
+
+    def contract(self, stage: str, ref):
+        from tasks.contract import contract
+
+        return self.run(f"contract_{stage}", contract, stage, ref)
+
+    def curate(self, raw):
+        from tasks.curate import curate
+
+        return self.run("curate", curate, raw, self.cfg.curate, self.workdir)
+
+    def tokenize(self, curated):
+        from tasks.tokenize_data import tokenize
+
+        return self.run("tokenize", tokenize, curated, self.cfg.tokenize, self.workdir)
+
+    def train(self, tokenized, train_cfg=None):
+        from tasks.train import train
+
+        return self.run("train", train, tokenized, train_cfg or self.cfg.train, self.workdir)
+
+    def evaluate(self, adapter, tokenized):
+        from tasks.evaluation import evaluate
+
+        return self.run("evaluate", evaluate, adapter, tokenized, self.cfg.evaluate, self.workdir)
+
+    def baselines(self, curated):
+        from tasks.baselines import baselines
+
+        return self.run("baselines", baselines, curated, self.cfg.baselines, self.workdir)
+
+    def compare(self, evaluation, baselines):
+        from tasks.compare import compare
+
+        return self.run("compare", compare, evaluation, baselines, self.cfg.promote, self.workdir)
+
+    def report(self, **refs):
+        from tasks.report import report
+
+        return self.run("report", report, refs, self.workdir)
+
+    def prepared_data(self):
+        """ingest -> contract -> curate -> contract -> tokenize -> contract (every flow starts here)."""
+        raw = self.ingest()
+        self.contract("raw", raw)
+        curated = self.curate(raw)
+        self.contract("curated", curated)
+        tokenized = self.tokenize(curated)
+        self.contract("tokenized", tokenized)
+        return curated, tokenized

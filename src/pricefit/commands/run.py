@@ -1,0 +1,212 @@
+"""`pricefit run` and `pricefit sweep`: the Prefect flows, in this process.
+
+Prefect is imported inside the commands (``pricefit --help`` stays fast, and the library itself
+never imports it). Without PREFECT_API_URL the flow runs against Prefect's ephemeral API (a
+temporary local server on the default database, so a later `prefect server start` shows the
+runs); with it, against that server.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ..cli import JSON_OPTION_HELP, app, command, emit
+from ..errors import ContractError, PricefitError
+
+STEP_ORDER = (
+    "ingest",
+    "contract_raw",
+    "curate",
+    "contract_curated",
+    "tokenize",
+    "contract_tokenized",
+    "train",
+    "evaluate",
+    "baselines",
+    "compare",
+    "report",
+)
+
+
+def _step_states(flow_run_id: Any) -> dict[str, str]:
+    """Final state of every step task of one flow run (from the Prefect API, so a failed run has them too)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    found: dict[str, tuple[Any, str]] = {}
+    for tr in runs:
+        step = next((t.split(":", 1)[1] for t in tr.tags if t.startswith("step:")), None)
+        if step and tr.state is not None:
+            started = tr.start_time or tr.expected_start_time
+            prev = found.get(step)
+            if prev is None or (started and prev[0] and started > prev[0]):
+                found[step] = (started, tr.state.name)
+    order = {s: i for i, s in enumerate(STEP_ORDER)}
+    return {s: found[s][1] for s in sorted(found, key=lambda s: order.get(s, 99))}
+
+
+def ui_location(flow_run_id: Any = None) -> str:
+    api = os.environ.get("PREFECT_API_URL")
+    if not api:
+        return (
+            "no Prefect server was running (ephemeral API): the run is recorded in the local Prefect database; "
+            "`prefect server start` shows it at http://127.0.0.1:4200"
+        )
+    ui = os.environ.get("PREFECT_UI_URL") or api.rstrip("/").removesuffix("/api")
+    return f"{ui}/runs/flow-run/{flow_run_id}" if flow_run_id else ui
+
+
+def _finish(state: Any, as_json: bool, human) -> dict[str, Any]:
+    """Turn a flow's final state into the command's output (and exit code on failure)."""
+    flow_run_id = state.state_details.flow_run_id
+    states = _step_states(flow_run_id)
+    if state.is_completed():
+        result = state.result()
+        out = {"ok": True, "flow_run_id": str(flow_run_id), "state": state.name, **result, "states": states, "ui": ui_location(flow_run_id)}
+        emit(out, as_json, human)
+        return out
+    exc = state.result(raise_on_failure=False)
+    out = {"ok": False, "flow_run_id": str(flow_run_id), "state": state.name, "states": states, "ui": ui_location(flow_run_id)}
+    if isinstance(exc, BaseException):
+        out["error"] = getattr(exc, "message", None) or str(exc)
+        out["hint"] = getattr(exc, "hint", None)
+    else:
+        out["error"] = state.message
+    emit(out, as_json, human)
+    code = 3 if isinstance(exc, ContractError) else 2 if isinstance(exc, PricefitError) else 1
+    raise typer.Exit(code)
+
+
+def _state_table(states: dict[str, str]) -> str:
+    return "\n".join(f"  {step:<20} {state}" for step, state in states.items())
+
+
+def _human_run(out: dict[str, Any]) -> str:
+    lines = [f"flow run {out['flow_run_id']}: {out['state']}", "", "steps:", _state_table(out["states"])]
+    if not out["ok"]:
+        lines += ["", f"error: {out.get('error')}"]
+        if out.get("hint"):
+            lines.append(f"  hint: {out['hint']}")
+        lines += ["", "fix the cause and run the same command again: finished steps come back Cached."]
+    else:
+        comparison = Path(out["comparison"])
+        if comparison.exists():
+            lines += ["", comparison.read_text().rstrip()]
+        verdict = "promoted to champion" if out.get("promoted") else "not promoted"
+        lines += ["", f"promotion: {verdict} ({out.get('promotion_reason')})", f"report: {out['report']}"]
+    lines += [f"UI: {out['ui']}"]
+    return "\n".join(lines)
+
+
+def _prefect_env() -> None:
+    """Defaults for the in-process run (an explicit setting in the environment wins)."""
+    # a loaded 2-core machine needs more than Prefect's default 20 s to start the ephemeral API
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # the machines this runs on are often offline: no telemetry attempts (and no error lines about them)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call drowns the step logs
+
+
+def _run_flow(fn, params: Any, as_json: bool) -> Any:
+    """Run a flow to its final state; with --json, stray prints of libraries go to stderr, not stdout."""
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        return fn(params, return_state=True)
+
+
+def _params(profile: str, overrides: list[str] | None, source: str | None, workdir: str | None, refresh: str | None, **extra: Any):
+    from flows.common import resolve_config
+    from tasks.cache import refresh_set
+
+    refresh_set(refresh)  # a bad step name fails here, before Prefect starts
+    cls = extra.pop("cls")
+    params = cls(profile=profile, overrides=list(overrides or []), source=source, workdir=workdir, refresh=refresh or "none", **extra)
+    resolve_config(params)  # validate the profile + overrides once, with readable errors
+    return params
+
+
+PROFILE_HELP = "Profile name in deployments/profiles (demo, shared-cpu, gpu-8b) or a path to a profile YAML."
+SET_HELP = "Override a setting: --set train.learning_rate=2e-4 (repeatable)."
+REFRESH_HELP = "Recompute STEP and every step after it even when cached: ingest, curate, tokenize, train, evaluate, baselines, compare, report."
+
+
+@app.command(
+    "run",
+    help=(
+        "Run the retrain flow (ingest, contracts, curate, tokenize, train, evaluate, baselines, compare and "
+        "promote, report) as cached Prefect tasks: a rerun repeats only what changed or failed.\n\n"
+        "Example: pricefit run --profile demo --set train.max_steps=20"
+    ),
+)
+@command
+def run_cmd(
+    profile: str = typer.Option("demo", "--profile", "-p", help=PROFILE_HELP),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help=SET_HELP),
+    source: Optional[str] = typer.Option(None, "--source", help="Listings source (overrides the profile's)."),
+    workdir: Optional[str] = typer.Option(None, "--workdir", help="Root of artifacts and caches (default: the profile's, runs/)."),
+    refresh: Optional[str] = typer.Option(None, "--refresh", metavar="STEP", help=REFRESH_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+) -> None:
+    _prefect_env()  # before anything imports prefect: its settings are read at import
+    from flows.common import RetrainParams
+
+    params = _params(profile, overrides, source, workdir, refresh, cls=RetrainParams)
+    from flows.retrain import retrain
+
+    state = _run_flow(retrain, params, as_json)
+    _finish(state, as_json, _human_run)
+
+
+def _human_sweep(out: dict[str, Any]) -> str:
+    lines = [f"sweep flow run {out['flow_run_id']}: {out['state']}", "", "data steps:", _state_table(out["states"])]
+    if out["ok"]:
+        metric = out["metric"]
+        lines += ["", f"{'':2}{'trial':<48} {metric:>10}"]
+        for r in out["rows"]:
+            value = r.get(metric)
+            lines.append(f"{r['best'] or ' ':2}{r['trial']:<48} {value if value is None else f'{value:10.2f}'}")
+        lines += ["", f"best: {out['best']}"]
+    else:
+        lines += ["", f"error: {out.get('error')}"]
+    lines.append(f"UI: {out['ui']}")
+    return "\n".join(lines)
+
+
+@app.command(
+    "sweep",
+    help=(
+        "Run a hyperparameter sweep: the cached data steps once, then one train+evaluate subflow per trial, "
+        "gathered in one comparison table (best marked).\n\n"
+        "The grid file holds either `grid: {train.learning_rate: [1e-4, 3e-4], train.lora_r: [8, 16]}` (cross "
+        "product) or `trials: [{train.lora_r: 8}, ...]`."
+    ),
+)
+@command
+def sweep_cmd(
+    grid: Path = typer.Option(..., "--grid", "-g", help="YAML file with a 'grid' mapping or a 'trials' list of train.* overrides."),
+    profile: str = typer.Option("demo", "--profile", "-p", help=PROFILE_HELP),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help=SET_HELP),
+    source: Optional[str] = typer.Option(None, "--source", help="Listings source (overrides the profile's)."),
+    workdir: Optional[str] = typer.Option(None, "--workdir", help="Root of artifacts and caches."),
+    refresh: Optional[str] = typer.Option(None, "--refresh", metavar="STEP", help=REFRESH_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+) -> None:
+    _prefect_env()
+    from flows.sweep import SweepParams, load_grid
+
+    trials = load_grid(str(grid))
+    params = _params(profile, overrides, source, workdir, refresh, cls=SweepParams, trials=trials)
+    from flows.sweep import sweep
+
+    state = _run_flow(sweep, params, as_json)
+    _finish(state, as_json, _human_sweep)

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from prefect import task
+
+from pricefit.artifacts import ArtifactRef
+from pricefit.config import CurateConfig
+
+from . import cache
+from .faults import maybe_fail
+
+
+@task(name="curate", task_run_name="curate {raw.rows} rows (tokenizer {cfg.tokenizer})", timeout_seconds=3 * 3600)
+def curate(raw: ArtifactRef, cfg: CurateConfig, workdir: str) -> ArtifactRef:
+    """Clean, filter, balance and split the raw listings (every row kept, dropped with a reason, or quarantined)."""
+    from pricefit import curation
+
+    maybe_fail("curate")
+    out = cache.out_dir(workdir, "curate", cache.current_key("curate", dict(raw=raw, cfg=cfg, workdir=workdir)))
+    return curation.curate(raw.path, out, cfg)

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from pricefit.artifacts import ArtifactRef
+
+from . import cache
+from .faults import maybe_fail
+
+
+@task(
+    name="ingest",
+    task_run_name="ingest {source}",
+    retries=3,
+    retry_delay_seconds=[10, 60, 300],  # hub downloads: back off before giving up
+    retry_jitter_factor=0.5,
+    timeout_seconds=3 * 3600,
+)
+def ingest(source: str, options: dict[str, Any], workdir: str) -> ArtifactRef:
+    """Read the listings source into the raw artifact (options: the CSV mapping from CurateConfig)."""
+    from pricefit import curation
+    from pricefit.config import CurateConfig
+
+    maybe_fail("ingest")
+    out = cache.out_dir(workdir, "ingest", cache.current_key("ingest", dict(source=source, options=options, workdir=workdir)))
+    return curation.ingest(source, out, CurateConfig(**options))
+
+
+def ingest_options(cfg: Any) -> dict[str, Any]:
+    """The part of CurateConfig that ingest reads (so a curation rule change does not re-ingest)."""
+    from pricefit.curation import _csv_options
+
+    return _csv_options(cfg)
