@@ -136,6 +136,22 @@ def _scrubbed_logs(redact: Redactor) -> Iterator[None]:
             obj.removeFilter(flt)
 
 
+@contextlib.contextmanager
+def _quiet_http_logs() -> Iterator[None]:
+    """httpx logs every request at INFO (hundreds of lines); keep them unless debugging."""
+    saved = []
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in ("httpx", "httpx2"):
+            lg = logging.getLogger(name)
+            saved.append((lg, lg.level))
+            lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in saved:
+            lg.setLevel(level)
+
+
 # ---------------------------------------------------------------------------------------------- cache
 
 
@@ -347,7 +363,7 @@ async def aprice_texts(
     stats = _Stats()
     sem = asyncio.Semaphore(cfg.concurrency)
     started = time.perf_counter()
-    with _scrubbed_logs(redact):
+    with _scrubbed_logs(redact), _quiet_http_logs():
         client = openai.AsyncOpenAI(api_key=key, base_url=base_url, timeout=cfg.timeout_s, max_retries=0)
         try:
             bar = tqdm(total=len(texts), desc=f"frontier {cfg.model}", unit="item", file=sys.stderr, disable=not progress)
