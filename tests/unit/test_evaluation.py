@@ -151,3 +151,35 @@ def test_predict_cli_errors_are_clear(env):
     assert r.exit_code == 2 and "exactly one of" in r.output
     r = CliRunner().invoke(app, ["evaluate", "--out", "x", "--data", "y"])
     assert r.exit_code == 2 and "no --adapter and no --base-model" in r.output
+
+
+def _listing(title, price, desc=BODY):
+    return {"main_category": "Appliances", "title": title, "description": [desc], "features": ["steel", "1.7 L"],
+            "details": {"Brand": "Acme", "UPC": "123456789012"}, "price": price, "parent_asin": f"X{abs(hash(title)) % 10**6}"}
+
+
+def test_evaluate_source_scores_usable_listings_and_accounts_for_the_rest(env, tmp_path):
+    from pricefit.config import CurateConfig
+    from pricefit.evaluation import evaluate_source
+
+    lines = [
+        json.dumps(_listing("Electric Kettle", 29.99)),
+        json.dumps(_listing("Toaster Oven", "$1,049.00")),  # price_out_of_range (max 999.49)
+        json.dumps(_listing("Blender", None)),  # price_missing: cannot be scored
+        json.dumps({**_listing("x", 10.0), "title": None}),  # title_missing
+        json.dumps(_listing("Hand Mixer", 45.0)),
+        json.dumps(_listing("Rice Cooker", 60.0)),
+        "{not json",  # quarantined by the reader: never reaches scoring
+    ]
+    src = tmp_path / "new.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    out = env["root"] / "eval_src"
+    ref = evaluate_source(str(src), out, EvaluateConfig(max_items=2, max_new_tokens=2, device="cpu"), "tiny-random",
+                          curate_cfg=CurateConfig(min_chars=40))
+    preds = pl.read_parquet(out / "predictions.parquet")
+    assert preds["price"].to_list() == [29.99, 45.0]  # usable ones in input order, cut to max_items=2
+    skipped = pl.read_parquet(out / "skipped.parquet")
+    assert sorted(skipped["reason"].to_list()) == ["price_missing", "price_out_of_range", "title_missing"]
+    inputs = json.loads((out / "manifest.json").read_text())["inputs"]
+    assert inputs["rows_read"] == 6 and inputs["over_max_items"] == 1
+    assert inputs["rows_read"] == ref.rows + skipped.height + inputs["over_max_items"]
