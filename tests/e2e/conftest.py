@@ -1,0 +1,271 @@
+"""A REAL local Prefect server for the end-to-end tests (session-scoped).
+
+``prefect server start`` runs on a free loopback port with its own PREFECT_HOME and SQLite database
+in a temp dir, so it never touches the developer's ~/.prefect. Tests talk to it over its REST API
+(the same endpoints the UI calls) with httpx, and start served deployments as subprocesses with
+:func:`PrefectServer.env` so they register against this server and nothing else.
+
+At the end the server and every child it started are stopped (the whole process group); when a test
+failed, the server log is printed so the failure can be read without re-running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SERVER_START_TIMEOUT_S = float(os.environ.get("PRICEFIT_E2E_SERVER_TIMEOUT", "180"))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prefect_env(api_url: str, home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for any process (server, served flows, CLI) that must use only this server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        {
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_URL": api_url,
+            "PREFECT_UI_API_URL": api_url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            # results and their cache records live beside the database, never in ~/.prefect
+            "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
+            "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+            "PREFECT_LOGGING_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass
+class ManagedProcess:
+    """A child started in its own session; :meth:`stop` ends it and everything it spawned."""
+
+    name: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, chars: int = 6000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return "(no log)"
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        pgid = self.proc.pid  # start_new_session=True: the child leads its own process group
+        for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(timeout=wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # children that outlived the leader (same group) go too
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def start_process(name: str, argv: list[str], env: dict[str, str], log_dir: Path, cwd: Path = REPO_ROOT) -> ManagedProcess:
+    log_path = log_dir / f"{name}.log"
+    fh = open(log_path, "wb")
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
+    fh.close()  # the child holds its own descriptor
+    return ManagedProcess(name, proc, log_path)
+
+
+@dataclass
+class PrefectServer:
+    url: str  # UI root, e.g. http://127.0.0.1:PORT
+    api_url: str  # http://127.0.0.1:PORT/api
+    home: Path
+    process: ManagedProcess
+    start_seconds: float
+    children: list[ManagedProcess] = field(default_factory=list)
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return prefect_env(self.api_url, self.home, extra)
+
+    def spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> ManagedProcess:
+        """Start a child process wired to this server; it is stopped with the server at the latest."""
+        child = start_process(name, argv, self.env(extra_env), self.home)
+        self.children.append(child)
+        return child
+
+
+def _wait_healthy(api_url: str, proc: ManagedProcess, timeout_s: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"prefect server exited with code {proc.proc.returncode}:\n{proc.log_tail()}")
+        try:
+            r = httpx.get(f"{api_url}/health", timeout=2.0)
+            if r.status_code == 200:
+                return
+            last = f"HTTP {r.status_code}"
+        except httpx.HTTPError as e:
+            last = type(e).__name__
+        time.sleep(0.5)
+    raise RuntimeError(f"prefect server not healthy after {timeout_s:.0f} s (last: {last}):\n{proc.log_tail()}")
+
+
+def _prefect_bin() -> str:
+    exe = Path(sys.executable).with_name("prefect")
+    return str(exe) if exe.exists() else "prefect"
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[PrefectServer]:
+    """A real ``prefect server start`` on a free loopback port, SQLite in a temp dir."""
+    pytest.importorskip("prefect", reason="prefect is not installed (pip install -e '.[test]')")
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = prefect_env(api_url, home)
+    t0 = time.monotonic()
+    proc = start_process(
+        "prefect-server",
+        [_prefect_bin(), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--analytics-off", "--no-background"],
+        env,
+        home,
+    )
+    try:
+        _wait_healthy(api_url, proc, SERVER_START_TIMEOUT_S)
+    except Exception:
+        proc.stop()
+        raise
+    server = PrefectServer(f"http://127.0.0.1:{port}", api_url, home, proc, time.monotonic() - t0)
+    sys.stderr.write(f"\n[e2e] prefect server at {server.url} healthy after {server.start_seconds:.1f} s (home {home})\n")
+    failed_before = request.session.testsfailed
+    try:
+        yield server
+    finally:
+        for child in reversed(server.children):
+            child.stop()
+        proc.stop()
+        if request.session.testsfailed > failed_before:
+            sys.stderr.write(f"\n===== prefect server log (tail) =====\n{proc.log_tail()}\n")
+            for child in server.children:
+                sys.stderr.write(f"\n===== {child.name} log (tail) =====\n{child.log_tail()}\n")
+
+
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+class PrefectAPI:
+    """The REST calls the Prefect UI makes, over httpx (no Prefect client, no settings context)."""
+
+    def __init__(self, client):
+        self.http = client
+
+    def _json(self, method: str, path: str, **kw):
+        r = self.http.request(method, path, **kw)
+        if r.status_code >= 400:
+            raise AssertionError(f"{method} {path} -> HTTP {r.status_code}: {r.text[:2000]}")
+        return r.json() if r.content else None
+
+    def deployment(self, flow_name: str, name: str) -> dict | None:
+        r = self.http.get(f"deployments/name/{flow_name}/{name}")
+        return r.json() if r.status_code == 200 else None
+
+    def wait_for_deployments(self, flow_name: str, names: list[str], proc: ManagedProcess, timeout_s: float = 180) -> dict[str, dict]:
+        """Poll until ``proc`` (a serving process) has registered every deployment in ``names``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise AssertionError(f"{proc.name} exited with code {proc.proc.returncode}:\n{proc.log_tail()}")
+            found = {n: self.deployment(flow_name, n) for n in names}
+            if all(found.values()):
+                return found  # type: ignore[return-value]
+            time.sleep(1.0)
+        raise AssertionError(f"deployments {names} not registered after {timeout_s:.0f} s:\n{proc.log_tail()}")
+
+    def create_flow_run(self, deployment_id: str, parameters: dict | None = None, name: str | None = None) -> dict:
+        """What the UI's Run / Quick run button posts."""
+        body: dict = {"state": {"type": "SCHEDULED", "name": "Scheduled"}}
+        if parameters is not None:
+            body["parameters"] = parameters
+        if name:
+            body["name"] = name
+        return self._json("POST", f"deployments/{deployment_id}/create_flow_run", json=body)
+
+    def flow_run(self, flow_run_id: str) -> dict:
+        return self._json("GET", f"flow_runs/{flow_run_id}")
+
+    def wait_terminal(self, flow_run_id: str, proc: ManagedProcess | None = None, timeout_s: float = 300, after: str | None = None) -> dict:
+        """Poll a flow run until it is terminal (and, with ``after``, its state id differs from that one)."""
+        deadline = time.monotonic() + timeout_s
+        fr = self.flow_run(flow_run_id)
+        while time.monotonic() < deadline:
+            fr = self.flow_run(flow_run_id)
+            state = fr.get("state") or {}
+            if state.get("type") in TERMINAL and state.get("id") != after:
+                return fr
+            if proc is not None and not proc.alive():
+                raise AssertionError(f"{proc.name} exited with code {proc.proc.returncode}:\n{proc.log_tail()}")
+            time.sleep(1.0)
+        tail = proc.log_tail() if proc else ""
+        raise AssertionError(f"flow run {flow_run_id} not finished after {timeout_s:.0f} s (state {fr.get('state')}):\n{tail}")
+
+    def task_runs(self, flow_run_id: str) -> list[dict]:
+        return self._json(
+            "POST", "task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}, "sort": "EXPECTED_START_TIME_ASC"}
+        )
+
+    def artifacts(self, flow_run_id: str) -> list[dict]:
+        return self._json("POST", "artifacts/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}})
+
+    def logs(self, flow_run_id: str, limit: int = 200) -> str:
+        rows = self._json("POST", "logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": limit})
+        return "\n".join(f"{r.get('name')}: {r.get('message')}" for r in rows or [])
+
+    def retry(self, flow_run_id: str) -> dict:
+        """Retry a finished flow run as the UI's Retry button / `prefect flow-run retry` do: force it back
+        to a scheduled state (AwaitingRetry) so the process serving its deployment runs it again."""
+        return self._json(
+            "POST",
+            f"flow_runs/{flow_run_id}/set_state",
+            json={"state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the e2e test"}, "force": True},
+        )
+
+
+@pytest.fixture(scope="session")
+def prefect_api(prefect_server: PrefectServer) -> Iterator[PrefectAPI]:
+    """REST access to the server, the way the UI talks to it."""
+    import httpx
+
+    with httpx.Client(base_url=prefect_server.api_url + "/", timeout=30.0) as client:
+        yield PrefectAPI(client)
