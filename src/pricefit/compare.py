@@ -169,6 +169,17 @@ def to_markdown(table: dict[str, Any]) -> str:
     if table["skipped"]:
         lines += ["", "Not compared:"]
         lines += [f"- {name}: {why}" for name, why in table["skipped"].items()]
+    usage = table.get("frontier_usage")
+    if usage:
+        lines += [
+            "",
+            f"Frontier model {usage.get('model')} at {usage.get('host')}: {usage.get('requests')} requests "
+            f"({usage.get('retries')} retries), {usage.get('cached_items')} of {usage.get('items')} items from the cache, "
+            f"{usage.get('prompt_tokens')} prompt + {usage.get('completion_tokens')} completion tokens, "
+            f"estimated cost ${usage.get('estimated_cost_usd', 0):.4f} "
+            f"(at ${usage.get('price_per_mtok', {}).get('input')}/${usage.get('price_per_mtok', {}).get('output')} "
+            "per million input/output tokens).",
+        ]
     lines.append("")
     return "\n".join(lines)
 
@@ -191,6 +202,9 @@ def compare(
         models[name] = _read_metrics(bl / name)
         items[name] = _read_item_ids(bl / name)
     table = build_comparison(models, items, metric=metric, skipped=skipped)
+    usage_file = bl / "frontier" / "usage.json"
+    if "frontier" in models and usage_file.exists():
+        table["frontier_usage"] = json.loads(usage_file.read_text())
     table["evaluation"] = str(ev.resolve())
     table["baselines"] = str(bl.resolve())
     with atomic_dir(out_dir) as tmp:

@@ -76,6 +76,24 @@ def test_compare_reads_directories_and_lists_skipped(tmp_path: Path):
     assert "- frontier: skipped: no API key in OPENAI_API_KEY" in (out / "comparison.md").read_text()
 
 
+def test_compare_reports_frontier_usage(tmp_path: Path):
+    ev = _eval_dir(tmp_path, "eval", 50.0)
+    bl = tmp_path / "bl"
+    _eval_dir(bl, "frontier", 75.0)
+    usage = {"model": "gpt-4o", "host": "api.openai.com", "requests": 6, "retries": 2, "cached_items": 0, "items": 4,
+             "prompt_tokens": 400, "completion_tokens": 8, "estimated_cost_usd": 0.00108,
+             "price_per_mtok": {"input": 2.5, "output": 10.0}}
+    (bl / "frontier" / "usage.json").write_text(json.dumps(usage))
+    (bl / "summary.json").write_text(json.dumps({"baselines": {"frontier": {"status": "ok"}}}))
+    (bl / "manifest.json").write_text("{}")
+    out = Path(compare(ev, bl, tmp_path / "cmp").path)
+    assert json.loads((out / "comparison.json").read_text())["frontier_usage"] == usage
+    assert (
+        "Frontier model gpt-4o at api.openai.com: 6 requests (2 retries), 0 of 4 items from the cache, "
+        "400 prompt + 8 completion tokens, estimated cost $0.0011"
+    ) in (out / "comparison.md").read_text()
+
+
 @pytest.mark.parametrize(
     "challenger, margin, promoted",
     [(98.0, 0.02, True), (98.01, 0.02, False), (100.0, 0.0, True), (100.01, 0.0, False), (90.0, 0.1, True), (90.1, 0.1, False)],
