@@ -263,6 +263,7 @@ def promote(eval_dir: str | Path, workdir: str | Path, cfg: PromoteConfig | None
     challenger = {
         "evaluation": str(ev),
         "adapter": manifest.get("adapter"),
+        "adapter_sha256": manifest.get("adapter_sha256"),
         "metric": cfg.metric,
         "value": float(metrics[cfg.metric]),
         "items_sha256": item_set_sha256(ids),

@@ -152,3 +152,13 @@ def test_base_model_baseline_with_tiny_random(curated: Path, tmp_path: Path, mon
     m = json.loads((out / "base_model" / "metrics.json").read_text())
     assert m["n_unparsed"] == preds.height - preds["parsed"].sum()
     assert m["info"]["base_model"] == "tiny-random"
+
+    # `pricefit evaluate` of the same model without an adapter scores the same items identically
+    from pricefit.compare import compare
+    from pricefit.config import EvaluateConfig
+    from pricefit.evaluation import evaluate
+
+    ev = evaluate(curated, tmp_path / "eval", EvaluateConfig(max_items=6, device="cpu"), base_model="tiny-random")
+    table = json.loads((Path(compare(ev.path, out, tmp_path / "cmp").path) / "comparison.json").read_text())
+    assert table["ratios"] == {"base_model": 1.0}
+    assert table["n_items"] == 6
