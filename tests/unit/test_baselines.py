@@ -162,3 +162,13 @@ def test_base_model_baseline_with_tiny_random(curated: Path, tmp_path: Path, mon
     table = json.loads((Path(compare(ev.path, out, tmp_path / "cmp").path) / "comparison.json").read_text())
     assert table["ratios"] == {"base_model": 1.0}
     assert table["n_items"] == 6
+
+
+def test_frontier_cap_refuses_before_any_request(curated: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    cfg = BaselinesConfig(
+        include=["frontier"], max_items=10, frontier=FrontierConfig(max_items=5, base_url="http://127.0.0.1:9/v1")
+    )
+    with pytest.raises(PricefitError, match="sent 10 held-out items, above its cap baselines.frontier.max_items=5"):
+        run_baselines(curated, tmp_path / "bl", cfg, progress=False)
+    assert not (tmp_path / "bl").exists()

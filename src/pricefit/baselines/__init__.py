@@ -131,10 +131,13 @@ def run_baselines(
                     continue
                 texts = test["text"].to_list()
                 if cfg.frontier.max_items is not None and cfg.frontier.max_items < n:
-                    # the frontier model costs money per item: score a prefix, leave the rest unscored
+                    # frontier.max_items caps what a paid API may be sent; scoring only a prefix would
+                    # put the frontier model on other items than the rest, so refuse instead
                     raise PricefitError(
-                        f"baselines.frontier.max_items ({cfg.frontier.max_items}) is below the {n} held-out items",
-                        hint="set baselines.max_items to the same value so every model sees the same items",
+                        f"the frontier model would be sent {n} held-out items, above its cap "
+                        f"baselines.frontier.max_items={cfg.frontier.max_items}",
+                        hint="raise baselines.frontier.max_items, or lower baselines.max_items and evaluate.max_items "
+                        "together so every model sees the same items",
                     )
                 run = frontier.price_texts(texts, cfg.frontier, price_range=price_range, progress=progress)
                 preds = [r.prediction for r in run.items]
