@@ -233,3 +233,14 @@ def test_retry_after_is_honoured_and_capped():
     assert _backoff_s(cfg, 0, 120.0) == 10.0
     for attempt, ceiling in [(0, 1.0), (2, 4.0), (6, 10.0)]:
         assert ceiling / 2 <= _backoff_s(cfg, attempt, None) <= ceiling
+
+
+def test_parse_body_survives_odd_json():
+    from pricefit.baselines.frontier import Redactor, _parse_body
+
+    r = Redactor("k")
+    odd = _parse_body('{"choices": [{"message": {"content": "$1,299"}}], "usage": {"prompt_tokens": "x"}}', r, (0, 5000))
+    assert (odd.prediction, odd.prompt_tokens, odd.completion_tokens) == (1299.0, 0, 0)
+    assert _parse_body("[1, 2]", r, (0, 10)).status == "malformed"
+    assert _parse_body('{"choices": [null]}', r, (0, 10)).status == "no_number"
+    assert _parse_body('{"choices": {"a": 1}}', r, (0, 10)).status == "empty_choices"

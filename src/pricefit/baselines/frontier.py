@@ -223,6 +223,14 @@ def _backoff_s(cfg: FrontierConfig, attempt: int, retry_after: float | None) -> 
     return random.uniform(ceiling / 2, ceiling)  # "equal jitter": spread clients apart, keep growth
 
 
+def _count(v: Any) -> int:
+    """A token count from a reply that may be missing or malformed (then 0)."""
+    try:
+        return max(0, int(v))
+    except (TypeError, ValueError):
+        return 0
+
+
 def _parse_body(text: str, redact: Redactor, price_range: tuple[float, float]) -> ItemResult:
     try:
         body = json.loads(text)
@@ -230,9 +238,8 @@ def _parse_body(text: str, redact: Redactor, price_range: tuple[float, float]) -
         return ItemResult(status="malformed", raw=redact(text[:200]), error="response body is not JSON")
     if not isinstance(body, dict):
         return ItemResult(status="malformed", raw=redact(text[:200]), error="response body is not a JSON object")
-    usage = body.get("usage") or {}
-    pt = int(usage.get("prompt_tokens") or 0) if isinstance(usage, dict) else 0
-    ct = int(usage.get("completion_tokens") or 0) if isinstance(usage, dict) else 0
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    pt, ct = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
     choices = body.get("choices")
     if not choices or not isinstance(choices, list):
         return ItemResult(status="empty_choices", prompt_tokens=pt, completion_tokens=ct, error="no choices in reply")
