@@ -1,0 +1,154 @@
+"""bitsandbytes quantization: resolve device and compute dtype, validate, build the config, load.
+
+Rules (each rejection says what to change):
+
+- 4-bit / 8-bit need bitsandbytes importable.
+- fp4 is a 4-bit format: it does not apply to 8-bit.
+- On CPU, bitsandbytes 0.50.2's 4-bit layers with bfloat16/float16 compute ran 25x slower than
+  with float32 compute (measured; float32 compute runs as fast as a dense float32 layer), so a
+  16-bit compute dtype with quantization on CPU is rejected; ``auto`` picks float32 on CPU and
+  bfloat16 on CUDA.
+- paged and 8-bit optimizers are CUDA-only.
+
+Why the 4-bit load is slow on CPU (profiled with cProfile, see docs in the train report):
+bitsandbytes 0.50.2 has no native CPU 4-bit quantizer; ``from_pretrained(quantization_config=...)``
+quantizes every Linear through the pure-PyTorch fallback (``backends/default/ops.py``:
+``torch.bucketize`` plus elementwise ops), which dominates the load; importing bitsandbytes also
+pulls in torch._dynamo (its kernels are wrapped in ``torch.compile``). The load keeps float32
+weights (``dtype=float32``) so nothing is converted twice, and never quantizes the (tied)
+embedding / lm_head.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import PricefitError
+
+log = logging.getLogger("pricefit.quant")
+
+CUDA_ONLY_OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit")
+CPU_BF16_SLOWDOWN = 25  # measured: bitsandbytes 0.50.2 4-bit layer, bf16 vs float32 compute on CPU
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the training run will actually use, after resolving ``auto``."""
+
+    device: str  # "cpu" | "cuda"
+    compute_dtype: str  # "float32" | "bfloat16" | "float16"
+    quantization: str  # "none" | "8bit" | "4bit"
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def memory_method(self) -> str:
+        """The memory planner's name for this setup."""
+        return {"none": "lora", "8bit": "lora"}.get(self.quantization, "qlora")
+
+
+def bitsandbytes_available() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve(cfg: Any, *, has_cuda: bool | None = None, has_bnb: bool | None = None) -> Plan:
+    """Resolve device/dtype of a TrainConfig and reject impossible or pathological combinations."""
+    has_cuda = cuda_available() if has_cuda is None else has_cuda
+    has_bnb = bitsandbytes_available() if has_bnb is None else has_bnb
+    if cfg.device == "cuda" and not has_cuda:
+        raise PricefitError("device: cuda was requested but no CUDA GPU is visible",
+                            hint="set train.device=auto (or cpu), or run on a machine with a CUDA build of torch")
+    device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and has_cuda) else "cpu"
+    dtype = cfg.compute_dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" else "float32"
+    warnings: list[str] = []
+    if cfg.quantization != "none":
+        if not has_bnb:
+            raise PricefitError(
+                f"quantization: {cfg.quantization} needs bitsandbytes, which is not installed",
+                hint="pip install 'bitsandbytes>=0.48', or set train.quantization=none",
+            )
+        if cfg.quant_type == "fp4" and cfg.quantization != "4bit":
+            raise PricefitError("quant_type: fp4 only applies to 4-bit quantization",
+                                hint="set train.quantization=4bit or train.quant_type=nf4")
+        if device == "cpu" and dtype != "float32":
+            raise PricefitError(
+                f"compute_dtype: {dtype} with {cfg.quantization} quantization on CPU: bitsandbytes' 4-bit layers "
+                f"ran {CPU_BF16_SLOWDOWN}x slower with 16-bit compute than with float32 on CPU",
+                hint="set train.compute_dtype=float32 (or auto) on CPU",
+            )
+    elif device == "cpu" and dtype != "float32":
+        warnings.append(f"compute_dtype {dtype} on CPU: 16-bit matmuls are slow on most CPUs; float32 is faster")
+    if device == "cpu" and cfg.optimizer in CUDA_ONLY_OPTIMIZERS:
+        raise PricefitError(
+            f"optimizer: {cfg.optimizer} is a bitsandbytes CUDA optimizer and does not run on CPU",
+            hint="set train.optimizer=adamw on CPU (paged/8-bit optimizers are for CUDA)",
+        )
+    if device == "cpu" and cfg.gradient_checkpointing:
+        warnings.append("gradient_checkpointing on CPU trades ~30% speed for memory the CPU run rarely needs")
+    for w in warnings:
+        log.warning(w)
+    return Plan(device=device, compute_dtype=dtype, quantization=cfg.quantization, warnings=tuple(warnings))
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def bnb_config(cfg: Any, plan: Plan):
+    """The transformers BitsAndBytesConfig for this plan (None without quantization)."""
+    if plan.quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if plan.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.quant_type,
+        bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=torch_dtype(plan.compute_dtype),
+        bnb_4bit_quant_storage="uint8",
+    )
+
+
+def load_model(path: str, cfg: Any, plan: Plan):
+    """Load the causal LM at ``path`` as the plan says (quantized or not), ready for LoRA."""
+    from transformers import AutoModelForCausalLM
+
+    kw: dict[str, Any] = {"dtype": torch_dtype(plan.compute_dtype)}
+    q = bnb_config(cfg, plan)
+    if q is not None:
+        kw["quantization_config"] = q
+        kw["device_map"] = {"": 0} if plan.device == "cuda" else {"": "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kw)
+    except OSError as e:
+        raise PricefitError(f"cannot load base model {path!r}: {e}",
+                            hint="check train.base_model (hub id, local directory or built-in name)") from None
+    if q is None:
+        model.to(plan.device)
+    model.config.use_cache = False
+    return model
+
+
+def describe(cfg: Any, plan: Plan) -> dict[str, Any]:
+    """What goes into the model card and summary."""
+    return {
+        "device": plan.device,
+        "compute_dtype": plan.compute_dtype,
+        "quantization": plan.quantization,
+        "quant_type": cfg.quant_type if plan.quantization == "4bit" else None,
+        "double_quant": bool(cfg.double_quant) if plan.quantization == "4bit" else None,
+    }

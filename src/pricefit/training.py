@@ -1,0 +1,499 @@
+"""QLoRA / LoRA fine-tuning with a lean custom loop: ``train(tokenized_dir, out_dir, cfg)``.
+
+Why a custom loop and not the Trainer: the loss is computed only at the label positions (the
+price completion). The decoder runs once, then ``lm_head`` is applied to the few hidden states
+whose next token carries a label, instead of full-vocabulary logits at every position. On a GPU
+that is where most of the activation memory of a plain Trainer run goes (see memory.py); on CPU
+it saves the vocab x sequence matmul. GPU fast paths (fused kernels, packing) slot into
+``_loss`` and ``_batches``.
+
+Determinism and resume: the data order is a function of (seed, epoch) only, so micro-batch ``k``
+is known without replaying the run; checkpoints hold adapter weights, optimizer, scheduler,
+every RNG state and the step, and are keyed on sha256(tokenized manifest + config) so a
+checkpoint of other inputs is never resumed. On CPU a run killed after any step and restarted
+ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import platform
+import random
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from . import artifacts
+from .artifacts import ArtifactRef
+from .errors import PricefitError
+
+log = logging.getLogger("pricefit.training")
+
+ProgressFn = Callable[[int, int, float, float], None]  # (step, total_steps, loss, tokens_per_s)
+
+# config fields that do not change the result: a checkpoint written under other values still fits
+_NOT_IN_KEY = ("save_steps", "logging_steps", "merge")
+CKPT_SUFFIX = ".ckpt"
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+def _load_split(tokenized_dir: Path, cfg) -> tuple[Any, dict]:
+    from datasets import load_from_disk
+
+    manifest = artifacts.read_manifest(tokenized_dir)
+    ds_dir = tokenized_dir / "dataset"
+    if not ds_dir.exists():
+        raise PricefitError(f"{tokenized_dir} has no dataset/ directory",
+                            hint="point --tokenized at the output of `pricefit tokenize`")
+    dd = load_from_disk(str(ds_dir))
+    if "train" not in dd:
+        raise PricefitError(f"{ds_dir} has no train split", hint="re-run `pricefit tokenize`")
+    train = dd["train"]
+    missing = {"input_ids", "attention_mask", "labels"} - set(train.column_names)
+    if missing:
+        raise PricefitError(f"tokenized train split lacks columns {sorted(missing)}", hint="re-run `pricefit tokenize`")
+    if cfg.max_train_items is not None:
+        train = train.select(range(min(cfg.max_train_items, len(train))))
+    if len(train) == 0:
+        raise PricefitError("the tokenized train split is empty", hint="curate more items or lower the filters")
+    tok_model = manifest.get("base_model")
+    if tok_model and tok_model != cfg.base_model:
+        raise PricefitError(
+            f"data was tokenized for {tok_model!r} but train.base_model is {cfg.base_model!r}",
+            hint=f"set train.base_model={tok_model} or re-tokenize for {cfg.base_model}",
+        )
+    train = train.select_columns(["input_ids", "attention_mask", "labels"])
+    return train, manifest
+
+
+@dataclass(frozen=True)
+class Schedule:
+    n_items: int
+    batch_size: int
+    grad_accum: int
+    micro_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+
+def make_schedule(n_items: int, cfg) -> Schedule:
+    micro_per_epoch = math.ceil(n_items / cfg.batch_size)
+    if cfg.max_steps is not None:
+        total = cfg.max_steps
+    else:
+        total = max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
+    return Schedule(n_items, cfg.batch_size, cfg.grad_accum, micro_per_epoch, total,
+                    math.ceil(cfg.warmup_ratio * total))
+
+
+def micro_batch_indices(k: int, sched: Schedule, seed: int) -> list[int]:
+    """Row indices of global micro-batch ``k``: a pure function of (k, seed), so resume needs no replay."""
+    import torch
+
+    epoch, pos = divmod(k, sched.micro_per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(sched.n_items, generator=g)
+    return perm[pos * sched.batch_size:(pos + 1) * sched.batch_size].tolist()
+
+
+def collate(rows: dict[str, list], pad_id: int):
+    """Right-pad a micro-batch to its longest row (labels padded with -100)."""
+    import torch
+
+    n = len(rows["input_ids"])
+    width = max(len(x) for x in rows["input_ids"])
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    labels = torch.full((n, width), -100, dtype=torch.long)
+    for i in range(n):
+        L = len(rows["input_ids"][i])
+        ids[i, :L] = torch.tensor(rows["input_ids"][i])
+        mask[i, :L] = torch.tensor(rows["attention_mask"][i])
+        labels[i, :L] = torch.tensor(rows["labels"][i])
+    return ids, mask, labels
+
+
+# ----------------------------------------------------------------------------------------------
+# model
+
+
+def _build_model(cfg, plan, base_path: str):
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from . import quant
+
+    torch.manual_seed(cfg.seed)  # LoRA init draws from the global RNG
+    model = quant.load_model(base_path, cfg, plan)
+    if plan.quantization != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lcfg = LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules, bias="none", task_type="CAUSAL_LM",
+    )
+    try:
+        model = get_peft_model(model, lcfg)
+    except ValueError as e:
+        raise PricefitError(f"LoRA target_modules {cfg.target_modules!r} do not fit this model: {e}",
+                            hint="use names of the model's Linear layers (q_proj, k_proj, ...) or 'all-linear'") from None
+    return model
+
+
+def _loss(model, ids, mask, labels):
+    """Mean cross-entropy over the label positions only; returns (loss, n_label_tokens).
+
+    The decoder runs on every position; lm_head runs only where the next token has a label.
+    """
+    import torch.nn.functional as F
+
+    inner = model.get_base_model()  # the *ForCausalLM under peft
+    decoder = getattr(inner, "model", None) or inner.get_decoder()
+    hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    target = labels[:, 1:]
+    sel = target != -100
+    n = int(sel.sum())
+    if n == 0:
+        return None, 0
+    h = hidden[:, :-1][sel]
+    logits = inner.get_output_embeddings()(h).float()
+    return F.cross_entropy(logits, target[sel]), n
+
+
+def _optimizer(cfg, params, plan):
+    import torch
+
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw_fused":
+        return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
+    import bitsandbytes as bnb
+
+    cls = {"paged_adamw_32bit": bnb.optim.PagedAdamW32bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+           "adamw_8bit": bnb.optim.AdamW8bit}[cfg.optimizer]
+    return cls(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def checkpoint_key(tokenized_sha256: str, cfg) -> str:
+    body = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_IN_KEY}
+    return artifacts.sha256_bytes(artifacts.canonical_json({"tokenized": tokenized_sha256, "config": body}).encode())[:16]
+
+
+def checkpoint_root(out_dir: Path) -> Path:
+    return out_dir.with_name(out_dir.name + CKPT_SUFFIX)
+
+
+def _rng_state() -> dict:
+    import numpy as np
+    import torch
+
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _save_checkpoint(ckdir: Path, step: int, model, opt, sched, history: list[dict]) -> None:
+    import torch
+    from peft import get_peft_model_state_dict
+
+    final = ckdir / f"step-{step:07d}"
+    with artifacts.atomic_dir(final) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in get_peft_model_state_dict(model).items()}, tmp / "adapter.pt")
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        torch.save(sched.state_dict(), tmp / "scheduler.pt")
+        torch.save(_rng_state(), tmp / "rng.pt")
+        # state.json last: a step directory is complete when it exists (and the rename is atomic anyway)
+        artifacts.write_json_atomic(tmp / "state.json", {"step": step, "history": history})
+    for old in ckdir.glob("step-*"):
+        if old != final and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _latest_checkpoint(ckdir: Path) -> Path | None:
+    done = sorted(p for p in ckdir.glob("step-*") if (p / "state.json").is_file())
+    return done[-1] if done else None
+
+
+def _load_checkpoint(path: Path, model, opt, sched) -> tuple[int, list[dict]]:
+    import torch
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, torch.load(path / "adapter.pt", weights_only=True))
+    opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    sched.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    state = json.loads((path / "state.json").read_text())
+    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    return int(state["step"]), list(state["history"])
+
+
+# ----------------------------------------------------------------------------------------------
+# outputs
+
+
+def _write_loss(tmp: Path, history: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["step", "loss", "lr", "tokens_per_s"], lineterminator="\n")
+    w.writeheader()
+    for row in history:
+        w.writerow(row)
+    artifacts.write_text_atomic(tmp / "loss.csv", buf.getvalue())
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in history], [r["loss"] for r in history], lw=1.2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (price tokens)")
+    ax.set_title("training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(tmp / "loss.png", dpi=100)
+    plt.close(fig)
+
+
+def _hardware(plan) -> str:
+    import torch
+
+    if plan.device == "cuda":
+        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    return f"CPU {platform.machine()} x{os.cpu_count()} threads={torch.get_num_threads()}"
+
+
+def _peak_gib(plan) -> tuple[float, str]:
+    import torch
+
+    if plan.device == "cuda":
+        return torch.cuda.max_memory_allocated() / 1024**3, "torch.cuda.max_memory_allocated"
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+    return kb / 1024**2, "process peak RSS (CPU run)"
+
+
+def _estimate_gib(cfg, plan, base_path: str, seq: int) -> float | None:
+    from . import memory
+
+    try:
+        shape = memory.load_shape(base_path)
+        method = plan.memory_method
+        if method == "qlora" and cfg.double_quant:
+            method = "qlora-dq"
+        targets = cfg.target_modules
+        if targets != "all-linear":
+            targets = [t for t in targets if t in memory.LINEAR_NAMES] or ["q_proj"]
+        e = memory.estimate(shape, method, cfg.batch_size, seq, cfg.lora_r, targets, cfg.gradient_checkpointing,
+                            logits_positions=8)
+        return round(e.total_gib, 3)
+    except PricefitError as e:
+        log.info("no memory estimate: %s", e.message)
+        return None
+
+
+def _model_card(cfg, summary: dict) -> str:
+    cfg_yaml = json.dumps(cfg.model_dump(mode="json"), indent=2, sort_keys=True)
+    peak = summary["peak_mem_gib"]
+    est = summary["estimate_gib"]
+    return f"""# pricefit adapter: {cfg.base_model} + LoRA r={cfg.lora_r}
+
+Predicts a product's price from its listing text (completion after "Price is $").
+
+| | |
+|---|---|
+| base model | `{cfg.base_model}` |
+| training data | tokenized artifact sha256 `{summary['tokenized_sha256']}` ({summary['train_items']} items) |
+| method | {summary['quantization']['quantization']} quantization, compute {summary['quantization']['compute_dtype']}, LoRA r={cfg.lora_r} alpha={cfg.lora_alpha} on {cfg.target_modules} |
+| steps | {summary['steps']} optimizer steps (batch {cfg.batch_size} x accum {cfg.grad_accum}) |
+| final loss | {summary['final_loss']:.4f} |
+| hardware | {summary['hardware']} |
+| time | {summary['runtime_s']:.1f} s, {summary['tokens_per_s']:.0f} tokens/s |
+| peak memory | {peak:.2f} GiB ({summary['peak_mem_source']}) |
+| planner estimate | {'n/a' if est is None else f'{est:.2f} GiB'} (pricefit plan-memory) |
+
+## Metrics
+
+Filled in by `pricefit evaluate` (held-out MAE, RMSLE, hit rate); see the evaluation artifact.
+
+## Configuration
+
+```json
+{cfg_yaml}
+```
+"""
+
+
+def _merge(base_path: str, adapter_dir: Path, out: Path) -> None:
+    """Merged model in float32: base (unquantized) + adapter, so it loads without peft/bitsandbytes."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, progress: ProgressFn | None = None) -> ArtifactRef:
+    """Fine-tune ``cfg.base_model`` with LoRA on the tokenized train split; write an adapter artifact.
+
+    Resumes from ``<out_dir>.ckpt/<key>/`` when a run with the same inputs and config was killed.
+    ``progress(step, total_steps, loss, tokens_per_s)`` is called after every optimizer step
+    (after the checkpoint of that step is written).
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    from . import models, quant
+
+    tokenized_dir, out_dir = Path(tokenized_dir), Path(out_dir)
+    plan = quant.resolve(cfg)
+    train_ds, tok_manifest = _load_split(tokenized_dir, cfg)
+    tokenized_sha = artifacts.sha256_file(tokenized_dir / artifacts.MANIFEST)
+    sched_plan = make_schedule(len(train_ds), cfg)
+    base_path = models.resolve_model(cfg.base_model)
+    tokenizer = models.load_tokenizer(cfg.base_model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    key = checkpoint_key(tokenized_sha, cfg)
+    ckroot = checkpoint_root(out_dir)
+    ckdir = ckroot / key
+    others = [p.name for p in ckroot.glob("*") if p.is_dir() and p.name != key] if ckroot.exists() else []
+    if others:
+        log.warning("ignoring checkpoints of other inputs/configs in %s: %s", ckroot, ", ".join(others))
+
+    model = _build_model(cfg, plan, base_path)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = _optimizer(cfg, params, plan)
+    lr_sched = get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=sched_plan.warmup_steps,
+                             num_training_steps=sched_plan.total_steps)
+
+    step, history = 0, []
+    latest = _latest_checkpoint(ckdir) if ckdir.exists() else None
+    if latest is not None:
+        step, history = _load_checkpoint(latest, model, opt, lr_sched)
+        log.info("resuming from %s (step %d of %d)", latest, step, sched_plan.total_steps)
+    else:
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+
+    trainable = sum(p.numel() for p in params)
+    log.info("training %s: %d items, %d steps, %d trainable params, %s %s on %s",
+             cfg.base_model, len(train_ds), sched_plan.total_steps, trainable, plan.quantization,
+             plan.compute_dtype, plan.device)
+    bar = tqdm(total=sched_plan.total_steps, initial=step, file=sys.stderr, desc="train", unit="step",
+               dynamic_ncols=True, disable=None)
+    t_start = time.perf_counter()
+    tokens_seen, max_seq = 0, 0
+    try:
+        while step < sched_plan.total_steps:
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss_sum, step_tokens, counted = 0.0, 0, 0
+            for a in range(cfg.grad_accum):
+                k = step * cfg.grad_accum + a
+                ids, mask, labels = collate(train_ds[micro_batch_indices(k, sched_plan, cfg.seed)], pad_id)
+                max_seq = max(max_seq, ids.shape[1])
+                ids, mask, labels = ids.to(plan.device), mask.to(plan.device), labels.to(plan.device)
+                loss, n = _loss(model, ids, mask, labels)
+                step_tokens += int(mask.sum())
+                if loss is None:
+                    continue
+                (loss / cfg.grad_accum).backward()
+                loss_sum += float(loss.detach())
+                counted += 1
+            if counted == 0:
+                raise PricefitError(f"step {step + 1}: no label tokens in the batch (every completion truncated?)",
+                                    hint="raise tokenize.max_length so the price completion fits")
+            if cfg.max_grad_norm and cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            lr = opt.param_groups[0]["lr"]
+            opt.step()
+            lr_sched.step()
+            step += 1
+            dt = max(time.perf_counter() - t0, 1e-9)
+            tps = step_tokens / dt
+            tokens_seen += step_tokens
+            step_loss = loss_sum / counted
+            history.append({"step": step, "loss": round(step_loss, 6), "lr": lr, "tokens_per_s": round(tps, 1)})
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tps:.0f}")
+            if step % cfg.save_steps == 0 and step < sched_plan.total_steps:
+                _save_checkpoint(ckdir, step, model, opt, lr_sched, history)
+            if progress is not None:
+                progress(step, sched_plan.total_steps, step_loss, tps)
+    finally:
+        bar.close()
+    runtime = time.perf_counter() - t_start
+
+    peak, peak_src = _peak_gib(plan)
+    summary = {
+        "steps": step,
+        "total_steps": sched_plan.total_steps,
+        "train_items": len(train_ds),
+        "final_loss": history[-1]["loss"],
+        "first_loss": history[0]["loss"],
+        "runtime_s": round(runtime, 2),
+        "tokens_per_s": round(tokens_seen / runtime, 1) if runtime > 0 and tokens_seen else 0.0,
+        "peak_mem_gib": round(peak, 3),
+        "peak_mem_source": peak_src,
+        "estimate_gib": _estimate_gib(cfg, plan, base_path, max_seq or 128),
+        "hardware": _hardware(plan),
+        "trainable_params": trainable,
+        "tokenized_sha256": tokenized_sha,
+        "checkpoint_key": key,
+        "resumed": latest is not None,
+        "quantization": quant.describe(cfg, plan),
+        "warnings": list(plan.warnings),
+    }
+    with artifacts.atomic_dir(out_dir) as tmp:
+        model.save_pretrained(str(tmp / "adapter"))
+        _write_loss(tmp, history)
+        artifacts.write_json_atomic(tmp / "train_summary.json", summary)
+        artifacts.write_text_atomic(tmp / "model_card.md", _model_card(cfg, summary))
+        if cfg.merge:
+            _merge(base_path, tmp / "adapter", tmp / "merged")
+        artifacts.write_manifest(tmp, {
+            "kind": "adapter", "schema_version": 1, "base_model": cfg.base_model,
+            "tokenized_sha256": tokenized_sha, "tokenizer_sha256": tok_manifest.get("tokenizer_sha256"),
+            "config": cfg.model_dump(mode="json"), "steps": step, "final_loss": summary["final_loss"],
+            "train_items": len(train_ds),
+        })
+    shutil.rmtree(ckdir, ignore_errors=True)
+    if ckroot.exists() and not any(ckroot.iterdir()):
+        ckroot.rmdir()
+    return artifacts.ref_for(out_dir, "adapter", rows=len(train_ds))
