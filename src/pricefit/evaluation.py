@@ -54,7 +54,7 @@ def load_heldout(data_dir: str | Path, split: str = "test", max_items: int | Non
             raise PricefitError(f"{d} has no {split!r} split (has {sorted(ds)})", hint="use --split test or validation")
         part = ds[split]
         cols = [c for c in ("item_id", "category", "title", "text", "price", "prompt") if c in part.column_names]
-        frame = pl.from_arrow(part.select_columns(cols).data.table)
+        frame = pl.DataFrame(part.select_columns(cols).to_dict())
     else:
         raise PricefitError(
             f"{d} is a {kind!r} artifact; evaluate reads a 'curated' or 'tokenized' one",
@@ -76,7 +76,7 @@ def prompt_builder(template: str = DEFAULT_PROMPT_TEMPLATE) -> Callable[[str], s
         tcfg = TokenizeConfig(prompt_template=template)
         return lambda text: build_prompt(text, tcfg)
     except ImportError:
-        return lambda text: template.format(text=text)
+        return lambda text: template.replace("{text}", text)
 
 
 def make_predictor(cfg: EvaluateConfig, base_model: str | None, adapter_dir: str | Path | None):

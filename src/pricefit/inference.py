@@ -242,7 +242,8 @@ class PricePredictor:
     # -- prompts ---------------------------------------------------------------------------------
 
     def prompt(self, text: str) -> str:
-        return self.prompt_template.format(text=text)
+        # str.replace, not format: listings contain braces ("{Brand: Acme}")
+        return self.prompt_template.replace("{text}", text)
 
     def _encode(self, prompts: Sequence[str]) -> Any:
         tok = self.tokenizer

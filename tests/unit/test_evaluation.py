@@ -31,7 +31,8 @@ def _curated(d, n_train=2):
                                        "price": pl.Float64, "source_file": pl.String, "source_line": pl.Int64})
     frame.write_parquet(d / "test.parquet")
     frame.head(n_train).write_parquet(d / "train.parquet")
-    frame.head(0).write_parquet(d / "validation.parquet")
+    # (not empty: datasets 4 cannot load_from_disk a DatasetDict saved with a 0-row split)
+    frame.tail(1).write_parquet(d / "validation.parquet")
     artifacts.write_manifest(d, {"kind": "curated", "schema_version": 1})
     return d
 
@@ -96,8 +97,12 @@ def test_evaluate_max_items_and_missing_split(env):
 
     ref = evaluate(env["curated"], env["root"] / "eval2", EvaluateConfig(max_items=2, max_new_tokens=2, device="cpu"), "tiny-random")
     assert ref.rows == 2 and pl.read_parquet(ref.dir / "predictions.parquet").height == 2
+    empty = env["root"] / "curated_empty"
+    empty.mkdir()
+    pl.read_parquet(env["curated"] / "test.parquet").head(0).write_parquet(empty / "test.parquet")
+    artifacts.write_manifest(empty, {"kind": "curated", "schema_version": 1})
     with pytest.raises(PricefitError, match="no items to evaluate"):
-        evaluate(env["curated"], env["root"] / "eval3", EvaluateConfig(split="validation", device="cpu"), "tiny-random")
+        evaluate(empty, env["root"] / "eval3", EvaluateConfig(device="cpu"), "tiny-random")
     assert not (env["root"] / "eval3").exists()  # nothing half-written
 
 
@@ -183,3 +188,21 @@ def test_evaluate_source_scores_usable_listings_and_accounts_for_the_rest(env, t
     inputs = json.loads((out / "manifest.json").read_text())["inputs"]
     assert inputs["rows_read"] == 6 and inputs["over_max_items"] == 1
     assert inputs["rows_read"] == ref.rows + skipped.height + inputs["over_max_items"]
+
+
+def test_tokenized_input_gives_the_same_predictions_as_curated(env):
+    """The tokenized artifact's prompt column and the prompt evaluate builds from curated text agree."""
+    from pricefit.config import TokenizeConfig
+    from pricefit.evaluation import evaluate, make_predictor
+    from pricefit.tokenization import tokenize
+
+    tok_dir = env["root"] / "tokenized"
+    tokenize(env["curated"], tok_dir, TokenizeConfig(base_model="tiny-random"))
+    cfg = EvaluateConfig(max_new_tokens=3, batch_size=5, device="cpu")
+    pred = make_predictor(cfg, "tiny-random", env["adapter"])
+    a = evaluate(env["curated"], env["root"] / "ev_cur", cfg, predictor=pred)
+    b = evaluate(tok_dir, env["root"] / "ev_tok", cfg, predictor=pred)
+    pa, pb = (pl.read_parquet(r.dir / "predictions.parquet") for r in (a, b))
+    assert pb["item_id"].to_list() == pa["item_id"].to_list()
+    assert pb["raw"].to_list() == pa["raw"].to_list()
+    assert json.loads((b.dir / "manifest.json").read_text())["inputs"]["kind"] == "tokenized"
