@@ -201,3 +201,64 @@ def test_tokenize_rejects_a_non_curated_dir(tmp_path, cfg):
     with pytest.raises(PricefitError, match="test.parquet is missing"):
         tokenize(curated, tmp_path / "out", cfg)
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# the CLI
+
+
+@pytest.fixture
+def cli_home(home, monkeypatch):
+    monkeypatch.setenv("PRICEFIT_HOME", str(home))
+    return home
+
+
+def _run(args):
+    from typer.testing import CliRunner
+
+    from pricefit.cli import app
+
+    return CliRunner().invoke(app, args, catch_exceptions=False)
+
+
+def test_tokenize_cli_json(tmp_path, cli_home):
+    curated = _curated_dir(tmp_path, {"train": 4, "validation": 1, "test": 2})
+    cfg = tmp_path / "tok.yaml"
+    cfg.write_text("tokenize:\n  max_length: 90\n  batch_size: 2\n")
+    out = tmp_path / "tok"
+    r = _run(
+        ["tokenize", "--curated", str(curated), "--out", str(out), "--base-model", "tiny-random",
+         "--config", str(cfg), "--set", "tokenize.max_length=80", "--no-contracts", "--json"]
+    )
+    assert r.exit_code == 0, r.stderr
+    body = json.loads(r.stdout)  # exactly one JSON object on stdout
+    assert body["ok"] is True
+    assert body["rows"] == {"train": 4, "validation": 1, "test": 2}
+    assert body["base_model"] == "tiny-random"
+    assert body["max_length"] == 80 and body["max_tokens"] <= 80
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["config"]["batch_size"] == 2 and m["config"]["max_length"] == 80  # file + --set applied
+    assert body["truncated"] == m["truncated"] == sum(s["truncated"] for s in body["splits"].values())
+    assert body["sha256"] == sha256_file(out / "manifest.json")
+    assert body["contracts"].startswith("skipped")
+
+
+def test_tokenize_cli_errors_are_clear(tmp_path, cli_home):
+    r = _run(["tokenize", "--curated", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--base-model", "tiny-random"])
+    assert r.exit_code == 2
+    assert "no manifest.json" in r.stderr
+    curated = _curated_dir(tmp_path, {"train": 1, "validation": 1, "test": 1})
+    r = _run(["tokenize", "--curated", str(curated), "--out", str(tmp_path / "o"), "--set", "max_length=oops"])
+    assert r.exit_code == 2 and "max_length" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_tokenize_cli_output_passes_the_tokenized_contract(tmp_path, cli_home):
+    curated = _curated_dir(tmp_path, {"train": 6, "validation": 2, "test": 2})
+    r = _run(["tokenize", "--curated", str(curated), "--out", str(tmp_path / "tok"), "--base-model", "tiny-random", "--json"])
+    assert r.exit_code == 0, r.stderr
+    body = json.loads(r.stdout)
+    assert body["contracts"] == "tokenized passed"
+    report = json.loads((tmp_path / "tok" / "contracts" / "tokenized.json").read_text())
+    assert report["skipped"] == 0

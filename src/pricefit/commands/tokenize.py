@@ -1,0 +1,86 @@
+"""`pricefit tokenize`: curated splits -> a tokenized `datasets` DatasetDict whose loss is on the price only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ..cli import JSON_OPTION_HELP, app, command, emit
+
+
+def _overrides(items: list[str] | None) -> list[str]:
+    # accept both "max_length=128" and "tokenize.max_length=128"
+    return [i[len("tokenize."):] if i.startswith("tokenize.") else i for i in (items or [])]
+
+
+def _human(r: dict[str, Any]) -> str:
+    lines = [f"tokenized {r['curated']} with {r['base_model']} -> {r['out']}"]
+    for split, n in r["rows"].items():
+        s = r["splits"][split]
+        lines.append(
+            f"  {split:<12}{n:>8,} rows   max {s['max_tokens']:>4} tokens   mean {s['mean_tokens']:>7.1f}   truncated {s['truncated']:,}"
+        )
+    lines.append(f"  budget {r['max_length']} tokens; longest {r['max_tokens']}, mean {r['mean_tokens']:.1f}, truncated {r['truncated']:,}")
+    lines.append(f"  contracts: {r['contracts']}   sha256: {r['sha256'][:16]}")
+    return "\n".join(lines)
+
+
+@app.command("tokenize")
+@command
+def tokenize_cmd(
+    curated: Path = typer.Option(..., "--curated", "-i", help="A `pricefit curate` output directory (train/validation/test.parquet + manifest)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory: dataset/ (DatasetDict.save_to_disk) + manifest.json."),
+    base_model: Optional[str] = typer.Option(
+        None, "--base-model", "-m", help="Tokenizer to use: hub id, local directory, or built-in smollm2-135m / tiny-random."
+    ),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file: a tokenize mapping or a run profile with a tokenize: section."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a tokenize setting, e.g. --set max_length=128 (repeatable)."),
+    no_contracts: bool = typer.Option(False, "--no-contracts", help="Skip the tokenized data contract (debugging only)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+) -> None:
+    """Build prompt + price completion for every curated item, tokenize in batches, mask all but the price.
+
+    Each row is `prompt_template` (with the item text) followed by `completion_template` (the
+    whole-dollar price, e.g. "123.00"); labels are -100 except on the completion tokens. Texts are
+    cut at a token boundary so prompt + completion fit `max_length`; the completion is never cut.
+
+    Example:  pricefit tokenize --curated runs/demo/curated --out runs/demo/tokenized --base-model smollm2-135m
+    """
+    from ..config import TokenizeConfig, load_stage_config
+    from ..tokenization import tokenize
+
+    overrides = _overrides(set_)
+    if base_model:
+        overrides.append(f"base_model={base_model}")
+    cfg = load_stage_config(TokenizeConfig, str(config) if config else None, "tokenize", overrides)
+    ref = tokenize(curated, out, cfg)
+    contracts = "skipped (--no-contracts)"
+    if not no_contracts:
+        import data_contracts
+
+        from ..models import load_tokenizer
+
+        data_contracts.check("tokenized", ref.dir, tokenizer=load_tokenizer(cfg.base_model))
+        contracts = "tokenized passed"
+    m = ref.manifest()
+    emit(
+        {
+            "ok": True,
+            "curated": str(curated),
+            "out": str(ref.dir),
+            "sha256": ref.sha256,
+            "base_model": m["base_model"],
+            "tokenizer_sha256": m["tokenizer_sha256"],
+            "rows": m["rows"],
+            "splits": m["splits"],
+            "max_length": m["max_tokens"],
+            "max_tokens": m["tokens_max"],
+            "mean_tokens": m["tokens_mean"],
+            "truncated": m["truncated"],
+            "contracts": contracts,
+        },
+        as_json,
+        _human,
+    )
