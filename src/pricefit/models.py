@@ -138,7 +138,11 @@ def ensure_builtin(name: str, force: bool = False) -> Path:
 
 
 def load_tokenizer(name: str):
-    """A fast tokenizer for ``name`` with a pad token (eos when the model has none); cached per process."""
+    """A fast tokenizer for ``name`` with a pad token (eos when the model has none); cached per process.
+
+    The returned object is shared by every caller in the process: ``copy.deepcopy`` it before
+    changing settings such as ``padding_side``.
+    """
     return _load_tokenizer_cached(resolve_model(name))
 
 
@@ -205,7 +209,13 @@ def model_info(name: str) -> dict[str, Any]:
     else:  # hub id: config and tokenizer are small; weights are not fetched just to count them
         from transformers import AutoConfig
 
-        cfg = AutoConfig.from_pretrained(resolved)
+        try:
+            cfg = AutoConfig.from_pretrained(resolved)
+        except OSError as e:
+            raise PricefitError(
+                f"cannot load the config of {resolved!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                hint="offline? use a local directory or a built-in model (smollm2-135m, tiny-random)",
+            ) from None
         info["architecture"] = (getattr(cfg, "architectures", None) or [cfg.model_type])[0]
         info["model_type"] = cfg.model_type
         tok = load_tokenizer(resolved)

@@ -42,9 +42,7 @@ def tokenize_cmd(
 ) -> None:
     """Build prompt + price completion for every curated item, tokenize in batches, mask all but the price.
 
-    Each row is `prompt_template` (with the item text) followed by `completion_template` (the
-    whole-dollar price, e.g. "123.00"); labels are -100 except on the completion tokens. Texts are
-    cut at a token boundary so prompt + completion fit `max_length`; the completion is never cut.
+    Each row is prompt_template (with the item text) followed by completion_template (the whole-dollar price, e.g. "123.00"); labels are -100 except on the completion tokens. Texts are cut at a token boundary so prompt + completion fit max_length; the completion is never cut.
 
     Example:  pricefit tokenize --curated runs/demo/curated --out runs/demo/tokenized --base-model smollm2-135m
     """
