@@ -160,21 +160,13 @@ def load_shape(model: str) -> ModelShape:
         return shape_from_config(json.loads(path.read_text()), model)
     if (path / "config.json").is_file():
         return shape_from_config(json.loads((path / "config.json").read_text()), model)
-    try:  # pricefit's own model registry (tiny-random, smollm2-135m), when present
+    try:  # pricefit's own built-in models (tiny-random, smollm2-135m) resolve to a local directory
         from . import models  # noqa: PLC0415
 
-        spec = getattr(models, "model_config", None)
-        if callable(spec):
-            cfg = spec(model)
-            if cfg is not None:
-                return shape_from_config(cfg if isinstance(cfg, dict) else cfg.to_dict(), model)
-        resolved = models.resolve_model(model)
-        rpath = Path(getattr(resolved, "path", resolved))
-        if (rpath / "config.json").is_file():
+        if model in models.builtin_models():
+            rpath = Path(models.resolve_model(model))
             return shape_from_config(json.loads((rpath / "config.json").read_text()), model)
-    except (ImportError, AttributeError, TypeError):
-        pass
-    except PricefitError:
+    except ImportError:
         pass
     try:
         from transformers import AutoConfig  # noqa: PLC0415
