@@ -149,10 +149,10 @@ class Steps:
 
         return self.run("compare", compare, evaluation, baselines, self.cfg.promote, self.workdir)
 
-    def report(self, **refs):
+    def report(self, decision, **refs):
         from tasks.report import report
 
-        return self.run("report", report, refs, self.workdir)
+        return self.run("report", report, refs, decision, self.workdir)
 
     def prepared_data(self):
         """ingest -> contract -> curate -> contract -> tokenize -> contract (every flow starts here)."""

@@ -30,7 +30,10 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
     evaluation = steps.evaluate(adapter, tokenized)
     baselines = steps.baselines(curated)
     comparison = steps.compare(evaluation, baselines)
-    report = steps.report(curated=curated, adapter=adapter, evaluation=evaluation, baselines=baselines, comparison=comparison["comparison"])
+    report = steps.report(
+        comparison["decision"], curated=curated, adapter=adapter, evaluation=evaluation, baselines=baselines,
+        comparison=comparison["comparison"],
+    )
 
     return summary(steps, evaluation, comparison, report)
 

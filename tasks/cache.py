@@ -79,7 +79,7 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
     ),
     "baselines": ("pricefit.baselines", "pricefit.inference", "pricefit.parsing", "pricefit.metrics", "pricefit.models"),
     "compare": ("pricefit.compare", "pricefit.metrics"),
-    "report": ("pricefit.report", "pricefit.plots"),
+    "report": ("tasks.report",),  # the run report is rendered by the task module itself
 }
 
 

@@ -24,4 +24,4 @@ def evaluate(adapter: ArtifactRef, tokenized: ArtifactRef, cfg: EvaluateConfig, 
     )
     on_gpu = gpu.resolve_device(cfg.device) == "cuda"
     with gpu.slot(cfg.device) if on_gpu else contextlib.nullcontext():
-        return evaluation.evaluate(adapter.path, tokenized.path, out, cfg)
+        return evaluation.evaluate(tokenized.path, out, cfg, adapter_dir=adapter.path)

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import inspect
-
 from prefect import task
 
 from pricefit.artifacts import ArtifactRef
@@ -23,8 +21,7 @@ def train(tokenized: ArtifactRef, cfg: TrainConfig, workdir: str) -> ArtifactRef
     maybe_fail("train")
     out = cache.out_dir(workdir, "train", cache.current_key("train", dict(tokenized=tokenized, cfg=cfg, workdir=workdir)))
     progress = ui.Progress("training-progress", f"training {cfg.base_model}")
-    kwargs = {"progress": progress} if "progress" in inspect.signature(training.train).parameters else {}
     with gpu.slot(cfg.device):
-        ref = training.train(tokenized.path, out, cfg, **kwargs)
+        ref = training.train(tokenized.path, out, cfg, progress=progress)
     progress.done()
     return ref
