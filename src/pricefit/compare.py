@@ -270,6 +270,15 @@ def promote(eval_dir: str | Path, workdir: str | Path, cfg: PromoteConfig | None
         "n": len(ids),
         "metrics": {k: metrics.get(k) for k in ("n", "n_unparsed", *METRICS)},
     }
+    wd.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock
+
+    # two runs promoting at once must not both read the old champion and both win
+    with FileLock(str(wd / ".champion.lock")):
+        return _decide_and_record(wd, challenger, cfg)
+
+
+def _decide_and_record(wd: Path, challenger: dict[str, Any], cfg: PromoteConfig) -> dict[str, Any]:
     champ_path = wd / "champion.json"
     champion = json.loads(champ_path.read_text()) if champ_path.exists() else None
     lower = LOWER_IS_BETTER[cfg.metric]
@@ -285,15 +294,17 @@ def promote(eval_dir: str | Path, workdir: str | Path, cfg: PromoteConfig | None
             f"{str(champion.get('items_sha256'))[:12]}) than the challenger ({challenger['n']} items, set "
             f"{challenger['items_sha256'][:12]}); re-score the champion on the same split before comparing"
         )
-    elif champion.get("metric") != cfg.metric:
+    elif (champion.get("metrics") or {}).get(cfg.metric) is None:
         promoted, improvement = False, None
-        reason = f"champion was chosen on {champion.get('metric')}, not {cfg.metric}; promote with --metric {champion.get('metric')}"
+        reason = f"the champion's record has no {cfg.metric}; promote with --metric {champion.get('metric')}"
     else:
-        promoted, improvement = decide(challenger["value"], float(champion["value"]), cfg.margin, lower)
+        # the champion's value of THIS metric (it may have been chosen on another one)
+        champ_value = float(champion["metrics"][cfg.metric])
+        promoted, improvement = decide(challenger["value"], champ_value, cfg.margin, lower)
         verb = "beats" if promoted else "does not beat"
         gain = "undefined" if improvement is None else f"{improvement:.2%}"
         reason = (
-            f"challenger {cfg.metric} {challenger['value']:.4f} {verb} champion {float(champion['value']):.4f} "
+            f"challenger {cfg.metric} {challenger['value']:.4f} {verb} champion {champ_value:.4f} "
             f"by the margin {cfg.margin:.2%} (relative improvement {gain})"
         )
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")

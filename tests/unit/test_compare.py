@@ -138,3 +138,13 @@ def test_promotion_refuses_a_champion_scored_on_other_items(tmp_path: Path):
 def test_decide_against_a_zero_champion_has_no_relative_gain():
     assert decide(1.0, 0.0, 0.02) == (False, None)
     assert decide(0.0, 0.0, 0.0) == (True, None)
+
+
+def test_promotion_on_another_metric_uses_the_champions_value_of_that_metric(tmp_path: Path):
+    wd = tmp_path / "work"
+    promote(_eval_dir(tmp_path, "e1", 100.0), wd, PromoteConfig(metric="mae"))  # rmsle 0.5 recorded too
+    d = _eval_dir(tmp_path, "e2", 120.0)
+    (d / "metrics.json").write_text(json.dumps({**_m(120.0), "rmsle": 0.45}))  # worse MAE, 10% better RMSLE
+    rec = promote(d, wd, PromoteConfig(metric="rmsle", margin=0.05))
+    assert rec["promoted"] is True and rec["relative_improvement"] == pytest.approx(0.1)
+    assert json.loads((wd / "champion.json").read_text())["metric"] == "rmsle"
