@@ -192,7 +192,13 @@ class PrefectAPI:
         self.http = client
 
     def _json(self, method: str, path: str, **kw):
-        r = self.http.request(method, path, **kw)
+        # SQLite under load answers 503 ("database is locked") now and then; Prefect's own client
+        # retries those, and so does this one
+        for attempt in range(8):
+            r = self.http.request(method, path, **kw)
+            if r.status_code not in (429, 502, 503):
+                break
+            time.sleep(min(0.5 * 2**attempt, 8.0))
         if r.status_code >= 400:
             raise AssertionError(f"{method} {path} -> HTTP {r.status_code}: {r.text[:2000]}")
         return r.json() if r.content else None
@@ -269,3 +275,86 @@ def prefect_api(prefect_server: PrefectServer) -> Iterator[PrefectAPI]:
 
     with httpx.Client(base_url=prefect_server.api_url + "/", timeout=30.0) as client:
         yield PrefectAPI(client)
+
+
+# ------------------------------------------------------------------------------------------------
+# `pricefit serve` against the session's server
+
+FLOW = "retrain"
+SERVED = ["retrain-nightly", "retrain-manual"]
+# PRICEFIT_E2E_TOY=1: a seconds-long stand-in flow with the same step names (tests/e2e/toy_project)
+TOY = os.environ.get("PRICEFIT_E2E_TOY") == "1"
+PREFECT_FILE = (Path(__file__).parent / "toy_project" / "prefect.yaml") if TOY else REPO_ROOT / "deployments" / "prefect.yaml"
+
+# the demo profile made test-sized: tiny random Llama, 60 synthetic listings, 2 training steps
+TINY_OVERRIDES = [
+    "source=demo:60",
+    "curate.tokenizer=tiny-random",
+    "curate.max_items=60",
+    "curate.min_chars=50",
+    "tokenize.base_model=tiny-random",
+    "train.base_model=tiny-random",
+    "train.max_steps=2",
+    "train.batch_size=4",
+    "train.save_steps=1",
+    "evaluate.max_items=6",
+    "baselines.base_model=tiny-random",
+    "baselines.include=[constant,linear]",
+    "baselines.max_items=6",
+]
+
+
+def write_tiny_profile(path: Path) -> Path:
+    """deployments/profiles/demo.yaml with TINY_OVERRIDES applied, as a profile file of its own."""
+    import yaml
+
+    from pricefit.config import apply_overrides, load_run_config, load_yaml
+
+    data = apply_overrides(load_yaml(REPO_ROOT / "deployments" / "profiles" / "demo.yaml"), TINY_OVERRIDES)
+    data["profile"] = "e2e-tiny"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    load_run_config(str(path))  # fail here on a stale override, not inside a flow run
+    return path
+
+
+def _serve_argv(profile: Path | None) -> list[str]:
+    exe = Path(sys.executable).with_name("pricefit")
+    argv = [str(exe) if exe.exists() else "pricefit", "serve", "--file", str(PREFECT_FILE)]
+    if profile is not None:
+        argv += ["--profile", str(profile)]
+    for name in SERVED:
+        argv += ["--only", name]
+    return argv
+
+
+class Served:
+    """The `pricefit serve` process of the session (restartable with another environment)."""
+
+    def __init__(self, server: PrefectServer, api: PrefectAPI, workdir: Path):
+        self.server, self.api, self.workdir = server, api, workdir
+        self.toy = TOY
+        self.profile = None if TOY else write_tiny_profile(workdir / "e2e-tiny.yaml")
+        self.fault_file = workdir / "fault-steps.txt"  # tasks/faults.py: PRICEFIT_FAULT_FILE
+        self.proc: ManagedProcess | None = None
+        self.starts = 0
+
+    def start(self, extra_env: dict[str, str] | None = None) -> dict[str, dict]:
+        self.stop()
+        env = {"PRICEFIT_WORKDIR": str(self.workdir / "runs"), "PRICEFIT_FAULT_FILE": str(self.fault_file), **(extra_env or {})}
+        self.starts += 1
+        self.proc = self.server.spawn(f"pricefit-serve-{self.starts}", _serve_argv(self.profile), env)
+        return self.api.wait_for_deployments(FLOW, SERVED, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def served(prefect_server: PrefectServer, prefect_api: PrefectAPI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """`pricefit serve` serving retrain-nightly and retrain-manual (test-sized profile) on the server."""
+    s = Served(prefect_server, prefect_api, tmp_path_factory.mktemp("served"))
+    s.start()
+    yield s
+    s.stop()
