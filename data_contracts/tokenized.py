@@ -159,7 +159,9 @@ def build(directory: Path, tokenizer: Any = None, **_: object) -> Plan:
     import pandas as pd
 
     manifest = manifest_of(directory)
-    max_tokens = manifest.get("max_tokens") or (manifest.get("config") or {}).get("max_length")
+    # the budget the data was built for is the tokenize config's max_length; manifests without a
+    # config fall back to their max_tokens
+    max_tokens = (manifest.get("config") or {}).get("max_length") or manifest.get("max_tokens")
     prechecked: list[dict[str, Any]] = []
     batches: list[Batch] = []
     ds_dir = directory / "dataset"
