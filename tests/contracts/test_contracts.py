@@ -295,3 +295,30 @@ def test_cli_validate_json_reports_failure_with_exit_code_3(tmp_path, monkeypatc
     entry = [e for e in out["contract"]["expectations"] if not e["success"]][0]
     assert (entry["batch"], entry["column"], entry["examples"]) == ("train", "price", [{"item_id": "train-0", "price": 0.1}])
     assert not (d / "data_docs").exists()
+
+
+# ---------------------------------------------------------------------------------------------- pure helpers (no GX)
+
+
+def test_row_profile_counts_runs_mismatches_and_padding():
+    from data_contracts.tokenized import row_profile
+
+    good = row_profile([5, 6, 7, 8], [1, 1, 1, 1], [-100, -100, 7, 8])
+    assert (good["unmasked_runs"], good["label_token_mismatch"], good["attention_zeros"], good["_unmasked_ids"]) == (1, 0, 0, [7, 8])
+    stray = row_profile([5, 6, 7, 8], [1, 1, 1, 0], [5, -100, 7, 9])
+    assert (stray["unmasked_runs"], stray["label_token_mismatch"], stray["attention_zeros"]) == (2, 1, 1)
+    unlabeled = row_profile([5, 6], [1, 1], [-100, -100])
+    assert (unlabeled["unmasked_runs"], unlabeled["unmasked_tokens"]) == (0, 0)
+
+
+def test_jsonable_makes_gx_values_json_safe():
+    import numpy as np
+
+    from data_contracts.runner import jsonable
+
+    assert jsonable({"a": np.int64(3), "b": float("nan"), "c": (np.float64(1.5), "x"), 4: np.array([1, 2])}) == {
+        "a": 3,
+        "b": None,
+        "c": [1.5, "x"],
+        "4": [1, 2],
+    }
