@@ -22,7 +22,13 @@ rewritten is dropped, so the step recomputes instead of handing out a dangling r
 Two runs at once: outputs go to ``<workdir>/artifacts/<step>/<key[:16]>`` built with
 ``pricefit.artifacts.atomic_dir``, and the transaction is SERIALIZABLE with a file lock per key
 (``<workdir>/.prefect-locks``): a second run that needs the same key waits for the first one to
-commit and then reads its record instead of rebuilding the same directory underneath it.
+commit and then reads its record instead of rebuilding the same directory underneath it. A lock
+left by a killed process is cleared (Prefect's own file locks never expire).
+
+``--refresh STEP`` sets ``refresh_cache`` on STEP and on every step after it. Downstream keys
+change by themselves when STEP's output changes, but a refreshed step whose output is byte-identical
+yields the same ArtifactRef and so the same downstream keys: "refresh STEP and what follows" has to
+say so explicitly (tests/flows/test_cache_flow.py shows the difference).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import importlib.util
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -213,15 +220,65 @@ class ArtifactCachePolicy(CachePolicy):
         return key
 
 
-def policy_for(step: str, workdir: str | os.PathLike) -> ArtifactCachePolicy:
+def _lock_manager_class():
     from prefect.locking.filesystem import FileSystemLockManager
 
+    class ProcessFileLockManager(FileSystemLockManager):
+        """Prefect's file locks, plus: a lock whose process died on this host is free.
+
+        Prefect's transaction locks never expire (no hold timeout), so a run killed while holding
+        one (kill -9, OOM) would make every later run of that step wait forever. The lock file
+        here also records pid and host; ``is_locked`` clears a lock whose process is gone.
+        """
+
+        def acquire_lock(self, key, holder, acquire_timeout=None, hold_timeout=None):
+            ok = super().acquire_lock(key, holder, acquire_timeout, hold_timeout)
+            if ok:
+                path = self._lock_path_for_key(key)
+                info = json.loads(path.read_text() or "{}")
+                info |= {"pid": os.getpid(), "host": socket.gethostname()}
+                path.write_text(json.dumps(info))
+            return ok
+
+        def is_locked(self, key, use_cache=False):
+            path = self._lock_path_for_key(key)
+            try:
+                info = json.loads(path.read_text() or "{}")
+            except (OSError, ValueError):
+                info = {}
+            if info.get("host") == socket.gethostname() and not _alive(info.get("pid")):
+                log.warning("removing the lock of dead process %s on step key %s…", info.get("pid"), key[:12])
+                path.unlink(missing_ok=True)
+                self._locks.pop(key, None)
+                return False
+            return super().is_locked(key, use_cache=use_cache)
+
+    return ProcessFileLockManager
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return True  # unknown: assume alive (the conservative answer)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_manager(workdir: str | os.PathLike) -> Any:
+    return _lock_manager_class()(lock_files_directory=Path(workdir).resolve() / ".prefect-locks")
+
+
+def policy_for(step: str, workdir: str | os.PathLike) -> ArtifactCachePolicy:
     root = Path(workdir).resolve()
     records = root / ".prefect-results"
     return ArtifactCachePolicy(
         step=step,
         records_dir=str(records),
-        lock_manager=FileSystemLockManager(lock_files_directory=root / ".prefect-locks"),
+        lock_manager=lock_manager(root),
         isolation_level="SERIALIZABLE",
     )
 

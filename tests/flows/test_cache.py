@@ -124,3 +124,20 @@ def test_refs_in_finds_nested_refs(tmp_path):
     nested = {"comparison": {"__class__": "x", "data": ref.model_dump(mode="json")}, "decision": {"promoted": True}}
     assert cache.refs_in(nested) == [ref]
     assert cache.refs_in({"promoted": True, "reason": "r"}) == []
+
+
+def test_a_lock_left_by_a_dead_process_is_cleared(tmp_path):
+    import subprocess
+
+    locks = cache.lock_manager(tmp_path)
+    assert locks.acquire_lock("k", holder="me")
+    info = json.loads((tmp_path / ".prefect-locks" / "k.lock").read_text())
+    assert info["holder"] == "me" and info["pid"] == __import__("os").getpid()
+    assert locks.is_locked("k")  # our own process is alive: still locked
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    info["pid"] = dead.pid
+    (tmp_path / ".prefect-locks" / "k.lock").write_text(json.dumps(info))
+    fresh = cache.lock_manager(tmp_path)  # another run, which never held it
+    assert not fresh.is_locked("k") and not (tmp_path / ".prefect-locks" / "k.lock").exists()
+    assert fresh.acquire_lock("k", holder="next")
