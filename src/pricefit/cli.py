@@ -66,20 +66,21 @@ def command(func: Callable) -> Callable:
         from .errors import ContractError, PricefitError
 
         setup_logging()
+        as_json = bool(kwargs.get("as_json")) or "--json" in sys.argv
         try:
             return func(*args, **kwargs)
         except ContractError as e:
             typer.echo(f"error: {e.message}", err=True)
             if e.hint:
                 typer.echo(f"  hint: {e.hint}", err=True)
-            if "--json" in sys.argv:
+            if as_json:
                 emit({"ok": False, "error": e.message, "contract": e.report}, True)
             raise typer.Exit(3) from None
         except PricefitError as e:
             typer.echo(f"error: {e.message}", err=True)
             if e.hint:
                 typer.echo(f"  hint: {e.hint}", err=True)
-            if "--json" in sys.argv:
+            if as_json:
                 emit({"ok": False, "error": e.message, "hint": e.hint}, True)
             raise typer.Exit(2) from None
 
