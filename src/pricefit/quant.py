@@ -13,19 +13,24 @@ Rules (each rejection says what to change):
 Why the 4-bit load is slow on CPU (profiled with cProfile, see docs in the train report):
 bitsandbytes 0.50.2 has no native CPU 4-bit quantizer; ``from_pretrained(quantization_config=...)``
 quantizes every Linear through the pure-PyTorch fallback (``backends/default/ops.py``:
-``torch.bucketize`` plus elementwise ops), which dominates the load; importing bitsandbytes also
-pulls in torch._dynamo (its kernels are wrapped in ``torch.compile``). The load keeps float32
-weights (``dtype=float32``) so nothing is converted twice, and never quantizes the (tied)
-embedding / lm_head.
+``torch.bucketize`` plus elementwise ops), which is most of the load; importing bitsandbytes also
+pulls in torch._dynamo (its kernels are wrapped in ``torch.compile``). Fix: quantize once and keep
+the 4-bit copy in the cache (``load_model``); a pre-quantized checkpoint loads without quantizing.
+Embedding and lm_head (tied in SmolLM2) stay unquantized, as transformers does by default.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from .artifacts import atomic_dir, canonical_json, sha256_bytes
+from .config import cache_home
 from .errors import PricefitError
 
 log = logging.getLogger("pricefit.quant")
@@ -123,22 +128,63 @@ def bnb_config(cfg: Any, plan: Plan):
     )
 
 
-def load_model(path: str, cfg: Any, plan: Plan):
-    """Load the causal LM at ``path`` as the plan says (quantized or not), ready for LoRA."""
+def quantized_cache_key(path: str, cfg: Any, plan: Plan) -> str | None:
+    """Key of the pre-quantized copy of a local model: its files (name, size, mtime), the 4-bit
+    settings and the library versions. None for hub ids (no local files to key on)."""
+    import bitsandbytes
+    import transformers
+
+    root = Path(path)
+    if not root.is_dir():
+        return None
+    files = sorted((p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                   for p in root.rglob("*") if p.is_file())
+    body = {"path": str(root.resolve()), "files": files, "quant_type": cfg.quant_type,
+            "double_quant": bool(cfg.double_quant), "compute_dtype": plan.compute_dtype,
+            "bitsandbytes": bitsandbytes.__version__, "transformers": transformers.__version__}
+    return sha256_bytes(canonical_json(body).encode())[:16]
+
+
+def _from_pretrained(path: str, **kw):
     from transformers import AutoModelForCausalLM
 
-    kw: dict[str, Any] = {"dtype": torch_dtype(plan.compute_dtype)}
-    q = bnb_config(cfg, plan)
-    if q is not None:
-        kw["quantization_config"] = q
-        kw["device_map"] = {"": 0} if plan.device == "cuda" else {"": "cpu"}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kw)
+        return AutoModelForCausalLM.from_pretrained(path, **kw)
     except OSError as e:
         raise PricefitError(f"cannot load base model {path!r}: {e}",
                             hint="check train.base_model (hub id, local directory or built-in name)") from None
+
+
+def load_model(path: str, cfg: Any, plan: Plan, use_cache: bool | None = None):
+    """Load the causal LM at ``path`` as the plan says (quantized or not), ready for LoRA.
+
+    4-bit on CPU: the first load quantizes (slow: bitsandbytes' pure-PyTorch CPU quantizer) and
+    saves the 4-bit model under ``cache_home()/quantized/<key>/``; later loads read that copy
+    (bit-identical weights, no quantization). PRICEFIT_QUANT_CACHE=0 turns the cache off.
+    """
+    kw: dict[str, Any] = {"dtype": torch_dtype(plan.compute_dtype)}
+    q = bnb_config(cfg, plan)
     if q is None:
+        model = _from_pretrained(path, **kw)
         model.to(plan.device)
+        model.config.use_cache = False
+        return model
+    kw["device_map"] = {"": 0} if plan.device == "cuda" else {"": "cpu"}
+    if use_cache is None:
+        use_cache = plan.device == "cpu" and plan.quantization == "4bit" and os.environ.get("PRICEFIT_QUANT_CACHE", "1") != "0"
+    key = quantized_cache_key(path, cfg, plan) if use_cache else None
+    cached = cache_home() / "quantized" / key if key else None
+    if cached is not None and (cached / "config.json").is_file():
+        log.info("loading pre-quantized 4-bit copy %s", cached)
+        model = _from_pretrained(str(cached), **kw)
+    else:
+        t0 = time.perf_counter()
+        model = _from_pretrained(path, quantization_config=q, **kw)
+        log.info("quantized %s to %s in %.1f s", path, plan.quantization, time.perf_counter() - t0)
+        if cached is not None:
+            with atomic_dir(cached) as tmp:
+                model.save_pretrained(str(tmp))
+            log.info("saved the 4-bit copy to %s; later loads skip quantization", cached)
     model.config.use_cache = False
     return model
 

@@ -82,3 +82,31 @@ def test_train_cli_rejects_invalid_config_with_exit_2(tmp_path):
                                  "--set", "train.lora_r=0", "--json"])
     assert r.exit_code == 2
     assert "lora_r" in r.output
+
+
+@pytest.mark.slow
+def test_4bit_cpu_load_is_cached_and_bit_identical(tmp_path, monkeypatch):
+    """First 4-bit load quantizes and saves the 4-bit copy; the second reads it (no quantization)."""
+    torch = pytest.importorskip("torch")
+    bnb = pytest.importorskip("bitsandbytes")
+    from pricefit import models
+
+    monkeypatch.setenv("PRICEFIT_HOME", str(tmp_path))
+    path = models.resolve_model("tiny-random")
+    cfg = TrainConfig(base_model="tiny-random")
+    plan = quant.resolve(cfg, has_cuda=False, has_bnb=True)
+    key = quant.quantized_cache_key(path, cfg, plan)
+    m1 = quant.load_model(path, cfg, plan)
+    assert (tmp_path / "quantized" / key / "config.json").is_file()
+    calls = []
+    real = bnb.functional.quantize_4bit
+    monkeypatch.setattr(bnb.functional, "quantize_4bit", lambda *a, **k: calls.append(1) or real(*a, **k))
+    m2 = quant.load_model(path, cfg, plan)
+    assert calls == []  # nothing re-quantized
+    a, b = m1.model.layers[1].mlp.down_proj, m2.model.layers[1].mlp.down_proj
+    assert isinstance(b, bnb.nn.Linear4bit) and b.weight.quant_state.nested
+    assert torch.equal(a.weight.data, b.weight.data)
+    x = torch.randn(2, 3, 64)
+    assert torch.equal(m1.model.layers[1].mlp(x), m2.model.layers[1].mlp(x))
+    other = TrainConfig(base_model="tiny-random", double_quant=False)
+    assert quant.quantized_cache_key(path, other, plan) != key
