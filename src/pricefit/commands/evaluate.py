@@ -175,7 +175,8 @@ def predict_cmd(
         lines = []
         for p in public:
             price = "no price" if p["prediction"] is None else f"${p['prediction']:,.2f}"
-            lines.append(f"{price:>12}  {(p['title'] or '(no title)')[:70]}" + (f"  [{p['skipped']}]" if p["skipped"] else ""))
+            note = f"  [{p['skipped']}]" if p["skipped"] else f"  (model wrote {p['raw']!r})" if not p["parsed"] else ""
+            lines.append(f"{price:>12}  {(p['title'] or '(no title)')[:70]}{note}")
         return "\n".join(lines)
 
     emit(result, as_json, human)
