@@ -172,3 +172,4 @@ def test_frontier_cap_refuses_before_any_request(curated: Path, tmp_path: Path, 
     with pytest.raises(PricefitError, match="sent 10 held-out items, above its cap baselines.frontier.max_items=5"):
         run_baselines(curated, tmp_path / "bl", cfg, progress=False)
     assert not (tmp_path / "bl").exists()
+

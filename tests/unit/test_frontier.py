@@ -198,7 +198,7 @@ def test_key_never_written_or_logged(server, env, tmp_path, caplog):
     cfg = BaselinesConfig(include=["constant", "frontier"], frontier=_cfg(server))
     out = Path(run_baselines(curated, tmp_path / "bl", cfg, progress=False).path)
     preds = pl.read_parquet(out / "frontier" / "predictions.parquet")
-    assert preds["prediction"].to_list() == [10.0, 9.0, 4.0, None]  # "sure: [REDACTED] 12" -> 12 clipped to max 10
+    assert preds["prediction"].to_list() == [12.0, 9.0, 4.0, None]  # "sure: [REDACTED] 12": the key is gone, 12 is read
     assert "[REDACTED]" in preds["raw"][0]
     usage = json.loads((out / "frontier" / "usage.json").read_text())
     assert (usage["requests"], usage["retries"]) == (6, 2)

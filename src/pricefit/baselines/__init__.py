@@ -22,6 +22,7 @@ from typing import Any
 from ..artifacts import ArtifactRef, atomic_dir, read_manifest, ref_for, sha256_file, write_json_atomic, write_manifest
 from ..config import BaselinesConfig
 from ..errors import PricefitError
+from ..parsing import DEFAULT_MAX_PRICE, DEFAULT_MIN_PRICE
 
 log = logging.getLogger("pricefit.baselines")
 
@@ -101,7 +102,10 @@ def run_baselines(
     prices = [float(p) for p in train["price"].to_list()]
     if not prices:
         raise PricefitError(f"the train split of {curated} is empty", hint="curate more items")
-    price_range = (min(prices), max(prices))
+    # language-model replies are clipped like the fine-tuned model's by default (the parser's range,
+    # EvaluateConfig's default min_price/max_price), so the comparison is fair; the classical models
+    # clip to the training price range themselves
+    llm_range = (DEFAULT_MIN_PRICE, DEFAULT_MAX_PRICE)
     n = test.height
     summary: dict[str, Any] = {}
 
@@ -121,7 +125,7 @@ def run_baselines(
                 from . import base_model
 
                 preds, raws, info = base_model.predict(
-                    cfg.base_model, test["text"].to_list(), price_range=price_range, progress=progress
+                    cfg.base_model, test["text"].to_list(), price_range=llm_range, progress=progress
                 )
             elif name == "frontier":
                 reason = frontier.skip_reason(cfg.frontier)
@@ -139,7 +143,7 @@ def run_baselines(
                         hint="raise baselines.frontier.max_items, or lower baselines.max_items and evaluate.max_items "
                         "together so every model sees the same items",
                     )
-                run = frontier.price_texts(texts, cfg.frontier, price_range=price_range, progress=progress)
+                run = frontier.price_texts(texts, cfg.frontier, price_range=llm_range, progress=progress)
                 preds = [r.prediction for r in run.items]
                 raws = [r.raw for r in run.items]
                 info = {"model": cfg.frontier.model, "host": run.usage["host"], "prompt": frontier.messages_for("{text}")}

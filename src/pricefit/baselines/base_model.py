@@ -14,11 +14,14 @@ def predict(
     base_model: str,
     texts: Sequence[str],
     price_range: tuple[float, float] | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     device: str = "auto",
     progress: bool = True,
 ) -> tuple[list[float | None], list[str], dict]:
-    """(predictions, raw model outputs, info) for ``texts`` with the un-tuned ``base_model``."""
+    """(predictions, raw model outputs, info) for ``texts`` with the un-tuned ``base_model``.
+
+    ``batch_size`` None: the predictor's default for the device (as ``pricefit evaluate``).
+    """
     from ..inference import PricePredictor
 
     kwargs = {}
