@@ -1,6 +1,6 @@
 """Hyperparameter sweep: one subflow per trial (train -> evaluate), sharing the cached data steps.
 
-    pricefit sweep --profile demo --grid deployments/sweeps/demo-lr.yaml
+    pricefit sweep --profile demo --grid flows/grids/demo-lr.yaml
 
 Grid file (YAML), either lists per key (the full cross product) or an explicit list of trials:
 

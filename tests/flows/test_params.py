@@ -78,3 +78,14 @@ def test_profiles_start_with_the_command_that_runs_them():
 def test_mismatched_held_out_items_are_refused():
     with pytest.raises(PricefitError, match="not be on the same items"):
         resolve_config(RetrainParams(profile="demo", overrides=["evaluate.max_items=7"]))
+
+
+def test_shipped_grid_files_expand():
+    from pathlib import Path
+
+    from flows.sweep import load_grid
+
+    grids = Path(__file__).resolve().parents[2] / "flows" / "grids"
+    assert len(load_grid(str(grids / "demo-lr.yaml"))) == 4
+    trials = load_grid(str(grids / "reference-trials.yaml"))
+    assert len(trials) == 4 and trials[1] == {"train.lora_r": 32, "train.lora_alpha": 64}
