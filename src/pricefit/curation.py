@@ -163,6 +163,7 @@ def read_source(source: str, cfg: CurateConfig) -> tuple[pl.DataFrame, list[dict
     src = resolve(source, **_csv_options(cfg))
     cols: dict[str, list[Any]] = {k: [] for k in RAW_SCHEMA}
     quarantine: list[dict[str, Any]] = []
+    synthetic = src.synthetic
     with _progress(src.size_hint, f"reading {source}") as bar:
         for item in src:
             bar.update(1)
@@ -171,10 +172,13 @@ def read_source(source: str, cfg: CurateConfig) -> tuple[pl.DataFrame, list[dict
                     {"source_file": item.source_file, "source_line": item.source_line, "reason": item.reason, "excerpt": item.excerpt}
                 )
                 continue
+            if item.data.get("synthetic") is True:  # e.g. a saved demo catalog: stays labelled synthetic
+                synthetic = True
             row = normalize_record(item.data, item.source_file, item.source_line)
             for k, v in row.items():
                 cols[k].append(v)
     frame = pl.DataFrame(cols, schema=RAW_SCHEMA)
+    src.synthetic = synthetic
     return frame, quarantine, src
 
 

@@ -120,3 +120,12 @@ def test_cli_curate_bad_source_exits_2_with_hint(tmp_path):
     res = CliRunner().invoke(app, ["curate", "--source", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2
     assert "does not exist" in res.output and "hint:" in res.output
+
+
+def test_saved_demo_records_stay_labelled_synthetic(tmp_path):
+    from pricefit.sources import iter_records
+
+    path = tmp_path / "demo.jsonl"
+    path.write_text("".join(json.dumps(r.data) + "\n" for r in iter_records("demo:5")))
+    raw = ingest(str(path), tmp_path / "raw", CurateConfig())
+    assert raw.manifest()["synthetic"] is True

@@ -26,7 +26,8 @@ def _overrides(items: list[str] | None) -> list[str]:
 def _human(r: dict[str, Any]) -> str:
     synthetic = " (synthetic)" if r["synthetic"] else ""
     lines = [f"curated {r['source']}{synthetic} -> {r['out']}", f"  {'rows read':<24}{r['rows_read']:>10,}"]
-    for split, n in r["kept"].items():
+    for split in ("train", "validation", "test"):
+        n = r["kept"].get(split, 0)
         lines.append(f"  {'kept: ' + split:<24}{n:>10,}")
     for reason, n in r["dropped"].items():
         lines.append(f"  {'dropped: ' + reason:<24}{n:>10,}")
