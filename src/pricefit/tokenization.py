@@ -100,7 +100,10 @@ def _encode_batch(tokenizer, texts: list[str], prices: list[float], cfg: Tokeniz
                         f"max_length={cfg.max_length} tokens",
                         hint="raise tokenize.max_length or shorten prompt_template",
                     )
-                texts[i] = texts[i][: offsets[keep - 1][1]]
+                # cut where the first dropped token starts: a character spread over several byte
+                # tokens (an emoji) goes whole, and each round shortens the text by at least one char
+                cut = min(offsets[keep][0], len(texts[i]) - 1)
+                texts[i] = texts[i][:cut].rstrip()
                 truncated[i] = True
         todo = [i for i, _ in over]
     if todo:

@@ -96,6 +96,20 @@ def test_truncation_cuts_the_text_and_keeps_the_completion(tok, cfg):
     assert ex["input_ids"][-len(completion_ids):] == completion_ids
 
 
+def test_truncation_drops_a_multi_token_character_whole(tok, cfg):
+    # an emoji is several byte-level tokens that all map to the same character
+    assert len(tok("\U0001F495", add_special_tokens=False)["input_ids"]) > 1
+    base = "soft plush pillow " * 3
+    for extra in range(1, 4):
+        text = base + "\U0001F495"
+        full = len(tok(build_prompt(text, cfg) + "12.00")["input_ids"])
+        small = TokenizeConfig(base_model="tiny-random", max_length=full - extra)
+        ex = encode_example(tok, text, 12.0, small)
+        assert ex["truncated"] is True and len(ex["input_ids"]) <= full - extra
+        assert "\ufffd" not in tok.decode(ex["input_ids"])  # no half character left behind
+        assert ex["prompt"] == build_prompt(base.rstrip(), small)
+
+
 def test_max_length_too_small_for_the_template_is_a_clear_error(tok, home, monkeypatch):
     monkeypatch.setenv("PRICEFIT_HOME", str(home))
     tiny = TokenizeConfig(base_model="tiny-random", max_length=10)
