@@ -244,3 +244,12 @@ def test_parse_body_survives_odd_json():
     assert _parse_body("[1, 2]", r, (0, 10)).status == "malformed"
     assert _parse_body('{"choices": [null]}', r, (0, 10)).status == "no_number"
     assert _parse_body('{"choices": {"a": 1}}', r, (0, 10)).status == "empty_choices"
+
+
+def test_sync_wrapper_works_inside_a_running_event_loop(server, env):
+    import asyncio
+
+    async def caller():  # e.g. an async Prefect flow or a notebook
+        return price_texts(["x [[price:4]]"], _cfg(server), progress=False)
+
+    assert [r.prediction for r in asyncio.run(caller()).items] == [4.0]
