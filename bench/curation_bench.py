@@ -169,6 +169,16 @@ def per_row_curate(path: Path, cfg: CurateConfig, tokenizer) -> dict:
 # ---------------------------------------------------------------------------------------------- runs
 
 
+def word_tokenizer():
+    """One token per word or punctuation run (WordLevel + Whitespace): nearly free, so the rules dominate."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel({"[UNK]": 0, "[PAD]": 1}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]")
+
+
 def replicate(src: Path, times: int, out: Path) -> int:
     lines = gzip.open(src, "rb").read().splitlines() if src.name.endswith(".gz") else src.read_bytes().splitlines()
     n = 0
@@ -226,7 +236,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--input", help="listings .jsonl[.gz] (default: $PRICEFIT_SHARED_DATA/amazon_meta/listings.jsonl.gz)")
     ap.add_argument("--replicate", type=int, default=20, help="also run on an N-times replicated copy (0: skip)")
-    ap.add_argument("--tokenizer", default="smollm2-135m", help="tokenizer name for models.load_tokenizer")
+    ap.add_argument(
+        "--tokenizer",
+        default="smollm2-135m",
+        help="tokenizer name for models.load_tokenizer, or 'word' (one token per word: measures the rules without subword-tokenizer cost)",
+    )
     ap.add_argument("--skip-python-replicated", action="store_true", help="run only the polars side on the replicated copy")
     ap.add_argument("--skip-x1", action="store_true", help="run only the replicated copy")
     ap.add_argument("--out", help="also write the JSON result here")
@@ -239,9 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         if d is None:
             raise SystemExit("set PRICEFIT_SHARED_DATA or pass --input")
         src = d / "amazon_meta" / "listings.jsonl.gz"
-    from pricefit.models import load_tokenizer
-
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer = word_tokenizer() if args.tokenizer == "word" else __import__("pricefit.models").models.load_tokenizer(args.tokenizer)
     cfg = CurateConfig(tokenizer=args.tokenizer)
     result = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),

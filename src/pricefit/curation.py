@@ -48,6 +48,7 @@ from .prices import DROP_REASON, parse_price
 log = logging.getLogger("pricefit.curation")
 
 SCHEMA_VERSION = 1
+INGEST_CHUNK = 20_000  # rows per in-memory chunk while reading a source
 CEILING_CHARS_PER_TOKEN = 7  # reference: CEILING_CHARS = MAX_TOKENS * 7
 UNKNOWN_CATEGORY = "Unknown"
 SPLITS = ("train", "validation", "test")
@@ -162,6 +163,7 @@ def read_source(source: str, cfg: CurateConfig) -> tuple[pl.DataFrame, list[dict
 
     src = resolve(source, **_csv_options(cfg))
     cols: dict[str, list[Any]] = {k: [] for k in RAW_SCHEMA}
+    chunks: list[pl.DataFrame] = []  # rows move from Python lists into compact frames every INGEST_CHUNK
     quarantine: list[dict[str, Any]] = []
     synthetic = src.synthetic
     with _progress(src.size_hint, f"reading {source}") as bar:
@@ -177,7 +179,11 @@ def read_source(source: str, cfg: CurateConfig) -> tuple[pl.DataFrame, list[dict
             row = normalize_record(item.data, item.source_file, item.source_line)
             for k, v in row.items():
                 cols[k].append(v)
-    frame = pl.DataFrame(cols, schema=RAW_SCHEMA)
+            if len(cols["item_id"]) >= INGEST_CHUNK:
+                chunks.append(pl.DataFrame(cols, schema=RAW_SCHEMA))
+                cols = {k: [] for k in RAW_SCHEMA}
+    chunks.append(pl.DataFrame(cols, schema=RAW_SCHEMA))
+    frame = pl.concat(chunks, rechunk=True) if len(chunks) > 1 else chunks[0]
     src.synthetic = synthetic
     return frame, quarantine, src
 

@@ -257,3 +257,13 @@ def test_empty_and_all_broken_sources_stop_naming_the_file(tmp_path):
     assert "no usable row" in err.value.message and "invalid_json, not_an_object" in err.value.message
     assert f"{broken}:1" in err.value.hint
     assert not (tmp_path / "raw").exists()
+
+
+def test_ingest_in_chunks_gives_the_same_raw_rows(tmp_path, monkeypatch):
+    import pricefit.curation as curation
+
+    whole = ingest("demo:7", tmp_path / "a", CurateConfig())
+    monkeypatch.setattr(curation, "INGEST_CHUNK", 3)
+    chunked = ingest("demo:7", tmp_path / "b", CurateConfig())
+    assert pl.read_parquet(whole.dir / "raw.parquet").equals(pl.read_parquet(chunked.dir / "raw.parquet"))
+    assert whole.manifest()["files"] == chunked.manifest()["files"]
