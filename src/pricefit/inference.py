@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 
 from .config import DEFAULT_PROMPT_TEMPLATE
 from .errors import PricefitError
-from .parsing import DEFAULT_MAX_PRICE, DEFAULT_MIN_PRICE, parse_price_output
+from .parsing import DEFAULT_MAX_PRICE, DEFAULT_MIN_PRICE, number_is_final, parse_price_output
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,23 @@ def load_model(
     return model, tokenizer, dev
 
 
+def _number_done(tokenizer: Any, prompt_len: int) -> Any:
+    """Stopping criterion: a row is done once its first number is settled (``number_is_final``).
+
+    "45.00\n" stops there instead of running to max_new_tokens; the parsed value is the one the
+    full string would give, so greedy results do not change, and the reference loop uses the same rule.
+    """
+    import torch
+    from transformers import StoppingCriteria
+
+    class NumberDone(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            texts = tokenizer.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
+            return torch.tensor([number_is_final(t) for t in texts], dtype=torch.bool, device=input_ids.device)
+
+    return NumberDone()
+
+
 # ----------------------------------------------------------------------------------------------
 # the predictor
 
@@ -202,6 +219,7 @@ class PricePredictor:
         low: float = DEFAULT_MIN_PRICE,
         high: float = DEFAULT_MAX_PRICE,
         beam: int = 8,
+        stop_early: bool = True,
         *,
         model: Any = None,
         tokenizer: Any = None,
@@ -235,6 +253,7 @@ class PricePredictor:
         self.max_new_tokens = max_new_tokens
         self.low, self.high = float(low), float(high)
         self.beam = beam
+        self.stop_early = stop_early
         self._digit_cache: tuple[Any, list[str]] | None = None
         # transformers 5.24 renamed forward(past_key_values=) to forward(cache=); support both
         import inspect
@@ -309,9 +328,15 @@ class PricePredictor:
     def _generate(self, enc: dict[str, Any]) -> list[str]:
         import torch
 
+        extra = {}
+        if self.stop_early:
+            from transformers import StoppingCriteriaList
+
+            extra["stopping_criteria"] = StoppingCriteriaList([_number_done(self.tokenizer, enc["input_ids"].shape[1])])
         with torch.inference_mode():
             out = self.model.generate(
                 **enc,
+                **extra,
                 max_new_tokens=self.max_new_tokens,
                 do_sample=False,
                 num_beams=1,

@@ -60,3 +60,21 @@ def parse_price_output(
     if not math.isfinite(value):  # "9" * 400 overflows to inf
         value = high
     return min(max(value, low), high)
+
+
+def number_is_final(s: str) -> bool:
+    """True when no continuation of ``s`` can change :func:`parse_price_output` of it.
+
+    The first number is final once a character follows it that cannot extend it (not a digit, and
+    not a ``,``/``.`` followed by a digit). Decoding stops there: "45.00\\n" needs no more tokens,
+    "45.0" or "1,2" might still grow. Text with no number yet is never final.
+    """
+    m = _NUMBER.search(s or "")
+    if m is None:
+        return False
+    rest = s[m.end() :]
+    if not rest:
+        return False
+    if rest[0] not in ",.":
+        return True
+    return len(rest) >= 2 and not rest[1].isdigit()

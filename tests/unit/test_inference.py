@@ -118,3 +118,25 @@ def test_unknown_mode_is_a_clear_error(predictor):
 
     with pytest.raises(PricefitError, match="unknown mode"):
         predictor.predict(TEXTS, mode="sampled")
+
+
+def test_early_stop_on_a_settled_number_keeps_batched_equal_to_reference(predictor):
+    """Make the tiny model write numbers (scale up the output rows of a few digit tokens and '.'),
+    then: rows stop once their number is settled, and batching still changes nothing."""
+    import copy
+
+    tok = predictor.tokenizer
+    model = copy.deepcopy(predictor.model)
+    ids = [tok.convert_tokens_to_ids(t) for t in ["1", "2", "7", "0", "."]]
+    with torch.no_grad():
+        model.lm_head.weight[ids] *= 40
+    numeric = PricePredictor(model=model, tokenizer=tok, max_new_tokens=8)
+    ref = reference_predict(numeric, TEXTS)
+    assert numeric.predict(TEXTS, batch_size=4, progress=False) == ref
+    assert sum(p.parsed for p in ref) >= 5  # the sharpened model does write numbers
+    numeric.stop_early = False
+    full = numeric.predict(TEXTS, batch_size=4, progress=False)
+    # same values either way; at least one row stopped before max_new_tokens
+    assert [p.value for p in full] == [p.value for p in ref]
+    assert any(len(tok(f.raw, add_special_tokens=False)["input_ids"]) > len(tok(r.raw, add_special_tokens=False)["input_ids"])
+               for f, r in zip(full, ref))

@@ -44,3 +44,31 @@ def test_custom_range_clips_both_ends():
 def test_inverted_range_is_rejected():
     with pytest.raises(ValueError, match="must not exceed"):
         parse_price_output("5", low=10, high=1)
+
+
+FINAL = [
+    # (generated text so far, is the first number settled?)
+    ("45.00\n", True),
+    ("45.00", False),  # more decimals could follow
+    ("45.", False),
+    ("45. ", True),
+    ("45 dollars", True),
+    ("1,2", False),  # could become 1,234
+    ("1,299.99 ", True),
+    ("Price is", False),  # no number yet
+    ("", False),
+    ("-3x", True),
+]
+
+
+@pytest.mark.parametrize("text,final", FINAL)
+def test_number_is_final(text, final):
+    from pricefit.parsing import number_is_final
+
+    assert number_is_final(text) is final
+
+
+@pytest.mark.parametrize("text,final", [c for c in FINAL if c[1]])
+def test_a_final_number_never_changes(text, final):
+    for tail in ("0", "5", ",123", ".75", " 99", "\n12"):
+        assert parse_price_output(text + tail) == parse_price_output(text)
