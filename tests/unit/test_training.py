@@ -178,12 +178,23 @@ def test_checkpoint_of_other_config_is_not_resumed(tokenized, tmp_path):
         train(tokenized, out, c1, progress=kill)
     sha = artifacts.sha256_file(tokenized / "manifest.json")
     assert (checkpoint_root(out) / checkpoint_key(sha, c1) / "step-0000002").is_dir()
-    c2 = cfg(max_steps=4, learning_rate=1e-3)
+    c2 = cfg(max_steps=2, learning_rate=1e-3)
     assert checkpoint_key(sha, c2) != checkpoint_key(sha, c1)
     assert checkpoint_key(sha, cfg(max_steps=4, save_steps=1)) == checkpoint_key(sha, c1)  # save cadence: same run
-    seen = []
-    train(tokenized, out, c2, progress=lambda s, t, loss, tps: seen.append(s))
-    assert seen == [1, 2, 3, 4]  # started fresh
+    # the second run goes through the CLI: `pricefit train --set ... --json`
+    from typer.testing import CliRunner
+
+    from pricefit.cli import app
+
+    sets = []
+    for k, v in c2.model_dump(mode="json").items():
+        if v is not None:
+            sets += ["--set", f"{k}={json.dumps(v) if isinstance(v, list) else v}"]
+    r = CliRunner().invoke(app, ["train", "--tokenized", str(tokenized), "--out", str(out), *sets, "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (res["ok"], res["steps"], res["resumed"], res["rows"]) == (True, 2, False, len(ITEMS))  # started fresh
+    assert (out / "adapter" / "adapter_config.json").is_file()
     # the other run's checkpoint is left alone (a later rerun of c1 can still resume it)
     assert (checkpoint_root(out) / checkpoint_key(sha, c1) / "step-0000002").is_dir()
 
