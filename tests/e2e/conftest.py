@@ -27,6 +27,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVER_START_TIMEOUT_S = float(os.environ.get("PRICEFIT_E2E_SERVER_TIMEOUT", "180"))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item, so fixtures can tell a failed test at teardown."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -245,6 +253,9 @@ class PrefectAPI:
             time.sleep(1.0)
         tail = proc.log_tail() if proc else ""
         raise AssertionError(f"flow run {flow_run_id} not finished after {timeout_s:.0f} s (state {fr.get('state')}):\n{tail}")
+
+    def flow_runs_named(self, name: str) -> list[dict]:
+        return self._json("POST", "flow_runs/filter", json={"flow_runs": {"name": {"any_": [name]}}})
 
     def task_runs(self, flow_run_id: str) -> list[dict]:
         return self._json(
