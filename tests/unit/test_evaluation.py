@@ -206,3 +206,23 @@ def test_tokenized_input_gives_the_same_predictions_as_curated(env):
     assert pb["item_id"].to_list() == pa["item_id"].to_list()
     assert pb["raw"].to_list() == pa["raw"].to_list()
     assert json.loads((b.dir / "manifest.json").read_text())["inputs"]["kind"] == "tokenized"
+
+
+def test_predict_cli_file_writes_jsonl_and_expected_mode(env, tmp_path):
+    from typer.testing import CliRunner
+
+    from pricefit.cli import app
+
+    src = tmp_path / "listings.jsonl"
+    src.write_text("\n".join(json.dumps(_listing(t, None)) for t in ("Kettle", "Mixer", "Lamp")) + "\n")
+    out = tmp_path / "preds.jsonl"
+    r = CliRunner().invoke(app, ["predict", "--base-model", "tiny-random", "--file", str(src), "--out", str(out),
+                                 "--mode", "expected", "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert res["n"] == 3 and len(rows) == 3 and res["mode"] == "expected"
+    assert [x["title"] for x in rows] == ["Kettle", "Mixer", "Lamp"]
+    # expected mode always yields a number (normalised over digit mass), clipped to the default range
+    assert all(x["parsed"] and 0.0 <= x["prediction"] <= 10_000.0 for x in rows)
+    assert res["n_priced"] == 3
