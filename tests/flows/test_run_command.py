@@ -1,0 +1,45 @@
+"""`pricefit run` output helpers (no Prefect server)."""
+
+from __future__ import annotations
+
+from pricefit.commands import run as run_cmd
+
+
+def test_human_summary_lists_steps_comparison_report_and_ui(tmp_path):
+    comparison = tmp_path / "comparison.md"
+    comparison.write_text("| model | mae |\n|---|---|\n| fine-tuned | 12.00 |\n")
+    out = {
+        "ok": True, "flow_run_id": "abc", "state": "Completed", "states": {"ingest": "Cached", "train": "Completed"},
+        "comparison": str(comparison), "promoted": True, "promotion_reason": "no champion yet",
+        "report": "/w/report.md", "ui": "http://127.0.0.1:4200/runs/flow-run/abc",
+    }
+    text = run_cmd._human_run(out)
+    assert "  ingest               Cached" in text and "  train                Completed" in text
+    assert "| fine-tuned | 12.00 |" in text
+    assert "promotion: promoted to champion (no champion yet)" in text
+    assert "report: /w/report.md" in text and text.endswith("UI: http://127.0.0.1:4200/runs/flow-run/abc")
+
+
+def test_human_summary_of_a_failed_run_says_how_to_resume():
+    out = {"ok": False, "flow_run_id": "abc", "state": "Failed", "states": {"evaluate": "Failed"},
+           "error": "boom", "hint": "fix it", "ui": "u"}
+    text = run_cmd._human_run(out)
+    assert "error: boom" in text and "  hint: fix it" in text and "come back Cached" in text
+
+
+def test_ui_location(monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert "prefect server start" in run_cmd.ui_location("x")
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    monkeypatch.delenv("PREFECT_UI_URL", raising=False)
+    assert run_cmd.ui_location("r1") == "http://127.0.0.1:4200/runs/flow-run/r1"
+
+
+def test_bad_refresh_step_fails_before_prefect_starts():
+    from typer.testing import CliRunner
+
+    from pricefit.cli import app
+
+    result = CliRunner().invoke(app, ["run", "--profile", "demo", "--refresh", "bogus", "--json"])
+    assert result.exit_code == 2
+    assert "'bogus' is not a step" in result.output
