@@ -39,11 +39,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 from .config import DEFAULT_PROMPT_TEMPLATE
 from .errors import PricefitError
