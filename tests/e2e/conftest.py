@@ -297,34 +297,37 @@ SERVED = ["retrain-nightly", "retrain-manual"]
 TOY = os.environ.get("PRICEFIT_E2E_TOY") == "1"
 PREFECT_FILE = (Path(__file__).parent / "toy_project" / "prefect.yaml") if TOY else REPO_ROOT / "deployments" / "prefect.yaml"
 
-# the demo profile made test-sized: tiny random Llama, 60 synthetic listings, 2 training steps
-TINY_OVERRIDES = [
-    "source=demo:60",
-    "curate.tokenizer=tiny-random",
-    "curate.max_items=60",
-    "curate.min_chars=50",
-    "tokenize.base_model=tiny-random",
-    "train.base_model=tiny-random",
-    "train.max_steps=2",
-    "train.batch_size=4",
-    "train.save_steps=1",
-    "evaluate.max_items=6",
-    "baselines.base_model=tiny-random",
-    "baselines.include=[constant,linear]",
-    "baselines.max_items=6",
-]
+# a test-sized profile (the same sizes as tests/flows): tiny random Llama, 80 synthetic listings,
+# 2 training steps, 4 held-out items; a Quick run in the UI takes these defaults
+TINY_PROFILE = {
+    "profile": "e2e-tiny",
+    "source": "demo:80",
+    "curate": {"tokenizer": "tiny-random", "max_text_tokens": 32, "min_chars": 40},
+    "tokenize": {"base_model": "tiny-random", "max_length": 64},
+    "train": {
+        "base_model": "tiny-random",
+        "device": "cpu",
+        "quantization": "none",
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "target_modules": ["q_proj", "v_proj"],
+        "batch_size": 4,
+        "max_steps": 2,
+        "save_steps": 50,
+    },
+    "evaluate": {"split": "test", "max_items": 4, "batch_size": 4, "device": "cpu"},
+    "baselines": {"include": ["constant", "linear"], "base_model": "tiny-random", "split": "test", "max_items": 4},
+}
 
 
 def write_tiny_profile(path: Path) -> Path:
-    """deployments/profiles/demo.yaml with TINY_OVERRIDES applied, as a profile file of its own."""
+    """TINY_PROFILE as a profile file (RetrainParams.profile takes a path)."""
     import yaml
 
-    from pricefit.config import apply_overrides, load_run_config, load_yaml
+    from pricefit.config import load_run_config
 
-    data = apply_overrides(load_yaml(REPO_ROOT / "deployments" / "profiles" / "demo.yaml"), TINY_OVERRIDES)
-    data["profile"] = "e2e-tiny"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    load_run_config(str(path))  # fail here on a stale override, not inside a flow run
+    path.write_text(yaml.safe_dump(TINY_PROFILE, sort_keys=False))
+    load_run_config(str(path))  # fail here on a stale key, not inside a flow run
     return path
 
 

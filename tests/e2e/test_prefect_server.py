@@ -10,8 +10,8 @@ and the SAME flow run is retried the way the UI's Retry button and `prefect flow
 (forced back to a scheduled state; the serving process picks it up). Per task run: the steps
 before evaluation come back Cached, evaluation and what follows Completed.
 
-The `served` fixture (conftest.py) serves a test-sized copy of the demo profile (tiny random
-Llama, 60 listings); PRICEFIT_E2E_TOY=1 swaps in a seconds-long stand-in flow for development.
+The `served` fixture (conftest.py) serves a test-sized profile (tiny random Llama, 80 synthetic
+listings, 2 training steps); PRICEFIT_E2E_TOY=1 swaps in a seconds-long stand-in flow for development.
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ def expected(served) -> tuple[list[str], list[str], dict[str, str]]:
 
 
 def fault_params(served) -> dict:
-    """Another evaluation (5 items instead of 6) on the same data and model: every step up to train is reusable."""
+    """Another evaluation (3 held-out items instead of 4) on the same data and model: every step up to train is reusable."""
     if served.toy:
         return {"eval_items": 7}
-    return {"params": {"profile": str(served.profile), "overrides": ["evaluate.max_items=5", "baselines.max_items=5"]}}
+    return {"params": {"profile": str(served.profile), "overrides": ["evaluate.max_items=3", "baselines.max_items=3"]}}
 
 
 def _step(task_run: dict) -> str:
