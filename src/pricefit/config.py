@@ -160,13 +160,28 @@ class TrainConfig(_Stage):
 
 class EvaluateConfig(_Stage):
     split: Literal["test", "validation"] = "test"
-    max_items: int | None = Field(None, description="Score at most this many held-out items (None: all).")
-    batch_size: int = 16
-    max_new_tokens: int = 6
+    max_items: int | None = Field(None, ge=1, description="Score at most this many held-out items (None: all).")
+    batch_size: int | None = Field(
+        None, ge=1, description="Prompts per batch; None: 16 on CPU, 128 on CUDA (batching is where the GPU speed comes from)."
+    )
+    max_new_tokens: int = Field(6, ge=1, description="Tokens generated per item in greedy mode ('999.00' is 6 digit tokens).")
     mode: Literal["greedy", "expected"] = Field(
         "greedy", description="greedy: parse the generated string; expected: mean over price-token distribution."
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    quantization: Literal["none", "8bit", "4bit"] = Field("none", description="Load the base model quantized (bitsandbytes).")
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on CUDA, float32 on CPU."
+    )
+    beam: int = Field(8, ge=1, description="expected mode: digit hypotheses kept per item.")
+    min_price: float = Field(0.0, ge=0, description="Parsed predictions are clipped to [min_price, max_price].")
+    max_price: float = Field(10_000.0, gt=0, description="Upper clip of parsed predictions (USD).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvaluateConfig":
+        if self.min_price >= self.max_price:
+            raise ValueError(f"min_price ({self.min_price}) must be below max_price ({self.max_price})")
+        return self
 
 
 class FrontierConfig(_Stage):
