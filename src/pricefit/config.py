@@ -148,7 +148,11 @@ class TrainConfig(_Stage):
     merge: bool = Field(False, description="Also write a merged (base + adapter) model.")
     max_train_items: int | None = None
     mode: Literal["auto", "throughput", "memory"] = Field(
-        "auto", description="CUDA speed/memory trade-off; see docs/PERFORMANCE.md."
+        "auto",
+        description=(
+            "CUDA speed/memory trade-off (docs/PERFORMANCE.md): throughput = no gradient checkpointing; "
+            "memory = gradient checkpointing; auto = as gradient_checkpointing says."
+        ),
     )
 
     @model_validator(mode="after")

@@ -137,11 +137,21 @@ def _build_model(cfg, plan, base_path: str):
 
     torch.manual_seed(cfg.seed)  # LoRA init draws from the global RNG
     model = quant.load_model(base_path, cfg, plan)
-    if plan.quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+    checkpointing = use_checkpointing(cfg, plan)
+    if plan.quantization != "none" and plan.device != "cuda":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        # CUDA: no prepare_model_for_kbit_training. It casts every non-quantized weight
+        # (embeddings, lm_head, norms) to float32: +2 GiB of weights on Llama-3.1-8B, and float32
+        # hidden states through every layer, which doubles activation memory and runs the LoRA
+        # matmuls in float32. The base stays frozen in the compute dtype; autocast (see _loss)
+        # runs the float32 LoRA weights in bf16 matmuls, like the Trainer's bf16=True.
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
     lcfg = LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules, bias="none", task_type="CAUSAL_LM",
@@ -152,6 +162,26 @@ def _build_model(cfg, plan, base_path: str):
         raise PricefitError(f"LoRA target_modules {cfg.target_modules!r} do not fit this model: {e}",
                             hint="use names of the model's Linear layers (q_proj, k_proj, ...) or 'all-linear'") from None
     return model
+
+
+def use_checkpointing(cfg, plan) -> bool:
+    """Gradient checkpointing: on in memory mode, off in throughput mode, else as configured."""
+    if plan.device == "cuda" and cfg.mode == "memory":
+        return True
+    if plan.device == "cuda" and cfg.mode == "throughput":
+        return False
+    return bool(cfg.gradient_checkpointing)
+
+
+def _autocast(plan):
+    """bf16/fp16 autocast on CUDA (the float32 LoRA weights then run in the compute dtype)."""
+    import contextlib
+
+    import torch
+
+    if plan.device == "cuda" and plan.compute_dtype in ("bfloat16", "float16"):
+        return torch.autocast("cuda", dtype=getattr(torch, plan.compute_dtype))
+    return contextlib.nullcontext()
 
 
 def _loss(model, ids, mask, labels):
@@ -311,7 +341,7 @@ def _estimate_gib(cfg, plan, base_path: str, seq: int) -> float | None:
         targets = cfg.target_modules
         if targets != "all-linear":
             targets = [t for t in targets if t in memory.LINEAR_NAMES] or ["q_proj"]
-        e = memory.estimate(shape, method, cfg.batch_size, seq, cfg.lora_r, targets, cfg.gradient_checkpointing,
+        e = memory.estimate(shape, method, cfg.batch_size, seq, cfg.lora_r, targets, use_checkpointing(cfg, plan),
                             logits_positions=8)
         return round(e.total_gib, 3)
     except PricefitError as e:
@@ -429,7 +459,8 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
                 ids, mask, labels = collate(train_ds[micro_batch_indices(k, sched_plan, cfg.seed)], pad_id)
                 max_seq = max(max_seq, ids.shape[1])
                 ids, mask, labels = ids.to(plan.device), mask.to(plan.device), labels.to(plan.device)
-                loss, n = _loss(model, ids, mask, labels)
+                with _autocast(plan):
+                    loss, n = _loss(model, ids, mask, labels)
                 step_tokens += int(mask.sum())
                 if loss is None:
                     continue
