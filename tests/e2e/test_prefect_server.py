@@ -16,12 +16,17 @@ listings, 2 training steps); PRICEFIT_E2E_TOY=1 swaps in a seconds-long stand-in
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.server, pytest.mark.slow]
+server = pytest.mark.server
+slow = pytest.mark.slow
 
 RUN_TIMEOUT_S = float(os.environ.get("PRICEFIT_E2E_RUN_TIMEOUT", "420"))
 FLOW = "retrain"
@@ -84,15 +89,20 @@ def _states(api, flow_run_id: str, expect: dict[str, int]) -> dict[str, str]:
     return {step: names[-1] for step, names in _attempts(api, flow_run_id, expect).items()}
 
 
+@server
+@slow
 def test_serve_registers_the_nightly_schedule(served, prefect_api):
     dep = prefect_api.deployment(FLOW, "retrain-nightly")
     crons = [(s["schedule"].get("cron"), s["schedule"].get("timezone"), s["active"]) for s in dep["schedules"]]
     assert crons == [("0 2 * * *", "UTC", True)]
     manual = prefect_api.deployment(FLOW, "retrain-manual")
     assert manual["schedules"] == []
-    assert manual["parameters"]["params"]["profile"] == str(served.profile) if not served.toy else True
+    if not served.toy:  # `pricefit serve --profile PATH` put the profile into the default parameters
+        assert manual["parameters"]["params"]["profile"] == str(served.profile)
 
 
+@server
+@slow
 def test_manual_run_completes_and_shows_artifacts(served, prefect_api):
     dep = prefect_api.deployment(FLOW, "retrain-manual")
     before, after, artifacts = expected(served)
@@ -107,6 +117,8 @@ def test_manual_run_completes_and_shows_artifacts(served, prefect_api):
     assert all(arts[k]["data"] for k in artifacts), {k: arts[k]["data"] for k in artifacts}
 
 
+@server
+@slow
 def test_failed_evaluation_retried_reuses_finished_steps(served, prefect_api):
     before, after, _ = expected(served)
     served.fault_file.write_text("evaluate\n")  # evaluation is broken
@@ -128,3 +140,84 @@ def test_failed_evaluation_retried_reuses_finished_steps(served, prefect_api):
     second = _states(prefect_api, fr["id"], {**dict.fromkeys(before + after[:1], 2), **dict.fromkeys(after[1:], 1)})
     assert {s: second[s] for s in before} == {s: "Cached" for s in before}, second
     assert {s: second[s] for s in after} == {s: "Completed" for s in after}, second
+
+
+# ------------------------------------------------------------------------------------------------
+# the file itself, both ways it is read
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _pricefit(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("pricefit")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    base["PREFECT_HOME"] = os.environ.get("PREFECT_HOME", str(Path.home() / ".prefect"))
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env={**base, **(env or {})}, timeout=300)
+
+
+def test_serve_check_lists_the_four_deployments_with_the_nightly_cron():
+    out = _pricefit("serve", "--check", "--json", "--profile", "shared-cpu", "--timezone", "Europe/Berlin")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    by_name = {d["name"]: d for d in result["deployments"]}
+    assert sorted(by_name) == [
+        "evaluate/evaluate",
+        "frontier-baseline/frontier-baseline",
+        "retrain/retrain-manual",
+        "retrain/retrain-nightly",
+    ]
+    nightly = by_name["retrain/retrain-nightly"]["schedules"]
+    assert [(s["cron"], s["timezone"], s["active"]) for s in nightly] == [("0 2 * * *", "Europe/Berlin", True)]
+    assert all(by_name[n]["schedules"] == [] for n in by_name if n != "retrain/retrain-nightly")
+    assert {d["parameters"]["params"]["profile"] for d in result["deployments"]} == {"shared-cpu"}
+
+
+def test_serve_without_a_server_says_how_to_start_one():
+    out = _pricefit("serve", "--json")
+    assert out.returncode == 2
+    assert json.loads(out.stdout)["hint"].startswith("start one with `prefect server start`")
+
+
+@server
+@slow
+def test_prefect_deploy_reads_the_same_file(prefect_server, prefect_api, tmp_path):
+    """The production path: `prefect deploy --all` puts the four deployments on the process pool.
+
+    The deployment names get a suffix so that they do not replace the ones `pricefit serve`
+    registered on the same server for the other tests."""
+    import yaml
+
+    spec = yaml.safe_load((REPO_ROOT / "deployments" / "prefect.yaml").read_text())
+    for d in spec["deployments"]:
+        d["name"] += "-deploy-check"
+    prefect_file = tmp_path / "prefect.yaml"
+    prefect_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    env = prefect_server.env()
+    for argv in (
+        [prefect, "work-pool", "create", "pricefit-process", "--type", "process", "--overwrite"],
+        [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)],
+    ):
+        out = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    deps = {
+        name: prefect_api.deployment(flow, f"{name}-deploy-check")
+        for flow, name in [("retrain", "retrain-nightly"), ("retrain", "retrain-manual"), ("evaluate", "evaluate"), ("frontier-baseline", "frontier-baseline")]
+    }
+    assert all(deps.values()), deps
+    assert {n: d["work_pool_name"] for n, d in deps.items()} == dict.fromkeys(deps, "pricefit-process")
+    assert {n: d["entrypoint"] for n, d in deps.items()} == {
+        "retrain-nightly": "flows/retrain.py:retrain",
+        "retrain-manual": "flows/retrain.py:retrain",
+        "evaluate": "flows/evaluate_only.py:evaluate_only",
+        "frontier-baseline": "flows/frontier_baseline.py:frontier_baseline",
+    }
+    cron = [(s["schedule"]["cron"], s["schedule"]["timezone"]) for s in deps["retrain-nightly"]["schedules"]]
+    assert cron == [("0 2 * * *", "UTC")]
+    # never two nightlies at once (Prefect 3 reports it as the deployment's global concurrency limit)
+    assert (deps["retrain-nightly"]["global_concurrency_limit"] or {}).get("limit") == 1
+    assert deps["retrain-manual"]["global_concurrency_limit"] is None
+    assert deps["retrain-manual"]["parameters"] == {"params": {"profile": "demo"}}
+    # the worker moves into the checkout `prefect deploy` ran in
+    pull = deps["retrain-manual"]["pull_steps"]
+    assert pull == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}]
