@@ -134,7 +134,7 @@ def _tokenized_dir(model_dir: Path, n: int, seq: int) -> Path:
     return d
 
 
-def _bnb(compute="bfloat16"):
+def _bnb(compute="bfloat16"):  # noqa: D401 - the reference quantization
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -240,8 +240,8 @@ def cmd_eval(a) -> None:
     from pricefit.inference import PricePredictor, reference_predict
 
     tok = AutoTokenizer.from_pretrained(a.dir)
-    model = AutoModelForCausalLM.from_pretrained(a.dir, quantization_config=_bnb(), dtype=torch.bfloat16,
-                                                 device_map={"": 0})
+    model = AutoModelForCausalLM.from_pretrained(a.dir, quantization_config=_bnb(a.compute),
+                                                 dtype=getattr(torch, a.compute), device_map={"": 0})
     rnd = random.Random(0)
     # prompts of realistic, varied length (the reference texts are ~160 tokens)
     texts = [" ".join(f"w{rnd.randrange(20, VOCAB)}" for _ in range(rnd.randint(120, 170)))
@@ -261,7 +261,7 @@ def cmd_eval(a) -> None:
     fast_s = time.perf_counter() - t0
     same = sum(r.raw == f.raw for r, f in zip(ref, fast[: a.ref_items]))
     ref_ips, fast_ips = a.ref_items / ref_s, a.items / fast_s
-    _emit({"bench": "eval", "items": a.items, "ref_items": a.ref_items, "batch": a.batch,
+    _emit({"bench": "eval", "compute": a.compute, "items": a.items, "ref_items": a.ref_items, "batch": a.batch,
            "new_tokens": a.new_tokens, "reference_items_per_s": round(ref_ips, 2),
            "batched_items_per_s": round(fast_ips, 2), "speedup": round(fast_ips / ref_ips, 1),
            "same_predictions": f"{same}/{a.ref_items}",
@@ -293,6 +293,8 @@ def main() -> None:
     s.add_argument("--ref-items", type=int, default=64)
     s.add_argument("--batch", type=int, default=256)
     s.add_argument("--new-tokens", type=int, default=4)
+    s.add_argument("--compute", default="bfloat16", choices=["bfloat16", "float32"],
+                   help="compute dtype of the 4-bit layers (float32: no bf16 near-tie flips)")
     a = p.parse_args()
     {"prepare": cmd_prepare, "plain": cmd_plain, "ours": cmd_ours, "eval": cmd_eval}[a.cmd](a)
 
