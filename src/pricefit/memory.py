@@ -201,6 +201,16 @@ class ActivationModel:
 FIRST_PRINCIPLES = ActivationModel(c_h=47.0, c_i=8.0, c_ckpt=2.0, c_vocab=12.0, overhead_gib=0.75,
                                    source="first principles (bf16, SDPA, LoRA dropout on q/k/v/o)")
 
+# pricefit's own CUDA loop (training.py): the frozen base stays in bf16 (no float32 upcast of norms
+# and embeddings), autocast runs the fp32 LoRA weights in bf16, and lm_head runs only at the label
+# positions. Fitted (c_h/c_i scale, c_ckpt) to 8 peaks measured on one H200 with
+# bench/gpu_bench.py (bench/results/h200-2026-11-29-*.jsonl: batch 4-64, with and without
+# gradient checkpointing); every one of the 8 within 2.5%. Float32 hidden states were the
+# difference to the plain Trainer run, whose counted model (FIRST_PRINCIPLES) is 1.6x larger.
+PRICEFIT_CUDA = ActivationModel(c_h=29.0, c_i=4.94, c_ckpt=2.27, c_vocab=12.0, overhead_gib=0.0,
+                                source="pricefit CUDA loop, fitted to H200 peaks (bench/results)")
+LOOPS = {"pricefit": PRICEFIT_CUDA, "plain-hf": FIRST_PRINCIPLES}
+
 # Plain Hugging Face Trainer + peft + bitsandbytes 0.50.2 on one H200 (../shared/DESIGN.md):
 # Llama-3.1-8B, NF4 + double quant, LoRA r=32 on q/k/v/o, sequence 182, logits at every position.
 H200_MEASURED: tuple[dict, ...] = (

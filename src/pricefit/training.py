@@ -342,7 +342,7 @@ def _estimate_gib(cfg, plan, base_path: str, seq: int) -> float | None:
         if targets != "all-linear":
             targets = [t for t in targets if t in memory.LINEAR_NAMES] or ["q_proj"]
         e = memory.estimate(shape, method, cfg.batch_size, seq, cfg.lora_r, targets, use_checkpointing(cfg, plan),
-                            logits_positions=8)
+                            logits_positions=8, act=memory.PRICEFIT_CUDA)
         return round(e.total_gib, 3)
     except PricefitError as e:
         log.info("no memory estimate: %s", e.message)

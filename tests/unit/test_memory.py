@@ -105,4 +105,29 @@ def test_plan_memory_cli_json():
     assert out["params"]["total"] == 8_030_261_248
     assert set(out["methods"]) == {"full", "lora", "qlora", "qlora-dq"}
     s = memory.BUILTIN_SHAPES["llama-3.1-8b"]
+    # default loop: pricefit's (bf16 base, logits only at the label positions)
+    assert out["loop"] == "pricefit"
+    assert out["methods"]["qlora-dq"]["items_bytes"] == memory.estimate(
+        s, "qlora-dq", 4, 182, logits_positions=8, act=memory.PRICEFIT_CUDA).items
+    r = CliRunner().invoke(app, ["plan-memory", "--model", "8b", "--batch", "4", "--loop", "plain-hf", "--json"])
+    out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["methods"]["qlora-dq"]["items_bytes"] == memory.estimate(s, "qlora-dq", 4, 182).items
+
+
+def test_planner_within_15_percent_of_every_h200_measurement():
+    """Every peak in bench/results (plain Trainer and pricefit's loop) against plan-memory's estimate."""
+    from pathlib import Path
+
+    results = sorted((Path(__file__).resolve().parents[2] / "bench" / "results").glob("h200-*.jsonl"))
+    rows = [json.loads(line) for f in results for line in f.read_text().splitlines() if line.strip()]
+    trains = [r for r in rows if r.get("bench") == "train" and not r.get("superseded")]
+    assert len(trains) >= 10
+    s = memory.BUILTIN_SHAPES["llama-3.1-8b"]
+    for r in trains:
+        ours = r["impl"] == "pricefit"
+        gc = r["mode"] == "memory" if ours else r["gc"]
+        e = memory.estimate(s, "qlora-dq", r["batch"], r["seq"], 32, ["q_proj", "k_proj", "v_proj", "o_proj"], gc,
+                            logits_positions=8 if ours else None,
+                            act=memory.PRICEFIT_CUDA if ours else memory.FIRST_PRINCIPLES)
+        err = abs(e.total_gib - r["peak_alloc_gib"]) / r["peak_alloc_gib"]
+        assert err < 0.15, (r["impl"], r["batch"], gc, r["peak_alloc_gib"], round(e.total_gib, 2))

@@ -90,6 +90,11 @@ def plan_memory_cmd(
     logits_positions: Optional[int] = typer.Option(
         None, "--logits-positions", help="Positions per sequence that produce logits (default: all; pricefit's loop: the label tokens)."
     ),
+    loop: str = typer.Option(
+        "pricefit", "--loop",
+        help="Training loop to plan for: pricefit (bf16 base, loss at the label positions) or plain-hf "
+             "(Trainer + prepare_model_for_kbit_training, logits everywhere).",
+    ),
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Estimate peak GPU memory for full fine-tuning, LoRA, QLoRA and QLoRA + double quantization.
@@ -99,15 +104,22 @@ def plan_memory_cmd(
     """
     from .. import memory
 
+    from ..errors import PricefitError
+
+    if loop not in memory.LOOPS:
+        raise PricefitError(f"unknown --loop {loop!r}", hint=f"one of {', '.join(memory.LOOPS)}")
+    act = memory.LOOPS[loop]
+    if loop == "pricefit" and logits_positions is None:
+        logits_positions = 8  # the price completion's tokens, with room to spare
     shape = memory.load_shape(model)
     targets: Any = "all-linear" if target_modules.strip() == "all-linear" else [t.strip() for t in target_modules.split(",") if t.strip()]
     plans = memory.plan(shape, batch, seq, lora_r=lora_r, target_modules=targets,
-                        gradient_checkpointing=gradient_checkpointing, logits_positions=logits_positions)
+                        gradient_checkpointing=gradient_checkpointing, logits_positions=logits_positions, act=act)
     first = next(iter(plans.values()))
     result = {
         "ok": True, "model": shape.name, "batch": batch, "seq": seq, "lora_r": lora_r,
         "target_modules": targets, "gradient_checkpointing": gradient_checkpointing,
-        "logits_positions": logits_positions, "params": first.params,
+        "logits_positions": logits_positions, "loop": loop, "params": first.params,
         "methods": {m: {"items_gib": e.to_dict()["items_gib"], "items_bytes": e.items, "total_gib": round(e.total_gib, 3)}
                     for m, e in plans.items()},
         "activation_model": first.activation_model,
