@@ -208,7 +208,10 @@ def _optimizer(cfg, params, plan):
     import torch
 
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        # fused on CUDA: one kernel for all LoRA tensors (measured 13,406 vs 12,663 tok/s with paged
+        # AdamW at batch 32 on an H200, bench/results); the CPU keeps the default for exact resume tests
+        return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                 fused=plan.device == "cuda")
     if cfg.optimizer == "adamw_fused":
         return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
     import bitsandbytes as bnb
