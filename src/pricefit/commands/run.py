@@ -17,19 +17,6 @@ import typer
 from ..cli import JSON_OPTION_HELP, app, command, emit
 from ..errors import ContractError, PricefitError
 
-STEP_ORDER = (
-    "ingest",
-    "contract_raw",
-    "curate",
-    "contract_curated",
-    "tokenize",
-    "contract_tokenized",
-    "train",
-    "evaluate",
-    "baselines",
-    "compare",
-    "report",
-)
 
 
 def _step_states(flow_run_id: Any) -> dict[str, str]:
@@ -47,7 +34,9 @@ def _step_states(flow_run_id: Any) -> dict[str, str]:
             prev = found.get(step)
             if prev is None or (started and prev[0] and started > prev[0]):
                 found[step] = (started, tr.state.name)
-    order = {s: i for i, s in enumerate(STEP_ORDER)}
+    from tasks.cache import STEPS  # the DAG order, defined once beside the cache policy
+
+    order = {s: i for i, s in enumerate(STEPS)}
     return {s: found[s][1] for s in sorted(found, key=lambda s: order.get(s, 99))}
 
 
