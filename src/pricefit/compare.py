@@ -131,19 +131,12 @@ def build_comparison(
 
 
 def _fmt(v: Any, kind: str) -> str:
+    """Table cell: the evaluation report's formats, a dash for a missing value, ratios to 3 places."""
+    from .report import fmt
+
     if v is None:
         return "—"
-    if kind in ("mae",):
-        return f"${v:,.2f}"
-    if kind == "hit_rate":
-        return f"{100 * v:.1f}%"
-    if kind == "mdape":
-        return f"{v:.1f}%"
-    if kind == "ratio":
-        return f"{v:.3f}"
-    if kind == "rmsle":
-        return f"{v:.3f}"
-    return str(v)
+    return f"{v:.3f}" if kind == "ratio" else fmt(kind, v)
 
 
 def to_markdown(table: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from pricefit import artifacts
+from pricefit.curation import RAW_SCHEMA  # the ingest stage's schema, not a copy
 
 TEXT = "A sturdy stainless steel kettle with a comfortable handle and a whistle. " * 5  # 365 chars
 
@@ -88,19 +89,6 @@ def write_curated(
     return out
 
 
-RAW_SCHEMA = {
-    "item_id": pl.String,
-    "source_file": pl.String,
-    "source_line": pl.Int64,
-    "category": pl.String,
-    "title": pl.String,
-    "description": pl.String,
-    "features": pl.String,
-    "details": pl.String,
-    "price_raw": pl.String,
-    "price": pl.Float64,
-    "price_issue": pl.String,
-}
 
 
 def raw_rows(n: int = 4) -> list[dict[str, Any]]:
