@@ -38,7 +38,7 @@ def check(stage: str, directory: str | os.PathLike, *, data_docs: bool = True, t
     """
     if stage not in STAGES:
         raise PricefitError(f"unknown contract stage {stage!r}", hint=f"use one of: {', '.join(STAGES)}")
-    d = Path(directory)
+    d = Path(directory).resolve()  # GX's Data Docs store refuses relative paths
     if not d.is_dir():
         raise PricefitError(f"{d} is not a directory", hint=f"point at the output directory of the {stage} stage")
     from .runner import run_plan

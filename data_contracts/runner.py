@@ -312,7 +312,7 @@ def format_failures(report: dict[str, Any]) -> str:
 
 def run_plan(stage: str, directory: str | os.PathLike, plan: Plan, data_docs: bool = True) -> dict[str, Any]:
     """Validate every batch, write the report and Data Docs, raise ContractError on failure."""
-    d = Path(directory)
+    d = Path(directory).resolve()
     t0 = time.perf_counter()
     docs_final = d / DOCS_DIR
     if data_docs:

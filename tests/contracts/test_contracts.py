@@ -297,6 +297,15 @@ def test_cli_validate_json_reports_failure_with_exit_code_3(tmp_path, monkeypatc
     assert not (d / "data_docs").exists()
 
 
+def test_relative_directory_builds_data_docs(tmp_path, monkeypatch):
+    """`pricefit curate --out runs/x` passes a relative path: GX's Data Docs store refused it."""
+    write_curated(tmp_path / "curated")
+    monkeypatch.chdir(tmp_path)
+    report = data_contracts.check("curated", "curated")
+    assert report["success"] is True
+    assert (tmp_path / "curated" / "data_docs" / "index.html").is_file()
+
+
 # ---------------------------------------------------------------------------------------------- pure helpers (no GX)
 
 
