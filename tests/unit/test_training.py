@@ -44,11 +44,13 @@ def tokenized(home, tmp_path_factory) -> Path:
     from pricefit.models import load_tokenizer
 
     tok = load_tokenizer("tiny-random")
-    rows = {"item_id": [], "price": [], "input_ids": [], "attention_mask": [], "labels": []}
+    rows = {"item_id": [], "category": [], "text": [], "price": [], "input_ids": [], "attention_mask": [], "labels": []}
     for i, (text, price) in enumerate(ITEMS):
         p = tok(PROMPT.format(text=text), add_special_tokens=False)["input_ids"]
         c = tok(f"{price}.00", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         rows["item_id"].append(f"i{i}")
+        rows["category"].append("Widgets")
+        rows["text"].append(text)
         rows["price"].append(float(price))
         rows["input_ids"].append(p + c)
         rows["attention_mask"].append([1] * (len(p) + len(c)))
@@ -235,3 +237,29 @@ def test_missing_tokenized_artifact_is_rejected(tmp_path):
 
     with pytest.raises(PricefitError, match="not a finished pricefit artifact"):
         train(tmp_path, tmp_path / "x", cfg())
+
+
+@pytest.mark.slow
+def test_real_data_trials_bench_runs_trials_side_by_side(tokenized, tmp_path):
+    """bench/real_data_trials.py --jobs 2: one child per trial, each trial's overrides applied, one JSON line each."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "bench" / "real_data_trials.py"
+    cmd = [sys.executable, str(script), "--tokenized", str(tokenized), "--work", str(tmp_path / "w"),
+           "--base-model", "tiny-random", "--device", "cpu", "--max-steps", "1", "--skip-base"]
+    r = subprocess.run(cmd + ["--jobs", "2", "--trials", "r8,lr5e-5"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {d["trial"]: d for d in map(json.loads, r.stdout.splitlines())}
+    assert set(rows) == {"r8", "lr5e-5"}
+    assert rows["r8"]["overrides"] == {"lora_r": 8, "lora_alpha": 16}
+    assert rows["lr5e-5"]["overrides"] == {"learning_rate": 5e-5}
+    for d in rows.values():
+        assert d["steps"] == 1 and d["split"] == "validation" and d["n"] == 4
+    # each child wrote its own adapter with its own rank
+    cfg8 = json.loads((tmp_path / "w" / "train-r8").glob("**/adapter_config.json").__next__().read_text())
+    cfg16 = json.loads((tmp_path / "w" / "train-lr5e-5").glob("**/adapter_config.json").__next__().read_text())
+    assert (cfg8["r"], cfg16["r"]) == (8, 16)
+
+    bad = subprocess.run(cmd + ["--trials", "r8,nope"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown trial(s) nope" in bad.stderr
