@@ -52,6 +52,8 @@ INGEST_CHUNK = 20_000  # rows per in-memory chunk while reading a source
 CEILING_CHARS_PER_TOKEN = 7  # reference: CEILING_CHARS = MAX_TOKENS * 7
 UNKNOWN_CATEGORY = "Unknown"
 SPLITS = ("train", "validation", "test")
+# the columns every curated split carries (and the stages after curate rely on)
+CURATED_COLUMNS = ("item_id", "category", "title", "text", "price")
 DROP_REASONS = (
     "price_missing",
     "price_unparseable",
@@ -559,10 +561,37 @@ def build_text(
     return text
 
 
-def read_splits(curated_dir: str | Path) -> dict[str, pl.DataFrame]:
-    """The three split frames of a curated artifact."""
+def read_split(curated_dir: str | Path, split: str, columns: Iterable[str] = CURATED_COLUMNS) -> pl.DataFrame:
+    """One split of a finished curated artifact, checked before anyone uses it.
+
+    The one reader for every stage that consumes curated data (tokenize, baselines, evaluate): the
+    directory must hold a ``curated`` manifest and ``<split>.parquet``, the frame must have
+    ``columns``, and item_id, text and price (where asked for) must have no nulls.
+    """
     d = Path(curated_dir)
-    manifest = artifacts.read_manifest(d)
-    if manifest.get("kind") != "curated":
-        raise PricefitError(f"{d} is a {manifest.get('kind')!r} artifact, not 'curated'", hint="point at the output of curate")
-    return {s: pl.read_parquet(d / f"{s}.parquet") for s in SPLITS}
+    kind = artifacts.read_manifest(d).get("kind")
+    if kind != "curated":
+        raise PricefitError(f"{d} holds a {kind!r} artifact, not a curated one",
+                            hint="point at the output directory of `pricefit curate`")
+    path = d / f"{split}.parquet"
+    if not path.exists():
+        raise PricefitError(f"{path} does not exist",
+                            hint="point at the output directory of a finished `pricefit curate` "
+                                 "(it holds train.parquet, validation.parquet and test.parquet)")
+    df = pl.read_parquet(path)
+    columns = tuple(columns)
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise PricefitError(f"{path} lacks column(s) {', '.join(missing)} (has {', '.join(df.columns)})",
+                            hint=f"rerun `pricefit curate`: curated splits carry {', '.join(CURATED_COLUMNS)}")
+    for col in ("item_id", "text", "price"):
+        nulls = df[col].null_count() if col in columns else 0
+        if nulls:
+            raise PricefitError(f"{path}: {nulls} row(s) with a null {col}",
+                                hint="the curated contract should have caught this; rerun `pricefit curate`")
+    return df
+
+
+def read_splits(curated_dir: str | Path) -> dict[str, pl.DataFrame]:
+    """The three split frames of a curated artifact, each checked by :func:`read_split`."""
+    return {s: read_split(curated_dir, s) for s in SPLITS}

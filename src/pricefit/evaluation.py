@@ -42,10 +42,9 @@ def load_heldout(data_dir: str | Path, split: str = "test", max_items: int | Non
     manifest = artifacts.read_manifest(d)
     kind = manifest.get("kind")
     if kind == "curated":
-        path = d / f"{split}.parquet"
-        if not path.exists():
-            raise PricefitError(f"{d} has no {split} split ({path.name} missing)", hint="rerun pricefit curate")
-        frame = pl.read_parquet(path)
+        from .curation import read_split
+
+        frame = read_split(d, split)
     elif kind == "tokenized":
         from datasets import load_from_disk
 

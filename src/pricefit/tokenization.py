@@ -78,7 +78,6 @@ def _encode_batch(tokenizer, texts: list[str], prices: list[float], cfg: Tokeniz
     truncated = [False] * len(texts)
     todo = list(range(len(texts)))
     out_full: list[list[int] | None] = [None] * len(texts)
-    out_prompt: list[list[int] | None] = [None] * len(texts)
     for _round in range(8):  # each round removes the measured excess; 1-2 rounds in practice
         if not todo:
             break
@@ -156,24 +155,14 @@ def _features():
     )
 
 
-def _read_split(path: Path):
-    import pyarrow.parquet as pq
+def _read_split(curated_dir: Path, split: str):
+    """A curated split as an Arrow table of CURATED_COLUMNS, checked by curation.read_split."""
+    import polars as pl
 
-    if not path.exists():
-        raise PricefitError(f"curated split {path} is missing", hint="point --curated at a finished `pricefit curate` output")
-    table = pq.read_table(path)
-    missing = [c for c in CURATED_COLUMNS if c not in table.column_names]
-    if missing:
-        raise PricefitError(
-            f"{path} lacks column(s) {', '.join(missing)} (has {', '.join(table.column_names)})",
-            hint="re-run `pricefit curate`; see docs/ARCHITECTURE.md for the curated layout",
-        )
-    table = table.select(list(CURATED_COLUMNS))
-    for col in ("item_id", "text", "price"):
-        nulls = table.column(col).null_count
-        if nulls:
-            raise PricefitError(f"{path}: {nulls} row(s) with a null {col}", hint="the curated contract should have caught this; re-run curate")
-    return table
+    from .curation import read_split
+
+    frame = read_split(curated_dir, split, columns=CURATED_COLUMNS).select(CURATED_COLUMNS)
+    return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
 
 
 def tokenize(curated_dir: str | Path, out_dir: str | Path, cfg: TokenizeConfig) -> ArtifactRef:
@@ -183,12 +172,8 @@ def tokenize(curated_dir: str | Path, out_dir: str | Path, cfg: TokenizeConfig) 
     from .models import load_tokenizer, model_info
 
     curated_dir = Path(curated_dir)
+    tables = {split: _read_split(curated_dir, split) for split in SPLITS}  # bad input fails before any work
     manifest = read_manifest(curated_dir)
-    if manifest.get("kind") != "curated":
-        raise PricefitError(
-            f"{curated_dir} holds a {manifest.get('kind')!r} artifact, not a curated one",
-            hint="point --curated at the output directory of `pricefit curate`",
-        )
     curated_sha = sha256_file(curated_dir / "manifest.json")
     tokenizer = load_tokenizer(cfg.base_model)
     info = model_info(cfg.base_model)
@@ -198,7 +183,7 @@ def tokenize(curated_dir: str | Path, out_dir: str | Path, cfg: TokenizeConfig) 
     splits: dict[str, Any] = {}
     stats: dict[str, dict[str, Any]] = {}
     for split in SPLITS:
-        table = _read_split(curated_dir / f"{split}.parquet")
+        table = tables[split]
         # deterministic fingerprint: the same inputs write byte-identical files
         fingerprint = hashlib.sha256(f"{key}|{split}".encode()).hexdigest()[:16]
         if table.num_rows == 0:  # map() on zero rows would not add the new columns

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from pricefit.artifacts import ArtifactRef, atomic_dir, ref_for, write_manifest
-from pricefit.config import CurateConfig, TrainConfig
+from pricefit.config import CurateConfig
 from pricefit.errors import PricefitError
 from tasks import cache
 

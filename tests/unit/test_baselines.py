@@ -127,9 +127,13 @@ def test_run_baselines_writes_layout_on_the_same_items(curated: Path, tmp_path: 
 
 
 def test_run_baselines_explains_a_missing_split(tmp_path: Path):
+    with pytest.raises(PricefitError, match="not a finished pricefit artifact"):
+        run_baselines(tmp_path, tmp_path / "bl", BaselinesConfig(include=["constant"]))
+    (tmp_path / "manifest.json").write_text(json.dumps({"kind": "curated"}))
     with pytest.raises(PricefitError, match="train.parquet does not exist") as e:
         run_baselines(tmp_path, tmp_path / "bl", BaselinesConfig(include=["constant"]))
     assert "pricefit curate" in e.value.hint
+    assert not (tmp_path / "bl").exists()
 
 
 def test_frontier_skip_reasons(monkeypatch):

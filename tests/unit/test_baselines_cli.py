@@ -33,6 +33,7 @@ def curated(tmp_path: Path) -> Path:
     _split(60, 0).write_parquet(d / "train.parquet")
     _split(9, 1).write_parquet(d / "validation.parquet")
     _split(12, 2).write_parquet(d / "test.parquet")
+    (d / "manifest.json").write_text('{"kind": "curated"}')
     return d
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 import polars as pl
 import pytest
@@ -19,6 +18,8 @@ from pricefit.curation import (
     ingest,
     normalize_record,
     prepare_items,
+    read_split,
+    read_splits,
     select_items,
     split_items,
 )
@@ -224,6 +225,30 @@ def test_curate_manifest_and_files(tmp_path, word_tokenizer):
     # demo items pass the default rules (the demo is the main fixture: it must be usable)
     assert sum(m["kept"].values()) >= 0.95 * 200
     assert m["kept"] == {"train": round(sum(m["kept"].values()) * 0.8), "validation": m["kept"]["validation"], "test": m["kept"]["test"]}
+
+
+def test_read_split_is_the_checked_reader_of_curated_output(tmp_path, word_tokenizer):
+    raw = ingest("demo:60", tmp_path / "raw", CurateConfig())
+    ref = curate(raw.dir, tmp_path / "cur", CurateConfig(), tokenizer=word_tokenizer)
+    splits = read_splits(ref.dir)
+    assert {k: v.height for k, v in splits.items()} == ref.manifest()["kept"]
+    assert splits["test"].equals(pl.read_parquet(ref.dir / "test.parquet"))
+
+    with pytest.raises(PricefitError, match="holds a 'raw' artifact, not a curated one"):
+        read_split(raw.dir, "test")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    artifacts.write_manifest(bad, {"kind": "curated"})
+    with pytest.raises(PricefitError, match=r"test\.parquet does not exist"):
+        read_split(bad, "test")
+    splits["test"].drop("category").write_parquet(bad / "test.parquet")
+    with pytest.raises(PricefitError, match=r"lacks column\(s\) category \(has item_id, title, text"):
+        read_split(bad, "test")
+    assert read_split(bad, "test", columns=("item_id", "text", "price")).height == splits["test"].height
+    splits["test"].with_columns(pl.when(pl.int_range(pl.len()) == 1).then(None).otherwise(pl.col("price"))
+                                .alias("price")).write_parquet(bad / "test.parquet")
+    with pytest.raises(PricefitError, match=r"1 row\(s\) with a null price"):
+        read_split(bad, "test")
 
 
 def test_curate_is_deterministic(tmp_path, word_tokenizer):

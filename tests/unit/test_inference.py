@@ -1,7 +1,5 @@
 """Batched inference on the built-in tiny random Llama (fp32, CPU): same answers as the reference loop."""
 
-import math
-
 import pytest
 
 torch = pytest.importorskip("torch")

@@ -212,7 +212,7 @@ def test_tokenize_rejects_a_non_curated_dir(tmp_path, cfg):
         tokenize(d, tmp_path / "out", cfg)
     curated = _curated_dir(tmp_path, {"train": 1, "validation": 1, "test": 1})
     (curated / "test.parquet").unlink()
-    with pytest.raises(PricefitError, match="test.parquet is missing"):
+    with pytest.raises(PricefitError, match="test.parquet does not exist"):
         tokenize(curated, tmp_path / "out", cfg)
     assert not (tmp_path / "out").exists()
 

@@ -27,26 +27,12 @@ from ..parsing import DEFAULT_MAX_PRICE, DEFAULT_MIN_PRICE
 log = logging.getLogger("pricefit.baselines")
 
 ALL_BASELINES = ("constant", "linear", "tfidf", "base_model", "frontier")
-REQUIRED_COLUMNS = ("item_id", "category", "title", "text", "price")
 
 
 def _read_split(curated_dir: Path, split: str):
-    import polars as pl
+    from ..curation import read_split
 
-    path = curated_dir / f"{split}.parquet"
-    if not path.exists():
-        raise PricefitError(
-            f"{path} does not exist",
-            hint="point --data at the output directory of `pricefit curate` (it holds train/validation/test.parquet)",
-        )
-    df = pl.read_parquet(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise PricefitError(
-            f"{path} lacks column(s) {', '.join(missing)}",
-            hint="rerun `pricefit curate`: curated splits carry item_id, category, title, text, price",
-        )
-    return df
+    return read_split(curated_dir, split)
 
 
 def load_held_out(curated_dir: str | Path, split: str = "test", max_items: int | None = None):
