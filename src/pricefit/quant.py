@@ -148,6 +148,9 @@ def quantized_cache_key(path: str, cfg: Any, plan: Plan) -> str | None:
 def _from_pretrained(path: str, **kw):
     from transformers import AutoModelForCausalLM
 
+    from .models import check_hub_model
+
+    check_hub_model(path)
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kw)
     except OSError as e:

@@ -107,6 +107,39 @@ def test_resolve_model_rules(tiny_home, tmp_path, monkeypatch):
         models.resolve_model(" ")
 
 
+def test_uncached_hub_id_fails_at_once_when_the_hub_is_unreachable(tmp_path, monkeypatch):
+    """The probe's own error, not the minute of from_pretrained retries (53 s measured before the check)."""
+    import socket
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    # offline by setting
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PricefitError, match=r"'owner/uncached' is not in the local Hugging Face cache, and "
+                                            r"the Hugging Face hub is unreachable: HF_HUB_OFFLINE is set") as e:
+        models.load_tokenizer("owner/uncached")
+    assert "built-in model: smollm2-135m, tiny-random" in e.value.hint
+    # offline by network: an endpoint on a port nobody listens on
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(PricefitError, match=rf"no connection to 127.0.0.1:{port}"):
+        models.model_info("owner/uncached")
+
+    # a hub id already in the local cache passes the check without the network
+    snap = tmp_path / "hub" / "models--owner--cached" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (tmp_path / "hub" / "models--owner--cached" / "refs").mkdir()
+    (tmp_path / "hub" / "models--owner--cached" / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert models.check_hub_model("owner/cached") is None
+    assert models.check_hub_model(str(tmp_path)) is None  # a local directory is never probed
+
+
 def test_incomplete_leftover_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("PRICEFIT_HOME", str(tmp_path))
     half = tmp_path / "models" / "tiny-random"
