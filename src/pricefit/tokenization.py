@@ -36,7 +36,7 @@ log = logging.getLogger("pricefit.tokenization")
 
 IGNORE_INDEX = -100
 SPLITS = ("train", "validation", "test")
-CURATED_COLUMNS = ("item_id", "category", "text", "price")
+INPUT_COLUMNS = ("item_id", "category", "text", "price")  # what tokenize reads of a curated split
 OUTPUT_COLUMNS = ("item_id", "category", "price", "text", "prompt", "completion", "input_ids", "attention_mask", "labels")
 SCHEMA_VERSION = 1
 
@@ -156,12 +156,12 @@ def _features():
 
 
 def _read_split(curated_dir: Path, split: str):
-    """A curated split as an Arrow table of CURATED_COLUMNS, checked by curation.read_split."""
+    """A curated split as an Arrow table of INPUT_COLUMNS, checked by curation.read_split."""
     import polars as pl
 
     from .curation import read_split
 
-    frame = read_split(curated_dir, split, columns=CURATED_COLUMNS).select(CURATED_COLUMNS)
+    frame = read_split(curated_dir, split, columns=INPUT_COLUMNS).select(INPUT_COLUMNS)
     return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
 
 

@@ -29,15 +29,11 @@ log = logging.getLogger("pricefit.baselines")
 ALL_BASELINES = ("constant", "linear", "tfidf", "base_model", "frontier")
 
 
-def _read_split(curated_dir: Path, split: str):
-    from ..curation import read_split
-
-    return read_split(curated_dir, split)
-
-
 def load_held_out(curated_dir: str | Path, split: str = "test", max_items: int | None = None):
     """The held-out frame every model is scored on (first ``max_items`` rows of ``split``)."""
-    df = _read_split(Path(curated_dir), split)
+    from ..curation import read_split
+
+    df = read_split(curated_dir, split)
     if max_items is not None:
         df = df.head(max_items)
     if df.height == 0:
@@ -79,11 +75,12 @@ def run_baselines(
 ) -> ArtifactRef:
     """Run every baseline in ``cfg.include`` on the held-out items; returns the ``baselines`` ref."""
     from ..compare import item_set_sha256
+    from ..curation import read_split
     from . import constant, frontier, linear, tfidf
 
     cfg = cfg or BaselinesConfig()
     curated = Path(curated_dir)
-    train = _read_split(curated, "train")
+    train = read_split(curated, "train")
     test = load_held_out(curated, cfg.split, cfg.max_items)
     prices = [float(p) for p in train["price"].to_list()]
     if not prices:
