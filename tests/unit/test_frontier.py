@@ -194,6 +194,7 @@ def test_key_never_written_or_logged(server, env, tmp_path, caplog):
     )
     for split in ("train", "validation", "test"):
         frame.write_parquet(curated / f"{split}.parquet")
+    (curated / "manifest.json").write_text(json.dumps({"kind": "curated"}))
     caplog.set_level(logging.DEBUG)
     cfg = BaselinesConfig(include=["constant", "frontier"], frontier=_cfg(server))
     out = Path(run_baselines(curated, tmp_path / "bl", cfg, progress=False).path)
