@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import PricefitError
+from .slices import SliceSpec
 
 # Reference product-pricer prompt, split into the part the model reads and the part it must write.
 DEFAULT_QUESTION = "How much does this cost to the nearest dollar?"
@@ -154,11 +155,34 @@ class TrainConfig(_Stage):
             "memory = gradient checkpointing; auto = as gradient_checkpointing says."
         ),
     )
+    head: Literal["generate", "regression"] = Field(
+        "generate",
+        description="generate: the model writes the price digits (the reference); regression: a linear price head on "
+        "the prompt's final hidden state, trained on standardized log1p(price) (pricefit.heads).",
+    )
+    head_pool: Literal["last", "mean"] = Field("last", description="regression: pool the last prompt token or the mean of the prompt.")
+    head_loss: Literal["huber", "mse"] = Field("huber", description="regression: loss on the standardized log price.")
+    huber_delta: float = Field(1.0, gt=0, description="regression: Huber threshold (in standard deviations of log price).")
+    head_lr_scale: float = Field(1.0, gt=0, description="regression: the head's learning rate = learning_rate x this.")
+    head_lm_weight: float = Field(
+        0.0, ge=0, description="regression: also train the digit completion with this weight (0: the head's loss only)."
+    )
+    oversample: dict[str, float] = Field(
+        default_factory=dict,
+        description="Repeat the training items of a named slice (the profile's slices:) this many times, e.g. {reference: 3}.",
+    )
+    price_balance: float = Field(
+        0.0, ge=0, le=1,
+        description="Reweight training items toward a flat distribution over log-price bins: 0 = as curated, 1 = flat.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
         if self.quant_type == "fp4" and self.quantization != "4bit":
             raise ValueError("quant_type fp4 only applies with quantization: 4bit")
+        for name, factor in self.oversample.items():
+            if factor <= 0:
+                raise ValueError(f"oversample[{name!r}] must be > 0 (1 keeps the slice as it is), got {factor}")
         return self
 
 
@@ -169,8 +193,10 @@ class EvaluateConfig(_Stage):
         None, ge=1, description="Prompts per batch; None: 16 on CPU, 128 on CUDA (batching is where the GPU speed comes from)."
     )
     max_new_tokens: int = Field(6, ge=1, description="Tokens generated per item in greedy mode ('999.00' is 6 digit tokens).")
-    mode: Literal["greedy", "expected"] = Field(
-        "greedy", description="greedy: parse the generated string; expected: mean over price-token distribution."
+    mode: Literal["auto", "greedy", "expected", "head"] = Field(
+        "auto",
+        description="auto: the adapter's price head when it has one, else greedy; greedy: parse the generated string; "
+        "expected: mean over the price-token distribution; head: the regression head (train.head: regression).",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     quantization: Literal["none", "8bit", "4bit"] = Field("none", description="Load the base model quantized (bitsandbytes).")
@@ -218,9 +244,18 @@ class BaselinesConfig(_Stage):
     )
 
 
+CLASSICAL_BASELINES = ("constant", "linear", "tfidf")
+
+
 class PromoteConfig(_Stage):
     metric: Literal["mae", "rmsle"] = "mae"
     margin: float = Field(0.02, ge=0, description="Challenger must beat the champion by this relative margin.")
+    slice: str | None = Field(None, description="Decide on this named slice (the profile's slices:) instead of all items.")
+    require_beat_baselines: bool = Field(
+        True,
+        description=f"Never promote a challenger that does not beat the best classical baseline ({', '.join(CLASSICAL_BASELINES)}) "
+        "on the decision metric and slice.",
+    )
 
 
 class RunConfig(_Stage):
@@ -238,6 +273,21 @@ class RunConfig(_Stage):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
+    slices: list[SliceSpec] = Field(
+        default_factory=list, description="Named slices of held-out items, reported beside the overall metrics (pricefit.slices)."
+    )
+
+    @model_validator(mode="after")
+    def _check_slices(self) -> "RunConfig":
+        names = [s.name for s in self.slices]
+        if len(set(names)) != len(names):
+            raise ValueError(f"slice names must be unique: {names}")
+        if self.promote.slice is not None and self.promote.slice not in names:
+            raise ValueError(f"promote.slice {self.promote.slice!r} is not a declared slice ({', '.join(names) or 'none declared'})")
+        unknown = sorted(set(self.train.oversample) - set(names))
+        if unknown:
+            raise ValueError(f"train.oversample names undeclared slices {unknown} (declared: {', '.join(names) or 'none'})")
+        return self
 
 
 # ----------------------------------------------------------------------------------------------

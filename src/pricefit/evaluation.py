@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import polars as pl
 
 from . import artifacts
-from .config import DEFAULT_PROMPT_TEMPLATE, CurateConfig, EvaluateConfig
+from .config import CurateConfig, EvaluateConfig
 from .errors import PricefitError
 
 log = logging.getLogger("pricefit.evaluation")
@@ -33,6 +33,15 @@ WORST_K = 10
 
 # ----------------------------------------------------------------------------------------------
 # inputs
+
+
+def masks_for(slices: list[Any] | None, frame: pl.DataFrame) -> dict[str, list[bool]]:
+    """Per-slice membership of each row of a predictions frame (item_id, category, price, ...)."""
+    if not slices:
+        return {}
+    from .slices import slice_masks
+
+    return slice_masks(slices, {c: frame[c].to_list() for c in frame.columns})
 
 
 def load_heldout(data_dir: str | Path, split: str = "test", max_items: int | None = None) -> tuple[pl.DataFrame, dict[str, Any]]:
@@ -66,18 +75,6 @@ def load_heldout(data_dir: str | Path, split: str = "test", max_items: int | Non
     return frame, {"path": str(d.resolve()), "kind": kind, "sha256": artifacts.sha256_file(d / artifacts.MANIFEST)}
 
 
-def prompt_builder(template: str = DEFAULT_PROMPT_TEMPLATE) -> Callable[[str], str]:
-    """The training prompt for an item text (pricefit.tokenization.build_prompt where it exists)."""
-    try:
-        from .tokenization import build_prompt  # type: ignore[attr-defined]
-        from .config import TokenizeConfig
-
-        tcfg = TokenizeConfig(prompt_template=template)
-        return lambda text: build_prompt(text, tcfg)
-    except ImportError:
-        return lambda text: template.replace("{text}", text)
-
-
 def make_predictor(cfg: EvaluateConfig, base_model: str | None, adapter_dir: str | Path | None):
     from .inference import PricePredictor
 
@@ -105,6 +102,7 @@ def _score(
     predictor: Any,
     inputs: dict[str, Any],
     skipped: pl.DataFrame | None = None,
+    slices: list[Any] | None = None,
 ) -> artifacts.ArtifactRef:
     from .metrics import compute_metrics
     from .plots import error_histogram, scatter_plot
@@ -115,14 +113,14 @@ def _score(
             "no items to evaluate",
             hint="check the split/--max-items, or the skipped reasons of the source (every listing was dropped)",
         )
-    if "prompt" in items.columns:
-        texts, as_prompts = items["prompt"].to_list(), True
+    if "prompt" in items.columns:  # a tokenized artifact: exactly the prompts training built
+        texts = items["prompt"].to_list()
     else:
-        build = prompt_builder(predictor.prompt_template)
-        texts, as_prompts = [build(t) for t in items["text"].to_list()], True
+        texts = predictor.build_prompts(items["text"].to_list())
+    mode = predictor.resolve_mode(cfg.mode)
 
     t0 = time.perf_counter()
-    preds = predictor.predict(texts, batch_size=cfg.batch_size, mode=cfg.mode, prompts=as_prompts)
+    preds = predictor.predict(texts, batch_size=cfg.batch_size, mode=mode, prompts=True)
     runtime = time.perf_counter() - t0
 
     frame = pl.DataFrame(
@@ -136,7 +134,7 @@ def _score(
         }
     )
     truth, pred = frame["price"].to_list(), frame["prediction"].to_list()
-    metrics = compute_metrics(truth, pred, frame["category"].to_list())
+    metrics = compute_metrics(truth, pred, frame["category"].to_list(), slices=masks_for(slices, frame))
     rows = frame.with_columns(items["title"].cast(pl.String).alias("title")).to_dicts()
     worst = worst_items(rows, WORST_K)
 
@@ -145,7 +143,7 @@ def _score(
         "adapter": predictor.adapter_dir,
         "data": inputs.get("path") or inputs.get("source"),
         "split": inputs.get("split"),
-        "mode": cfg.mode,
+        "mode": mode,
         "device": predictor.device,
         "n_items": frame.height,
         "runtime_s": round(runtime, 3),
@@ -191,15 +189,17 @@ def evaluate(
     adapter_dir: str | Path | None = None,
     *,
     predictor: Any = None,
+    slices: list[Any] | None = None,
 ) -> artifacts.ArtifactRef:
     """Score the held-out split of a curated or tokenized artifact with base model (+ adapter).
 
     ``base_model`` may be left out when the adapter records it. Pass ``predictor`` to reuse a
-    loaded :class:`~pricefit.inference.PricePredictor`.
+    loaded :class:`~pricefit.inference.PricePredictor`. ``slices``: named slices
+    (pricefit.slices.SliceSpec) whose metrics are reported beside the overall ones.
     """
     items, ref = load_heldout(data_dir, cfg.split, cfg.max_items)
     predictor = predictor or make_predictor(cfg, base_model, adapter_dir)
-    return _score(items, out_dir, cfg, predictor, {**ref, "split": cfg.split})
+    return _score(items, out_dir, cfg, predictor, {**ref, "split": cfg.split}, slices=slices)
 
 
 def evaluate_source(
@@ -211,17 +211,20 @@ def evaluate_source(
     curate_cfg: CurateConfig | None = None,
     *,
     predictor: Any = None,
+    slices: list[Any] | None = None,
 ) -> artifacts.ArtifactRef:
     """Score every usable listing of ``source`` (any spec ``pricefit curate`` reads).
 
     Texts follow the curation rules 1-4 (price, title, range, text length) with no dedupe or
     sampling; the text is cut to ``curate_cfg.max_text_tokens`` tokens of the model's own
     tokenizer. Listings that fail a rule land in ``skipped.parquet`` with the rule's reason.
+    Without ``curate_cfg`` the rules the adapter's training data was curated with are used
+    (recorded in its manifest), else the defaults.
     """
     from .curation import prepare_items
 
-    curate_cfg = curate_cfg or CurateConfig()
     predictor = predictor or make_predictor(cfg, base_model, adapter_dir)
+    curate_cfg = curate_cfg or lineage_curate_config(predictor)
     frame = prepare_items(source, curate_cfg, sample=False, tokenizer=predictor.tokenizer)
     usable = frame.filter(pl.col("reason").is_null()).drop("reason")
     skipped = frame.filter(pl.col("reason").is_not_null()).select(
@@ -241,7 +244,18 @@ def evaluate_source(
         "over_max_items": over,
         "curate_config": curate_cfg.model_dump(),
     }
-    return _score(usable, out_dir, cfg, predictor, inputs, skipped=skipped)
+    return _score(usable, out_dir, cfg, predictor, inputs, skipped=skipped, slices=slices)
+
+
+def lineage_curate_config(predictor: Any) -> CurateConfig:
+    """The curation rules of the adapter's training data (its manifest records them), else the defaults."""
+    recorded = (getattr(predictor, "lineage", None) or {}).get("curate_config")
+    if recorded:
+        try:
+            return CurateConfig.model_validate(recorded)
+        except Exception as e:  # noqa: BLE001 - an older or edited manifest: say so, use the defaults
+            log.warning("the adapter's recorded curate config does not validate (%s); using the defaults", e)
+    return CurateConfig()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,7 +291,7 @@ def predict_listings(
     from .curation import RAW_SCHEMA, normalize_record, read_source
 
     cfg = cfg or EvaluateConfig()
-    curate_cfg = curate_cfg or CurateConfig()
+    curate_cfg = curate_cfg or lineage_curate_config(predictor)
     if isinstance(listings, str):
         raw, quarantine, _ = read_source(listings, curate_cfg)
         if quarantine:
@@ -291,8 +305,8 @@ def predict_listings(
         raw = pl.DataFrame(rows, schema=RAW_SCHEMA)
     texts = listing_texts(raw, curate_cfg, predictor.tokenizer)
     todo = [i for i, t in enumerate(texts) if t is not None]
-    build = prompt_builder(predictor.prompt_template)
-    preds = predictor.predict([build(texts[i]) for i in todo], batch_size=cfg.batch_size, mode=cfg.mode, prompts=True) if todo else []
+    prompts = predictor.build_prompts([texts[i] for i in todo])
+    preds = predictor.predict(prompts, batch_size=cfg.batch_size, mode=cfg.mode, prompts=True) if todo else []
     by_row = dict(zip(todo, preds))
     out = []
     for i, row in enumerate(raw.select("item_id", "title").iter_rows(named=True)):

@@ -50,10 +50,11 @@ from .parsing import DEFAULT_MAX_PRICE, DEFAULT_MIN_PRICE, number_is_final, pars
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["greedy", "expected"]
+Mode = Literal["auto", "greedy", "expected", "head"]
 # prompts per batch when none is given: on a GPU the speed-up over one generate() per item comes
 # from the batch (each decoding step costs about the same for 1 row as for 128)
 DEFAULT_BATCH = {"cpu": 16, "cuda": 128}
+HEAD_BATCH = {"cpu": 16, "cuda": 512}  # a price head needs one forward pass and no KV cache per item
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,20 @@ def base_model_of(adapter_dir: str | Path) -> str | None:
         return cfg.get("base_model_name_or_path") or None
     except (PricefitError, ValueError):
         return None
+
+
+def lineage_of(adapter_dir: str | Path) -> dict[str, Any]:
+    """How an adapter's prompts were built: ``tokenize_config`` and ``curate_config`` from its train manifest."""
+    d = Path(adapter_dir)
+    for man in (d / "manifest.json", d.parent / "manifest.json"):
+        if man.exists():
+            try:
+                m = json.loads(man.read_text())
+            except ValueError:
+                continue
+            if m.get("kind") == "adapter":
+                return {k: m.get(k) for k in ("tokenize_config", "curate_config", "head") if m.get(k) is not None}
+    return {}
 
 
 def _resolve(base_model: str) -> tuple[str, Any]:
@@ -254,6 +269,14 @@ class PricePredictor:
         self.beam = beam
         self.stop_early = stop_early
         self._digit_cache: tuple[Any, list[str]] | None = None
+        # a regression price head saved beside the adapter (train.head: regression)
+        self.head = self.head_spec = None
+        if adapter_dir is not None:
+            from .heads import has_price_head, load_price_head
+
+            if has_price_head(adapter_dir):
+                self.head, self.head_spec = load_price_head(adapter_dir, self.model.device)
+        self.lineage = lineage_of(adapter_dir) if adapter_dir else {}
         # transformers 5.24 renamed forward(past_key_values=) to forward(cache=); support both
         import inspect
 
@@ -279,6 +302,25 @@ class PricePredictor:
     def _lengths(self, prompts: Sequence[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(list(prompts))["input_ids"]]
 
+    def resolve_mode(self, mode: str) -> str:
+        """``auto`` -> ``head`` for an adapter with a price head, else ``greedy``; checks ``head``."""
+        if mode == "auto":
+            return "head" if self.head is not None else "greedy"
+        if mode == "head" and self.head is None:
+            raise PricefitError("mode 'head' needs an adapter trained with train.head: regression",
+                                hint="use --mode greedy or expected, or an adapter with price_head.json")
+        return mode
+
+    def build_prompts(self, texts: Sequence[str]) -> list[str]:
+        """Prompts for item texts, cut as training cut them when the adapter records how."""
+        tcfg = self.lineage.get("tokenize_config")
+        if tcfg:
+            from .config import TokenizeConfig
+            from .tokenization import fit_prompts
+
+            return fit_prompts(self.tokenizer, list(texts), TokenizeConfig.model_validate(tcfg))
+        return [self.prompt(t) for t in texts]
+
     # -- public API ------------------------------------------------------------------------------
 
     def predict(
@@ -293,10 +335,11 @@ class PricePredictor:
 
         ``batch_size`` None: :data:`DEFAULT_BATCH` for the device (16 on CPU, 128 on CUDA).
         """
-        if mode not in ("greedy", "expected"):
-            raise PricefitError(f"unknown mode {mode!r}", hint="use greedy or expected")
+        if mode not in ("auto", "greedy", "expected", "head"):
+            raise PricefitError(f"unknown mode {mode!r}", hint="use auto, greedy, expected or head")
+        mode = self.resolve_mode(mode)
         if batch_size is None:
-            batch_size = DEFAULT_BATCH.get(self.device, 16)
+            batch_size = (HEAD_BATCH if mode == "head" else DEFAULT_BATCH).get(self.device, 16)
         if batch_size < 1:
             raise PricefitError("batch_size must be >= 1")
         full = list(texts) if prompts else [self.prompt(t) for t in texts]
@@ -306,7 +349,7 @@ class PricePredictor:
         # failure shows up on the first batch rather than the last
         lengths = self._lengths(full)
         order = sorted(range(len(full)), key=lambda i: (-lengths[i], i))
-        step = self._greedy_batch if mode == "greedy" else self._expected_batch
+        step = {"greedy": self._greedy_batch, "expected": self._expected_batch, "head": self._head_batch}[mode]
         out: list[Prediction | None] = [None] * len(full)
         from tqdm.auto import tqdm
 
@@ -349,6 +392,26 @@ class PricePredictor:
 
     def _greedy_batch(self, prompts: list[str]) -> list[Prediction]:
         return [self._to_prediction(raw) for raw in self._generate(self._encode(prompts))]
+
+    # -- regression head -------------------------------------------------------------------------
+
+    def _head_batch(self, prompts: list[str]) -> list[Prediction]:
+        """One forward pass of the prompt; the head reads the pooled final hidden state."""
+        import torch
+
+        from .heads import pool_hidden, to_price
+
+        enc = self._encode(prompts)
+        mask = enc["attention_mask"]
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: positions as in training
+        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        decoder = getattr(inner, "model", None) or inner.get_decoder()
+        with torch.inference_mode():
+            hidden = decoder(**enc, position_ids=pos, use_cache=False).last_hidden_state
+            last = torch.full((hidden.shape[0],), hidden.shape[1] - 1, device=hidden.device)
+            z = self.head(pool_hidden(hidden, mask, last, self.head_spec.pool)).squeeze(-1)
+            prices = to_price(z, self.head_spec).clamp(self.low, self.high).tolist()
+        return [Prediction(value=float(v), raw=f"head {v:.2f}", parsed=True) for v in prices]
 
     # -- expected value over complete prices -----------------------------------------------------
 

@@ -18,7 +18,7 @@ Every metric is also given by category and by price band of the true price
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -92,8 +92,11 @@ def compute_metrics(
     truth: Sequence[float],
     pred: Sequence[float | None],
     categories: Sequence[str | None] | None = None,
+    slices: Mapping[str, Sequence[bool]] | None = None,
 ) -> dict[str, Any]:
-    """Headline metrics, plus ``by_band`` and (when ``categories`` is given) ``by_category``.
+    """Headline metrics, plus ``by_band``, ``by_category`` (when ``categories`` is given) and
+    ``slices`` (name -> the same headline metrics over the items of each named mask; ``{"n": 0}``
+    for a slice with no items here).
 
     ``pred`` items that are ``None`` (or NaN) are unparsed: counted and scored as $0.
     """
@@ -119,6 +122,12 @@ def compute_metrics(
         }
     else:
         out["by_category"] = {}
+    out["slices"] = {}
+    for name, mask in (slices or {}).items():
+        m = np.asarray(list(mask), dtype=bool)
+        if m.size != t.size:
+            raise ValueError(f"slice {name!r} has {m.size} flags but truth has {t.size} items")
+        out["slices"][name] = _core(t[m], p[m], parsed[m]) if m.any() else {"n": 0}
     return out
 
 

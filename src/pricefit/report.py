@@ -64,7 +64,7 @@ def render_metrics_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[st
 
 def render_breakdown(metrics: Mapping[str, Any], by: str = "by_category", columns: Sequence[str] = DEFAULT_COLUMNS) -> str:
     groups = metrics.get(by) or {}
-    label = "category" if by == "by_category" else "price band"
+    label = {"by_category": "category", "by_band": "price band", "slices": "slice"}.get(by, by)
     return render_metrics_table([{label: g, **m} for g, m in groups.items()], columns, key=label)
 
 
@@ -116,6 +116,8 @@ def render_evaluation_report(
     ]
     for img in images:
         lines.append(f"![{Path(img).stem}]({img})")
+    if m.get("slices"):
+        lines += ["", "## By slice", "", render_breakdown(m, "slices"), ""]
     lines += ["", "## By price band", "", render_breakdown(m, "by_band"), ""]
     if m.get("by_category"):
         lines += ["## By category", "", render_breakdown(m, "by_category"), ""]

@@ -71,9 +71,25 @@ def _boundary_error(item: Any, prompt_ids: list[int], full_ids: list[int], token
     )
 
 
+# the widest completion of a price in the curated range ($999.49 at most by default): the prompt is cut
+# to leave room for it, so how much of an item's text the model reads never depends on its price,
+# and inference (which does not know the price) cuts exactly as training did
+WIDEST_PRICE = 999.0
+
+
+def completion_budget(tokenizer, cfg: TokenizeConfig) -> int:
+    """Tokens reserved for the completion (that of :data:`WIDEST_PRICE`)."""
+    return len(tokenizer(build_completion(WIDEST_PRICE, cfg), add_special_tokens=False)["input_ids"])
+
+
 def _encode_batch(tokenizer, texts: list[str], prices: list[float], cfg: TokenizeConfig, items: list[Any]) -> dict[str, list]:
-    """Encode rows: truncate text to fit ``max_length``, mask everything but the completion."""
+    """Encode rows: truncate text to fit ``max_length``, mask everything but the completion.
+
+    The text is cut until the prompt leaves room for the widest completion (:func:`completion_budget`)
+    and the row's own completion fits as well.
+    """
     completions = [build_completion(p, cfg) for p in prices]
+    budget = completion_budget(tokenizer, cfg)
     texts = list(texts)
     truncated = [False] * len(texts)
     todo = list(range(len(texts)))
@@ -83,12 +99,14 @@ def _encode_batch(tokenizer, texts: list[str], prices: list[float], cfg: Tokeniz
             break
         prompts = [build_prompt(texts[i], cfg) for i in todo]
         full = tokenizer([p + completions[i] for p, i in zip(prompts, todo)], add_special_tokens=True)["input_ids"]
+        plen = [len(x) for x in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
         over = []
         for j, i in enumerate(todo):
-            if len(full[j]) <= cfg.max_length:
+            excess = max(len(full[j]) - cfg.max_length, plen[j] + budget - cfg.max_length)
+            if excess <= 0:
                 out_full[i] = full[j]
             else:
-                over.append((i, len(full[j]) - cfg.max_length))
+                over.append((i, excess))
         if over:
             enc = tokenizer([texts[i] for i, _ in over], add_special_tokens=False, return_offsets_mapping=True)
             for (i, excess), offsets in zip(over, enc["offset_mapping"]):
@@ -124,6 +142,13 @@ def _encode_batch(tokenizer, texts: list[str], prices: list[float], cfg: Tokeniz
         "labels": labels,
         "truncated": truncated,
     }
+
+
+def fit_prompts(tokenizer, texts: list[str], cfg: TokenizeConfig) -> list[str]:
+    """The prompts training built for these texts (cut the same way, whatever the price)."""
+    if not texts:
+        return []
+    return _encode_batch(tokenizer, list(texts), [WIDEST_PRICE] * len(texts), cfg, list(range(len(texts))))["prompt"]
 
 
 def encode_example(tokenizer, text: str, price: float, cfg: TokenizeConfig) -> dict[str, Any]:
@@ -236,6 +261,8 @@ def tokenize(curated_dir: str | Path, out_dir: str | Path, cfg: TokenizeConfig) 
         "ignore_index": IGNORE_INDEX,
         "adds_bos": bool(tokenizer("x", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id]),
         "synthetic": manifest.get("synthetic"),
+        # the curation rules that built the texts: evaluate --source / predict rebuild texts with them
+        "curate_config": manifest.get("config"),
     }
     with atomic_dir(out_dir) as tmp:
         datasets.DatasetDict(splits).save_to_disk(str(tmp / "dataset"))

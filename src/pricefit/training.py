@@ -74,8 +74,54 @@ def _load_split(tokenized_dir: Path, cfg) -> tuple[Any, dict]:
             f"data was tokenized for {tok_model!r} but train.base_model is {cfg.base_model!r}",
             hint=f"set train.base_model={tok_model} or re-tokenize for {cfg.base_model}",
         )
-    train = train.select_columns(["input_ids", "attention_mask", "labels"])
+    keep = ["input_ids", "attention_mask", "labels"] + [c for c in ("item_id", "category", "price") if c in train.column_names]
+    if cfg.head == "regression" and "price" not in keep:
+        raise PricefitError("train.head regression needs the price column in the tokenized train split",
+                            hint="re-run `pricefit tokenize`")
+    train = train.select_columns(keep)
     return train, manifest
+
+
+def train_index(train, cfg, slices=None, seed: int | None = None) -> list[int]:
+    """Row indices of one epoch, repeats included: ``oversample`` and ``price_balance`` act here.
+
+    Deterministic (a function of the data, the config and the seed): an item of weight w appears
+    floor(w) times plus once more with probability frac(w). Without either setting: every row once.
+    """
+    n = len(train)
+    if not cfg.oversample and not cfg.price_balance:
+        return list(range(n))
+    weights = [1.0] * n
+    if cfg.oversample:
+        from .slices import find, slice_masks
+
+        declared = list(slices or [])
+        specs = [find(declared, name) for name in cfg.oversample]
+        cols = {c: train[c] for c in ("item_id", "category", "price") if c in train.column_names}
+        for name, mask in slice_masks(specs, cols).items():
+            factor = cfg.oversample[name]
+            weights = [w * factor if m else w for w, m in zip(weights, mask)]
+            log.info("oversample: %d training items of slice %r x%g", sum(mask), name, factor)
+    if cfg.price_balance:
+        # bins of width 0.5 in log price (about x1.65); weight = (mean count / bin count) ** balance
+        bins = [int(math.log1p(max(float(p), 0.0)) / 0.5) for p in train["price"]]
+        counts: dict[int, int] = {}
+        for b in bins:
+            counts[b] = counts.get(b, 0) + 1
+        mean_count = n / len(counts)
+        weights = [w * (mean_count / counts[b]) ** cfg.price_balance for w, b in zip(weights, bins)]
+        total = sum(weights)
+        weights = [w * n / total for w in weights]  # the same epoch size as the data
+    rng = random.Random((cfg.seed if seed is None else seed) * 7_919 + 17)
+    index: list[int] = []
+    for i, w in enumerate(weights):
+        reps = int(w)
+        if rng.random() < w - reps:
+            reps += 1
+        index.extend([i] * reps)
+    if not index:
+        raise PricefitError("the training sample is empty after oversample/price_balance", hint="raise the weights")
+    return index
 
 
 @dataclass(frozen=True)
@@ -98,14 +144,18 @@ def make_schedule(n_items: int, cfg) -> Schedule:
                     math.ceil(cfg.warmup_ratio * total))
 
 
-def micro_batch_indices(k: int, sched: Schedule, seed: int) -> list[int]:
-    """Row indices of global micro-batch ``k``: a pure function of (k, seed), so resume needs no replay."""
+def micro_batch_indices(k: int, sched: Schedule, seed: int, index: list[int] | None = None) -> list[int]:
+    """Row indices of global micro-batch ``k``: a pure function of (k, seed), so resume needs no replay.
+
+    ``index`` (from :func:`train_index`) maps epoch positions to rows when items are repeated.
+    """
     import torch
 
     epoch, pos = divmod(k, sched.micro_per_epoch)
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(sched.n_items, generator=g)
-    return perm[pos * sched.batch_size:(pos + 1) * sched.batch_size].tolist()
+    picked = perm[pos * sched.batch_size:(pos + 1) * sched.batch_size].tolist()
+    return picked if index is None else [index[i] for i in picked]
 
 
 def collate(rows: dict[str, list], pad_id: int):
@@ -204,9 +254,45 @@ def _loss(model, ids, mask, labels):
     return F.cross_entropy(logits, target[sel]), n
 
 
-def _optimizer(cfg, params, plan):
+def _head_loss(model, head, ids, mask, labels, target, cfg):
+    """Regression head: Huber (or MSE) on the standardized log price, from the pooled prompt state.
+
+    The pooled position is the last prompt token (the one before the first label); the completion
+    tokens after it cannot change it (causal attention), so the batch is the same as generation's.
+    Returns (loss, n_rows). With ``head_lm_weight`` the digit completion's cross-entropy is added.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .heads import pool_hidden
+
+    inner = model.get_base_model()
+    decoder = getattr(inner, "model", None) or inner.get_decoder()
+    hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    is_label = labels != -100
+    has = is_label.any(1)
+    first = is_label.int().argmax(1)
+    last = torch.where(has, first - 1, mask.sum(1) - 1).clamp(min=0)
+    with torch.autocast(ids.device.type, enabled=False):  # the head and its loss in float32
+        z = head(pool_hidden(hidden, mask, last, cfg.head_pool)).squeeze(-1)
+        if cfg.head_loss == "huber":
+            loss = F.huber_loss(z, target, delta=cfg.huber_delta)
+        else:
+            loss = F.mse_loss(z, target)
+    if cfg.head_lm_weight > 0:
+        tgt = labels[:, 1:]
+        sel = tgt != -100
+        if bool(sel.any()):
+            logits = inner.get_output_embeddings()(hidden[:, :-1][sel]).float()
+            loss = loss + cfg.head_lm_weight * F.cross_entropy(logits, tgt[sel])
+    return loss, int(ids.shape[0])
+
+
+def _optimizer(cfg, params, plan, head=None):
     import torch
 
+    if head is not None:  # the price head learns at its own rate (head_lr_scale)
+        params = [{"params": params}, {"params": list(head.parameters()), "lr": cfg.learning_rate * cfg.head_lr_scale}]
     if cfg.optimizer == "adamw":
         # fused on CUDA: one kernel for all LoRA tensors (measured 13,406 vs 12,663 tok/s with paged
         # AdamW at batch 32 on an H200, bench/results); the CPU keeps the default for exact resume tests
@@ -255,7 +341,7 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def _save_checkpoint(ckdir: Path, step: int, model, opt, sched, history: list[dict]) -> None:
+def _save_checkpoint(ckdir: Path, step: int, model, opt, sched, history: list[dict], head=None) -> None:
     import torch
     from peft import get_peft_model_state_dict
 
@@ -265,6 +351,8 @@ def _save_checkpoint(ckdir: Path, step: int, model, opt, sched, history: list[di
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         torch.save(sched.state_dict(), tmp / "scheduler.pt")
         torch.save(_rng_state(), tmp / "rng.pt")
+        if head is not None:
+            torch.save({k: v.detach().cpu() for k, v in head.state_dict().items()}, tmp / "head.pt")
         # state.json last: a step directory is complete when it exists (and the rename is atomic anyway)
         artifacts.write_json_atomic(tmp / "state.json", {"step": step, "history": history})
     for old in ckdir.glob("step-*"):
@@ -277,11 +365,13 @@ def _latest_checkpoint(ckdir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def _load_checkpoint(path: Path, model, opt, sched) -> tuple[int, list[dict]]:
+def _load_checkpoint(path: Path, model, opt, sched, head=None) -> tuple[int, list[dict]]:
     import torch
     from peft import set_peft_model_state_dict
 
     set_peft_model_state_dict(model, torch.load(path / "adapter.pt", weights_only=True))
+    if head is not None:
+        head.load_state_dict(torch.load(path / "head.pt", weights_only=True))
     opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     sched.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     state = json.loads((path / "state.json").read_text())
@@ -308,7 +398,7 @@ def _write_loss(tmp: Path, history: list[dict]) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([r["step"] for r in history], [r["loss"] for r in history], lw=1.2)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (price tokens)")
+    ax.set_ylabel("training loss")
     ax.set_title("training loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -358,7 +448,7 @@ def _model_card(cfg, summary: dict) -> str:
     est = summary["estimate_gib"]
     return f"""# pricefit adapter: {cfg.base_model} + LoRA r={cfg.lora_r}
 
-Predicts a product's price from its listing text (completion after "Price is $").
+Predicts a product's price from its listing text: {"a linear price head on the prompt's final hidden state (price_head.safetensors + price_head.json beside the adapter; pricefit.heads)" if cfg.head == "regression" else 'the completion after "Price is $"'}.
 
 | | |
 |---|---|
@@ -399,8 +489,13 @@ def _merge(base_path: str, adapter_dir: Path, out: Path) -> None:
 # the loop
 
 
-def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, progress: ProgressFn | None = None) -> ArtifactRef:
+def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, progress: ProgressFn | None = None,
+          slices=None) -> ArtifactRef:
     """Fine-tune ``cfg.base_model`` with LoRA on the tokenized train split; write an adapter artifact.
+
+    ``slices``: the declared slices (pricefit.slices.SliceSpec) that ``cfg.oversample`` names.
+    With ``cfg.head == "regression"`` a price head (pricefit.heads) is trained with the adapter
+    and saved beside it.
 
     Resumes from ``<out_dir>.ckpt/<key>/`` when a run with the same inputs and config was killed.
     ``progress(step, total_steps, loss, tokens_per_s)`` is called after every optimizer step
@@ -416,7 +511,8 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
     plan = quant.resolve(cfg)
     train_ds, tok_manifest = _load_split(tokenized_dir, cfg)
     tokenized_sha = artifacts.sha256_file(tokenized_dir / artifacts.MANIFEST)
-    sched_plan = make_schedule(len(train_ds), cfg)
+    index = train_index(train_ds, cfg, slices)
+    sched_plan = make_schedule(len(index), cfg)
     base_path = models.resolve_model(cfg.base_model)
     tokenizer = models.load_tokenizer(cfg.base_model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -431,20 +527,30 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
     model = _build_model(cfg, plan, base_path)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = _optimizer(cfg, params, plan)
+    head = head_spec = targets = None
+    if cfg.head == "regression":
+        from .heads import HeadSpec, make_head, target_stats
+
+        prices = [float(p) for p in train_ds["price"]]
+        mean, std = target_stats(prices[i] for i in index)
+        hidden_size = model.get_base_model().config.get_text_config().hidden_size
+        head_spec = HeadSpec("regression", hidden_size, cfg.head_pool, "log1p", mean, std)
+        head = make_head(hidden_size, plan.device)
+        targets = [(math.log1p(max(p, 0.0)) - mean) / std for p in prices]
+    opt = _optimizer(cfg, params, plan, head)
     lr_sched = get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=sched_plan.warmup_steps,
                              num_training_steps=sched_plan.total_steps)
 
     step, history = 0, []
     latest = _latest_checkpoint(ckdir) if ckdir.exists() else None
     if latest is not None:
-        step, history = _load_checkpoint(latest, model, opt, lr_sched)
+        step, history = _load_checkpoint(latest, model, opt, lr_sched, head)
         log.info("resuming from %s (step %d of %d)", latest, step, sched_plan.total_steps)
     else:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
 
-    trainable = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params) + (sum(p.numel() for p in head.parameters()) if head is not None else 0)
     log.info("training %s: %d items, %d steps, %d trainable params, %s %s on %s",
              cfg.base_model, len(train_ds), sched_plan.total_steps, trainable, plan.quantization,
              plan.compute_dtype, plan.device)
@@ -459,11 +565,16 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
             loss_sum, step_tokens, counted = 0.0, 0, 0
             for a in range(cfg.grad_accum):
                 k = step * cfg.grad_accum + a
-                ids, mask, labels = collate(train_ds[micro_batch_indices(k, sched_plan, cfg.seed)], pad_id)
+                rows = micro_batch_indices(k, sched_plan, cfg.seed, index)
+                ids, mask, labels = collate(train_ds[rows], pad_id)
                 max_seq = max(max_seq, ids.shape[1])
                 ids, mask, labels = ids.to(plan.device), mask.to(plan.device), labels.to(plan.device)
                 with _autocast(plan):
-                    loss, n = _loss(model, ids, mask, labels)
+                    if head is None:
+                        loss, n = _loss(model, ids, mask, labels)
+                    else:
+                        target = torch.tensor([targets[r] for r in rows], dtype=torch.float32, device=plan.device)
+                        loss, n = _head_loss(model, head, ids, mask, labels, target, cfg)
                 step_tokens += int(mask.sum())
                 if loss is None:
                     continue
@@ -474,7 +585,7 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
                 raise PricefitError(f"step {step + 1}: no label tokens in the batch (every completion truncated?)",
                                     hint="raise tokenize.max_length so the price completion fits")
             if cfg.max_grad_norm and cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(params + (list(head.parameters()) if head is not None else []), cfg.max_grad_norm)
             lr = opt.param_groups[0]["lr"]
             opt.step()
             lr_sched.step()
@@ -487,7 +598,7 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tps:.0f}")
             if step % cfg.save_steps == 0 and step < sched_plan.total_steps:
-                _save_checkpoint(ckdir, step, model, opt, lr_sched, history)
+                _save_checkpoint(ckdir, step, model, opt, lr_sched, history, head)
             if progress is not None:
                 progress(step, sched_plan.total_steps, step_loss, tps)
     finally:
@@ -499,6 +610,8 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
         "steps": step,
         "total_steps": sched_plan.total_steps,
         "train_items": len(train_ds),
+        "epoch_items": len(index),
+        "head": cfg.head,
         "final_loss": history[-1]["loss"],
         "first_loss": history[0]["loss"],
         "runtime_s": round(runtime, 2),
@@ -516,6 +629,10 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
     }
     with artifacts.atomic_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp / "adapter"))
+        if head is not None:
+            from .heads import save_price_head
+
+            save_price_head(tmp / "adapter", head, head_spec)
         _write_loss(tmp, history)
         artifacts.write_json_atomic(tmp / "train_summary.json", summary)
         artifacts.write_text_atomic(tmp / "model_card.md", _model_card(cfg, summary))
@@ -525,7 +642,9 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
             "kind": "adapter", "schema_version": 1, "base_model": cfg.base_model,
             "tokenized_sha256": tokenized_sha, "tokenizer_sha256": tok_manifest.get("tokenizer_sha256"),
             "config": cfg.model_dump(mode="json"), "steps": step, "final_loss": summary["final_loss"],
-            "train_items": len(train_ds),
+            "train_items": len(train_ds), "head": cfg.head,
+            # how the prompts were built: evaluate and predict rebuild them the same way
+            "tokenize_config": tok_manifest.get("config"), "curate_config": tok_manifest.get("curate_config"),
         })
     shutil.rmtree(ckdir, ignore_errors=True)
     if ckroot.exists() and not any(ckroot.iterdir()):

@@ -24,9 +24,10 @@ def _eval_cfg(config: Optional[Path], set_: Optional[list[str]], **explicit: Any
 
 
 def _curate_cfg(config: Optional[Path]):
+    """The --config file's curate rules; None without one (the adapter's recorded rules then apply)."""
     from ..config import CurateConfig, load_stage_config
 
-    return load_stage_config(CurateConfig, str(config) if config else None, "curate")
+    return load_stage_config(CurateConfig, str(config), "curate") if config else None
 
 
 def _human_eval(r: dict[str, Any]) -> str:

@@ -1,0 +1,130 @@
+"""Price heads: predict a price from the fine-tuned LM's hidden state instead of writing digits.
+
+``train.head: regression`` puts a linear layer on the decoder's final hidden state of the prompt
+(the last prompt token, "...Price is $", or the mean over the prompt's tokens) and trains it,
+together with the LoRA adapter, on a standardized ``log1p(price)`` with a Huber loss. Why:
+
+- a digit-writing model commits to the leading digit first (an error there costs a factor of ten)
+  and its cross-entropy treats $99 vs $100 as unlike as $99 vs $900; a regression on log price
+  is penalised in proportion to the relative error, which is what a price error is;
+- one forward pass per item prices it (no decoding loop), so evaluation is a single batched pass.
+
+Saved beside the PEFT adapter, in formats a Hugging Face user loads without pricefit:
+``price_head.safetensors`` (``weight`` [1, hidden], ``bias`` [1]) and ``price_head.json`` (the
+pooling, the target transform and its mean/std). :func:`load_price_head` reads them back;
+``price = expm1(head(h) * std + mean)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import PricefitError
+
+HEAD_CONFIG = "price_head.json"
+HEAD_WEIGHTS = "price_head.safetensors"
+HEAD_KINDS = ("generate", "regression")
+POOLS = ("last", "mean")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What :func:`load_price_head` needs to turn a hidden state into dollars."""
+
+    kind: str
+    hidden_size: int
+    pool: str
+    target: str  # "log1p": the head predicts (log1p(price) - mean) / std
+    mean: float
+    std: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "format": "pricefit price head v1",
+                "price": "expm1((weight @ h + bias) * std + mean), h the pooled final hidden state"}
+
+
+def target_stats(prices: Iterable[float]) -> tuple[float, float]:
+    """Mean and std of log1p(price) over the training items (std floored: one price, or all alike)."""
+    logs = [math.log1p(max(float(p), 0.0)) for p in prices]
+    if not logs:
+        raise PricefitError("no training prices to fit the price head's target scale")
+    mean = sum(logs) / len(logs)
+    var = sum((x - mean) ** 2 for x in logs) / len(logs)
+    return mean, max(math.sqrt(var), 1e-3)
+
+
+def make_head(hidden_size: int, device: Any):
+    """A float32 Linear(hidden, 1), zero-initialised: training starts at the mean log price."""
+    import torch
+
+    head = torch.nn.Linear(hidden_size, 1, dtype=torch.float32, device=device)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    return head
+
+
+def pool_hidden(hidden, mask, last_index, pool: str):
+    """Pooled prompt representation per row, float32.
+
+    ``last_index[i]``: position of row i's last prompt token. ``mask``: the attention mask; with
+    ``pool="mean"`` the mean runs over positions ``<= last_index`` that the mask keeps.
+    """
+    import torch
+
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    if pool == "last":
+        return hidden[rows, last_index].float()
+    if pool == "mean":
+        pos = torch.arange(hidden.shape[1], device=hidden.device)[None, :]
+        keep = (pos <= last_index[:, None]) & mask.bool()
+        w = keep.to(hidden.dtype).unsqueeze(-1)
+        return ((hidden * w).sum(1) / w.sum(1).clamp(min=1)).float()
+    raise PricefitError(f"unknown head pool {pool!r}", hint=f"use one of {', '.join(POOLS)}")
+
+
+def to_price(z, spec: HeadSpec):
+    """Head output (standardized log price) -> dollars."""
+    import torch
+
+    return torch.expm1(z.double() * spec.std + spec.mean).clamp(min=0.0)
+
+
+def save_price_head(directory: str | Path, head, spec: HeadSpec) -> None:
+    from safetensors.torch import save_file
+
+    from .artifacts import write_json_atomic
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    tensors = {"weight": head.weight.detach().float().cpu().contiguous(), "bias": head.bias.detach().float().cpu().contiguous()}
+    save_file(tensors, str(d / HEAD_WEIGHTS), metadata={"format": "pt"})
+    write_json_atomic(d / HEAD_CONFIG, spec.to_json())
+
+
+def has_price_head(adapter_dir: str | Path) -> bool:
+    d = Path(adapter_dir)
+    return any((c / HEAD_CONFIG).is_file() for c in (d, d / "adapter"))
+
+
+def load_price_head(adapter_dir: str | Path, device: Any = "cpu"):
+    """(head module in eval mode, HeadSpec) from an adapter directory (or its train output)."""
+    import torch
+    from safetensors.torch import load_file
+
+    d = Path(adapter_dir)
+    d = d if (d / HEAD_CONFIG).is_file() else d / "adapter"
+    try:
+        raw = json.loads((d / HEAD_CONFIG).read_text())
+        spec = HeadSpec(**{k: raw[k] for k in ("kind", "hidden_size", "pool", "target", "mean", "std")})
+        tensors = load_file(str(d / HEAD_WEIGHTS))
+    except (OSError, KeyError, ValueError) as e:
+        raise PricefitError(f"the price head in {d} cannot be read: {e}", hint="re-run `pricefit train`") from None
+    if spec.target != "log1p" or spec.pool not in POOLS:
+        raise PricefitError(f"{d / HEAD_CONFIG}: unsupported target {spec.target!r} or pool {spec.pool!r}")
+    head = torch.nn.Linear(spec.hidden_size, 1, dtype=torch.float32)
+    head.load_state_dict(tensors)
+    return head.to(device).eval(), spec

@@ -1,0 +1,187 @@
+"""The regression price head (train.head: regression): it learns, it resumes, it reloads without pricefit.
+
+Tiny-random Llama through real bitsandbytes 4-bit on the CPU, on a hand-made tokenized artifact
+where the colour word decides the price (red $12, blue $340), so a head that learns anything must
+price blue items far above red ones.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("bitsandbytes")
+
+from pricefit import artifacts  # noqa: E402
+from pricefit.config import TrainConfig  # noqa: E402
+
+PROMPT = "How much does this cost to the nearest dollar?\n\n{text}\n\nPrice is $"
+WORDS = ("two", "six", "ten", "many", "few", "some", "nine", "all")
+ITEMS = [(f"Widget {w} {c} {c} {c}", p) for c, p in (("red", 12.0), ("blue", 340.0)) for w in WORDS]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    import os
+
+    mp = pytest.MonkeyPatch()
+    if not os.environ.get("PRICEFIT_HOME"):
+        mp.setenv("PRICEFIT_HOME", str(tmp_path_factory.mktemp("home")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def tokenized(home, tmp_path_factory) -> Path:
+    from datasets import Dataset, DatasetDict
+
+    from pricefit.models import load_tokenizer
+
+    tok = load_tokenizer("tiny-random")
+    rows = {k: [] for k in ("item_id", "category", "text", "price", "prompt", "input_ids", "attention_mask", "labels")}
+    for i, (text, price) in enumerate(ITEMS):
+        prompt = PROMPT.replace("{text}", text)
+        p = tok(prompt, add_special_tokens=True)["input_ids"]
+        c = tok(f"{int(price)}.00", add_special_tokens=False)["input_ids"]
+        rows["item_id"].append(f"i{i}")
+        rows["category"].append("Red" if "red" in text else "Blue")
+        rows["text"].append(text)
+        rows["price"].append(price)
+        rows["prompt"].append(prompt)
+        rows["input_ids"].append(p + c)
+        rows["attention_mask"].append([1] * (len(p) + len(c)))
+        rows["labels"].append([-100] * len(p) + c)
+    ds = Dataset.from_dict(rows)
+    out = tmp_path_factory.mktemp("tok") / "tokenized"
+    out.mkdir()
+    DatasetDict({"train": ds, "validation": ds, "test": ds}).save_to_disk(str(out / "dataset"))
+    artifacts.write_manifest(out, {"kind": "tokenized", "base_model": "tiny-random", "rows": {"train": len(ds)}})
+    return out
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(base_model="tiny-random", quantization="4bit", compute_dtype="float32", device="cpu", lora_r=8,
+                lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", learning_rate=1e-2, batch_size=8,
+                max_steps=30, lr_scheduler="constant", warmup_ratio=0.0, save_steps=10, seed=3, head="regression")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def trained(tokenized, tmp_path_factory) -> Path:
+    from pricefit.training import train
+
+    out = tmp_path_factory.mktemp("train") / "train"
+    train(tokenized, out, cfg())
+    return out
+
+
+def test_head_is_saved_beside_the_adapter_with_its_target_scale(trained):
+    spec = json.loads((trained / "adapter" / "price_head.json").read_text())
+    logs = [math.log1p(p) for _, p in ITEMS]
+    mean = sum(logs) / len(logs)
+    std = math.sqrt(sum((x - mean) ** 2 for x in logs) / len(logs))
+    assert spec["kind"] == "regression" and spec["pool"] == "last" and spec["target"] == "log1p"
+    assert spec["mean"] == pytest.approx(mean) and spec["std"] == pytest.approx(std)
+    assert (trained / "adapter" / "price_head.safetensors").is_file()
+    assert artifacts.read_manifest(trained)["head"] == "regression"
+    summary = json.loads((trained / "train_summary.json").read_text())
+    assert summary["final_loss"] < summary["first_loss"] / 3
+
+
+def test_head_separates_the_prices_it_was_trained_on(trained):
+    from pricefit.inference import PricePredictor
+
+    pred = PricePredictor(adapter_dir=trained, device="cpu")
+    assert pred.resolve_mode("auto") == "head"
+    out = pred.predict([t for t, _ in ITEMS], batch_size=5, mode="auto")
+    red = [p.value for p, (t, _) in zip(out, ITEMS) if "red" in t]
+    blue = [p.value for p, (t, _) in zip(out, ITEMS) if "blue" in t]
+    assert all(p.parsed and p.raw.startswith("head ") for p in out)
+    assert max(red) < 60 and min(blue) > 150, (red, blue)
+
+
+def test_left_padding_does_not_change_a_prediction(trained):
+    from pricefit.inference import PricePredictor
+
+    pred = PricePredictor(adapter_dir=trained, device="cpu")
+    short, long = "Widget red", "Widget " + "very " * 30 + "blue blue blue"
+    alone = pred.predict([short], mode="head")[0].value
+    padded = pred.predict([short, long], batch_size=2, mode="head")[0].value
+    assert padded == pytest.approx(alone, rel=1e-4)
+
+
+def test_a_hugging_face_user_reloads_the_head_without_pricefit(trained):
+    """transformers + peft + safetensors alone reproduce pricefit's prediction from the saved files."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from pricefit.inference import PricePredictor
+    from pricefit.models import load_tokenizer, resolve_model
+
+    text = ITEMS[9][0]
+    expected = PricePredictor(adapter_dir=trained, device="cpu").predict([text], mode="head")[0].value
+    spec = json.loads((trained / "adapter" / "price_head.json").read_text())
+    w = load_file(str(trained / "adapter" / "price_head.safetensors"))
+    base = AutoModelForCausalLM.from_pretrained(str(resolve_model("tiny-random")), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(trained / "adapter")).eval()
+    tok = load_tokenizer("tiny-random")
+    ids = tok(PROMPT.replace("{text}", text), return_tensors="pt")
+    with torch.no_grad():
+        h = model(**ids, output_hidden_states=True).hidden_states[-1][0, -1]
+    z = float(h @ w["weight"][0] + w["bias"][0])
+    # the 4-bit base in training vs a float32 base here: close, not equal
+    assert math.expm1(z * spec["std"] + spec["mean"]) == pytest.approx(expected, rel=0.15)
+
+
+def test_killed_head_run_resumes_to_the_same_head(tokenized, tmp_path):
+    from safetensors.torch import load_file
+
+    from pricefit.training import train
+
+    c = cfg(max_steps=6, save_steps=2)
+    whole = tmp_path / "whole"
+    train(tokenized, whole, c)
+
+    class Kill(Exception):
+        pass
+
+    def stop_at_3(step, total, loss, tps):
+        if step == 3:
+            raise Kill
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Kill):
+        train(tokenized, resumed, c, progress=stop_at_3)
+    train(tokenized, resumed, c)
+    assert json.loads((resumed / "train_summary.json").read_text())["resumed"] is True
+    a = load_file(str(whole / "adapter" / "price_head.safetensors"))
+    b = load_file(str(resumed / "adapter" / "price_head.safetensors"))
+    assert torch.equal(a["weight"], b["weight"]) and torch.equal(a["bias"], b["bias"])
+
+
+def test_oversample_and_price_balance_shape_the_epoch(tokenized):
+    from datasets import load_from_disk
+
+    from pricefit.slices import SliceSpec
+    from pricefit.training import train_index
+
+    ds = load_from_disk(str(tokenized / "dataset"))["train"]
+    assert train_index(ds, cfg()) == list(range(len(ds)))
+    blue = SliceSpec(name="blue", column="category", equals=["Blue"])
+    idx = train_index(ds, cfg(oversample={"blue": 3}), [blue])
+    blue_rows = {i for i, c in enumerate(ds["category"]) if c == "Blue"}
+    assert sorted(idx) == sorted([i for i in range(len(ds)) if i not in blue_rows] + [i for i in blue_rows for _ in range(3)])
+    # a catalogue of 12 cheap and 4 dear items: full balancing gives each price bin the same expected weight
+    prices = [5.0] * 12 + [500.0] * 4
+    from datasets import Dataset
+
+    skewed = Dataset.from_dict({"price": prices, "item_id": [str(i) for i in range(16)]})
+    idx = train_index(skewed, cfg(price_balance=1.0))
+    cheap = sum(1 for i in idx if prices[i] < 100)
+    assert abs(cheap - (len(idx) - cheap)) <= 2 and abs(len(idx) - 16) <= 2
