@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from pricefit.config import RunConfig, load_run_config
 from pricefit.errors import PricefitError
 
-RefreshStep = Literal["none", "ingest", "curate", "tokenize", "train", "evaluate", "baselines", "compare", "report"]
+RefreshStep = Literal["none", "ingest", "curate", "tokenize", "train", "evaluate", "champion", "baselines", "compare", "report"]
 
 
 class RetrainParams(BaseModel):
@@ -85,6 +85,13 @@ def run_name(prefix: str) -> str:
     return f"{prefix}-{profile}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
 
 
+def challenger_sha(adapter_ref) -> str | None:
+    """sha256 of an adapter directory (what champion.json records as adapter_sha256)."""
+    from pricefit.artifacts import sha256_dir
+
+    return sha256_dir(adapter_ref.path)
+
+
 class Steps:
     """Runs one step task bound to the run's workdir/cache, records its state, publishes its UI artifacts."""
 
@@ -132,22 +139,39 @@ class Steps:
     def train(self, tokenized, train_cfg=None):
         from tasks.train import train
 
-        return self.run("train", train, tokenized, train_cfg or self.cfg.train, self.workdir)
+        cfg = train_cfg or self.cfg.train
+        oversampled = [s for s in self.cfg.slices if s.name in cfg.oversample]
+        return self.run("train", train, tokenized, cfg, self.workdir, oversampled)
 
     def evaluate(self, adapter, tokenized):
         from tasks.evaluation import evaluate
 
-        return self.run("evaluate", evaluate, adapter, tokenized, self.cfg.evaluate, self.workdir)
+        return self.run("evaluate", evaluate, adapter, tokenized, self.cfg.evaluate, self.workdir, self.cfg.slices)
+
+    def champion(self, tokenized, challenger):
+        """The current champion's adapter re-scored on today's held-out items; None without one to judge."""
+        from pricefit.compare import current_champion
+        from tasks.evaluation import champion
+
+        champ = current_champion(self.workdir)
+        if champ is not None and champ.get("adapter_sha256") == challenger_sha(challenger):
+            champ = None  # the challenger is the champion: nothing else to judge
+        return self.run("champion", champion, None if champ is None else champ["adapter"],
+                        None if champ is None else champ["adapter_sha256"], tokenized, self.cfg.evaluate,
+                        self.workdir, self.cfg.slices)
 
     def baselines(self, curated):
         from tasks.baselines import baselines
 
-        return self.run("baselines", baselines, curated, self.cfg.baselines, self.workdir)
+        return self.run("baselines", baselines, curated, self.cfg.baselines, self.workdir, self.cfg.slices)
 
-    def compare(self, evaluation, baselines):
+    def compare(self, evaluation, baselines, champion=None):
+        from pricefit.compare import current_champion
         from tasks.compare import compare
 
-        return self.run("compare", compare, evaluation, baselines, self.cfg.promote, self.workdir)
+        champ = current_champion(self.workdir)
+        return self.run("compare", compare, evaluation, baselines, self.cfg.promote, self.workdir, champion,
+                        None if champ is None else champ.get("adapter_sha256"))
 
     def report(self, decision, **refs):
         from tasks.report import report

@@ -1,5 +1,5 @@
 """The retrain DAG: ingest -> contract -> curate -> contract -> tokenize -> contract -> train ->
-evaluate -> baselines -> compare & promote -> report.
+evaluate -> champion (re-scored on the same items) -> baselines -> compare & promote -> report.
 
     pricefit run --profile demo                       # in-process (ephemeral Prefect API)
     python -m flows.retrain                           # the same, demo profile
@@ -28,8 +28,9 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
     curated, tokenized = steps.prepared_data()
     adapter = steps.train(tokenized)
     evaluation = steps.evaluate(adapter, tokenized)
+    champion = steps.champion(tokenized, adapter)  # the champion judged on tonight's items too
     baselines = steps.baselines(curated)
-    comparison = steps.compare(evaluation, baselines)
+    comparison = steps.compare(evaluation, baselines, champion)
     report = steps.report(
         comparison["decision"], curated=curated, adapter=adapter, evaluation=evaluation, baselines=baselines,
         comparison=comparison["comparison"],

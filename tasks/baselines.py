@@ -4,6 +4,7 @@ from prefect import task
 
 from pricefit.artifacts import ArtifactRef
 from pricefit.config import BaselinesConfig
+from pricefit.slices import SliceSpec
 
 from . import cache
 from .faults import maybe_fail
@@ -17,10 +18,11 @@ from .faults import maybe_fail
     retry_jitter_factor=0.5,
     timeout_seconds=6 * 3600,
 )
-def baselines(curated: ArtifactRef, cfg: BaselinesConfig, workdir: str) -> ArtifactRef:
+def baselines(curated: ArtifactRef, cfg: BaselinesConfig, workdir: str, slices: list[SliceSpec] | None = None) -> ArtifactRef:
     """Constant, linear, TF-IDF, base model and frontier model on the same held-out items."""
     from pricefit.baselines import run_baselines
 
     maybe_fail("baselines")
-    out = cache.out_dir(workdir, "baselines", cache.current_key("baselines", dict(curated=curated, cfg=cfg, workdir=workdir)))
-    return run_baselines(curated.path, out, cfg)
+    inputs = dict(curated=curated, cfg=cfg, workdir=workdir, slices=list(slices or []))
+    out = cache.out_dir(workdir, "baselines", cache.current_key("baselines", inputs))
+    return run_baselines(curated.path, out, cfg, slices=slices)

@@ -62,6 +62,7 @@ STEPS: tuple[str, ...] = (
     "contract_tokenized",
     "train",
     "evaluate",
+    "champion",
     "baselines",
     "compare",
     "report",
@@ -84,6 +85,8 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
         "pricefit.plots",
         "pricefit.models",
     ),
+    "champion": ("pricefit.evaluation", "pricefit.inference", "pricefit.heads", "pricefit.parsing", "pricefit.metrics",
+                 "pricefit.plots", "pricefit.models", "pricefit.slices", "pricefit.report", "pricefit.tokenization"),
     "baselines": ("pricefit.baselines", "pricefit.inference", "pricefit.parsing", "pricefit.metrics", "pricefit.models"),
     "compare": ("pricefit.compare", "pricefit.metrics"),
     "report": ("tasks.report",),  # the run report is rendered by the task module itself

@@ -4,6 +4,7 @@ from prefect import task
 
 from pricefit.artifacts import ArtifactRef
 from pricefit.config import TrainConfig
+from pricefit.slices import SliceSpec
 
 from . import cache, gpu, ui
 from .faults import maybe_fail
@@ -14,14 +15,17 @@ from .faults import maybe_fail
     task_run_name="train {cfg.base_model} r={cfg.lora_r} lr={cfg.learning_rate} bs={cfg.batch_size}",
     timeout_seconds=24 * 3600,
 )
-def train(tokenized: ArtifactRef, cfg: TrainConfig, workdir: str) -> ArtifactRef:
+def train(tokenized: ArtifactRef, cfg: TrainConfig, workdir: str, slices: list[SliceSpec] | None = None) -> ArtifactRef:
     """QLoRA fine-tune, holding the accelerator's concurrency slot; a progress artifact moves with the steps."""
     from pricefit import training
 
     maybe_fail("train")
-    out = cache.out_dir(workdir, "train", cache.current_key("train", dict(tokenized=tokenized, cfg=cfg, workdir=workdir)))
+    key_inputs = dict(tokenized=tokenized, cfg=cfg, workdir=workdir)
+    if slices:  # only the slices that train.oversample names reach train (the flow passes just those)
+        key_inputs["slices"] = slices
+    out = cache.out_dir(workdir, "train", cache.current_key("train", key_inputs))
     progress = ui.Progress("training-progress", f"training {cfg.base_model}")
     with gpu.slot(cfg.device):
-        ref = training.train(tokenized.path, out, cfg, progress=progress)
+        ref = training.train(tokenized.path, out, cfg, progress=progress, slices=slices)
     progress.done()
     return ref

@@ -7,11 +7,17 @@ them by the chosen metric (lower is better; ties share the better rank) and give
 fine-tuned model's error to each baseline's (below 1: the fine-tuned model is better). Writes
 ``comparison.json`` and ``comparison.md``.
 
-``promote(eval_dir, workdir, cfg)`` makes an evaluated adapter the champion
-(``<workdir>/champion.json``, written atomically) only when it beats the current champion on the
-same items by ``cfg.margin`` (relative); every decision and its numbers is appended to
-``<workdir>/promotions.jsonl``. A champion scored on other items is not re-scored here: the
-promotion is refused with that reason.
+``promote(eval_dir, workdir, cfg, champion_eval=..., baselines_dir=...)`` makes an evaluated
+adapter the champion (``<workdir>/champion.json``, written atomically) only when
+
+1. it beats the best classical baseline (constant, linear, TF-IDF) on the decision metric and
+   slice (``cfg.require_beat_baselines``; a model worse than TF-IDF is never promoted), and
+2. it beats the current champion by ``cfg.margin`` (relative) on the same items: the flow
+   re-scores the champion's adapter on today's held-out items (``champion_eval``); a champion
+   record scored on other items and not re-scored is refused with that reason.
+
+``cfg.slice`` takes the decision on a named slice's metrics instead of all items. Every decision
+and its numbers is appended to ``<workdir>/promotions.jsonl``.
 """
 
 from __future__ import annotations
@@ -116,9 +122,15 @@ def build_comparison(
                 "fine_tuned_ratio": ratio,
             }
         )
+    slice_names = sorted({n for m in models.values() for n in (m.get("slices") or {})})
+    by_slice = {
+        sl: {name: {k: ((models[name].get("slices") or {}).get(sl) or {}).get(k) for k in ("n", *METRICS)} for name in ordered}
+        for sl in slice_names
+    }
     return {
         "metric": metric,
         "lower_is_better": LOWER_IS_BETTER[metric],
+        "slices": by_slice,
         "n_items": len(ref),
         "items_sha256": item_set_sha256(ref),
         "fine_tuned": fine_tuned,
@@ -159,6 +171,14 @@ def to_markdown(table: dict[str, Any]) -> str:
             f"{_fmt(r['rmsle'], 'rmsle')} | {_fmt(r['hit_rate'], 'hit_rate')} | {_fmt(r['mdape'], 'mdape')} | "
             f"{_fmt(r['fine_tuned_ratio'], 'ratio')} |"
         )
+    for sl, rows in (table.get("slices") or {}).items():
+        n = next((r["n"] for r in rows.values() if r.get("n") is not None), 0)
+        lines += ["", f"Slice **{sl}** ({n} of the {table['n_items']} items):", "",
+                  "| model | MAE | RMSLE | hit rate | MdAPE |", "|---|---:|---:|---:|---:|"]
+        for name, r in rows.items():
+            label = f"**{name}**" if name == table["fine_tuned"] else name
+            lines.append(f"| {label} | {_fmt(r.get('mae'), 'mae')} | {_fmt(r.get('rmsle'), 'rmsle')} | "
+                         f"{_fmt(r.get('hit_rate'), 'hit_rate')} | {_fmt(r.get('mdape'), 'mdape')} |")
     if table["skipped"]:
         lines += ["", "Not compared:"]
         lines += [f"- {name}: {why}" for name, why in table["skipped"].items()]
@@ -237,16 +257,87 @@ def decide(
     return improvement + _EPS >= margin, improvement
 
 
-def promote(eval_dir: str | Path, workdir: str | Path, cfg: PromoteConfig | None = None) -> dict[str, Any]:
-    """Champion/challenger: promote the adapter evaluated in ``eval_dir`` if it beats the champion.
+def current_champion(workdir: str | Path) -> dict[str, Any] | None:
+    """The champion record of ``workdir`` when its adapter still exists (None: no champion to re-judge)."""
+    path = Path(workdir) / "champion.json"
+    if not path.exists():
+        return None
+    rec = json.loads(path.read_text())
+    adapter = rec.get("adapter")
+    if not adapter or not Path(adapter).exists() or not rec.get("adapter_sha256"):
+        log.warning("the champion's adapter %s is gone: it cannot be re-scored on today's items", adapter)
+        return None
+    return rec
 
+
+def decision_value(metrics: Mapping[str, Any], metric: str, slice_name: str | None) -> tuple[float | None, int | None]:
+    """(value, n) of ``metric`` overall or on a named slice (None when absent or the slice is empty)."""
+    if slice_name is None:
+        return (None if metrics.get(metric) is None else float(metrics[metric])), metrics.get("n")
+    sl = (metrics.get("slices") or {}).get(slice_name)
+    if not sl or not sl.get("n") or sl.get(metric) is None:
+        return None, (sl or {}).get("n", 0)
+    return float(sl[metric]), int(sl["n"])
+
+
+def _where(cfg: PromoteConfig) -> str:
+    return "all items" if cfg.slice is None else f"slice {cfg.slice!r}"
+
+
+def baseline_guard(challenger_value: float, baselines_dir: str | Path | None, cfg: PromoteConfig, item_sha: str) -> str | None:
+    """None when the challenger beats every classical baseline on the decision metric/slice, else why not."""
+    from .config import CLASSICAL_BASELINES
+
+    if not cfg.require_beat_baselines:
+        return None
+    if baselines_dir is None:
+        return ("no baselines were given to check the challenger against (pass the baselines artifact, or set "
+                "promote.require_beat_baselines: false)")
+    from .baselines import read_summary
+
+    bl = Path(baselines_dir)
+    summary = read_summary(bl)
+    if summary.get("items_sha256") not in (None, item_sha):
+        return "the baselines were scored on other items than the challenger; rerun them on the same split"
+    lower = LOWER_IS_BETTER[cfg.metric]
+    scored: dict[str, float] = {}
+    for name in CLASSICAL_BASELINES:
+        if (summary.get("baselines", {}).get(name) or {}).get("status") != "ok":
+            continue
+        value, _ = decision_value(_read_metrics(bl / name), cfg.metric, cfg.slice)
+        if value is not None:
+            scored[name] = value
+    if not scored:
+        return (f"no classical baseline ({', '.join(CLASSICAL_BASELINES)}) was scored on {_where(cfg)}: include one in "
+                "baselines.include, or set promote.require_beat_baselines: false")
+    best = (min if lower else max)(scored, key=scored.__getitem__)
+    beats = challenger_value < scored[best] - _EPS if lower else challenger_value > scored[best] + _EPS
+    if beats:
+        return None
+    return (f"challenger {cfg.metric} {challenger_value:.4f} on {_where(cfg)} does not beat the best classical baseline, "
+            f"{best} {scored[best]:.4f}: a model no better than {best} is never promoted")
+
+
+def promote(
+    eval_dir: str | Path,
+    workdir: str | Path,
+    cfg: PromoteConfig | None = None,
+    *,
+    champion_eval: str | Path | None = None,
+    baselines_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Champion/challenger: promote the adapter evaluated in ``eval_dir`` if it beats the baselines and the champion.
+
+    ``champion_eval``: the current champion's adapter re-scored on the challenger's items (the
+    flow does this); ``baselines_dir``: the baselines artifact of the same items (the guard).
     Returns the decision record (also appended to ``<workdir>/promotions.jsonl``).
     """
     cfg = cfg or PromoteConfig()
     ev = Path(eval_dir).resolve()
     wd = Path(workdir)
     metrics = _read_metrics(ev)
-    if metrics.get(cfg.metric) is None:
+    value, n_decided = decision_value(metrics, cfg.metric, cfg.slice)
+    if value is None and cfg.slice is None:
         raise PricefitError(f"{ev}/metrics.json lacks {cfg.metric!r}", hint="rerun `pricefit evaluate`")
     ids = _read_item_ids(ev)
     try:
@@ -258,41 +349,76 @@ def promote(eval_dir: str | Path, workdir: str | Path, cfg: PromoteConfig | None
         "adapter": manifest.get("adapter"),
         "adapter_sha256": manifest.get("adapter_sha256"),
         "metric": cfg.metric,
-        "value": float(metrics[cfg.metric]),
+        "slice": cfg.slice,
+        "value": value,
+        "n_decided": n_decided,
         "items_sha256": item_set_sha256(ids),
         "n": len(ids),
         "metrics": {k: metrics.get(k) for k in ("n", "n_unparsed", *METRICS)},
+        "slices": metrics.get("slices") or {},
     }
+    rescored = None
+    if champion_eval is not None:
+        ce = Path(champion_eval).resolve()
+        ce_ids = _read_item_ids(ce)
+        if item_set_sha256(ce_ids) != challenger["items_sha256"]:
+            raise PricefitError(f"the re-scored champion {ce} covers other items than the challenger {ev}",
+                                hint="score the champion's adapter on the challenger's split and max_items")
+        ce_man = read_manifest(ce)
+        ce_value, _ = decision_value(_read_metrics(ce), cfg.metric, cfg.slice)
+        rescored = {"evaluation": str(ce), "adapter_sha256": ce_man.get("adapter_sha256"), "value": ce_value}
+    guard = None if value is None else baseline_guard(value, baselines_dir, cfg, challenger["items_sha256"])
     wd.mkdir(parents=True, exist_ok=True)
     from filelock import FileLock
 
     # two runs promoting at once must not both read the old champion and both win
     with FileLock(str(wd / ".champion.lock")):
-        return _decide_and_record(wd, challenger, cfg)
+        return _decide_and_record(wd, challenger, cfg, rescored, guard)
 
 
-def _decide_and_record(wd: Path, challenger: dict[str, Any], cfg: PromoteConfig) -> dict[str, Any]:
+def _decide_and_record(wd: Path, challenger: dict[str, Any], cfg: PromoteConfig, rescored: dict[str, Any] | None = None,
+                       guard: str | None = None) -> dict[str, Any]:
     champ_path = wd / "champion.json"
     champion = json.loads(champ_path.read_text()) if champ_path.exists() else None
     lower = LOWER_IS_BETTER[cfg.metric]
+    same_adapter = (
+        champion is not None and challenger.get("adapter_sha256") is not None
+        and champion.get("adapter_sha256") == challenger["adapter_sha256"]
+    )
 
-    if champion is None:
-        promoted, improvement, reason = True, None, "no champion yet"
-    elif champion.get("evaluation") == challenger["evaluation"] and champion.get("items_sha256") == challenger["items_sha256"]:
-        promoted, improvement, reason = False, 0.0, "this evaluation is already the champion"
+    if challenger["value"] is None:
+        promoted, improvement = False, None
+        reason = f"the decision slice {cfg.slice!r} has no items among the {challenger['n']} held-out items"
+    elif same_adapter or (champion is not None and champion.get("evaluation") == challenger["evaluation"]
+                          and champion.get("items_sha256") == challenger["items_sha256"]):
+        promoted, improvement, reason = False, 0.0, "this adapter is already the champion"
+    elif guard is not None:
+        promoted, improvement, reason = False, None, guard
+    elif champion is None:
+        promoted, improvement, reason = True, None, "no champion yet; it beats the classical baselines" if cfg.require_beat_baselines else "no champion yet"
+    elif rescored is not None and rescored["value"] is not None:
+        promoted, improvement = decide(challenger["value"], rescored["value"], cfg.margin, lower)
+        verb = "beats" if promoted else "does not beat"
+        gain = "undefined" if improvement is None else f"{improvement:.2%}"
+        reason = (
+            f"challenger {cfg.metric} {challenger['value']:.4f} {verb} the champion re-scored on the same "
+            f"{challenger['n']} items ({rescored['value']:.4f}) on {_where(cfg)} by the margin {cfg.margin:.2%} "
+            f"(relative improvement {gain})"
+        )
     elif champion.get("items_sha256") != challenger["items_sha256"]:
         promoted, improvement = False, None
         reason = (
             f"champion was evaluated on different items ({champion.get('n')} items, set "
             f"{str(champion.get('items_sha256'))[:12]}) than the challenger ({challenger['n']} items, set "
-            f"{challenger['items_sha256'][:12]}); re-score the champion on the same split before comparing"
+            f"{challenger['items_sha256'][:12]}) and was not re-scored; score the champion's adapter on the same "
+            "items (the retrain flow does) and pass that evaluation"
         )
-    elif (champion.get("metrics") or {}).get(cfg.metric) is None:
+    elif decision_value({**(champion.get("metrics") or {}), "slices": champion.get("slices") or {}}, cfg.metric, cfg.slice)[0] is None:
         promoted, improvement = False, None
-        reason = f"the champion's record has no {cfg.metric}; promote with --metric {champion.get('metric')}"
+        reason = f"the champion's record has no {cfg.metric} on {_where(cfg)}; re-score the champion"
     else:
         # the champion's value of THIS metric (it may have been chosen on another one)
-        champ_value = float(champion["metrics"][cfg.metric])
+        champ_value, _ = decision_value({**champion["metrics"], "slices": champion.get("slices") or {}}, cfg.metric, cfg.slice)
         promoted, improvement = decide(challenger["value"], champ_value, cfg.margin, lower)
         verb = "beats" if promoted else "does not beat"
         gain = "undefined" if improvement is None else f"{improvement:.2%}"
@@ -310,6 +436,7 @@ def _decide_and_record(wd: Path, challenger: dict[str, Any], cfg: PromoteConfig)
         "relative_improvement": improvement,
         "challenger": challenger,
         "champion_before": champion,
+        "champion_rescored": rescored,
     }
     if promoted:
         write_json_atomic(champ_path, {**challenger, "promoted_at": now})

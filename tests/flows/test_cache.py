@@ -84,7 +84,7 @@ def test_out_dir_is_content_addressed(tmp_path):
 
 
 def test_refresh_covers_the_step_and_what_follows():
-    assert cache.refresh_set("train") == {"train", "evaluate", "baselines", "compare", "report"}
+    assert cache.refresh_set("train") == {"train", "evaluate", "champion", "baselines", "compare", "report"}
     assert cache.refresh_set("curate") == set(cache.STEPS[2:])
     assert cache.refresh_set(None) == set() and cache.refresh_set("none") == set()
     with pytest.raises(PricefitError, match="'contract_raw' is not a step"):

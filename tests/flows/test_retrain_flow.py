@@ -34,6 +34,7 @@ train: {base_model: tiny-random, device: cpu, quantization: none, lora_r: 4, lor
         target_modules: [q_proj, v_proj], batch_size: 4, max_steps: 2, save_steps: 50}
 evaluate: {split: test, max_items: 4, batch_size: 4, device: cpu}
 baselines: {include: [constant, linear], base_model: tiny-random, split: test, max_items: 4}
+promote: {require_beat_baselines: false}   # a 2-step random model beats no baseline; the guard has its own tests
 """
 
 
@@ -95,11 +96,18 @@ def test_retrain_cache_story(tmp_path, monkeypatch):
     assert summary["metrics"]["n"] == 4 and summary["promoted"] is True
     assert json.loads((workdir / "champion.json").read_text())["evaluation"].startswith(str(workdir / "artifacts" / "evaluate"))
 
-    # 2. nothing changed: everything Cached, same report (through the CLI, as `make demo` runs it)
+    # 2. nothing changed but the champion: the decision is taken again against the new champion
+    #    (it is the challenger itself) instead of replaying "no champion yet"; every other step Cached
     out = _cli(["run", "--profile", str(profile), "--workdir", str(workdir), "--json"])
     assert out["ok"] is True and out["state"] == "Completed"
-    assert set(out["states"]) == set(cache.STEPS) and set(out["states"].values()) == {"Cached"}  # JSON keys are sorted
-    assert out["report"] == summary["report"] and out["metrics"] == summary["metrics"]
+    assert {s: v for s, v in out["states"].items() if s not in ("compare", "report")} == dict.fromkeys(
+        [s for s in cache.STEPS if s not in ("compare", "report")], "Cached")
+    assert out["promoted"] is False and out["promotion_reason"] == "this adapter is already the champion"
+    # 2a. nothing changed at all: everything Cached, same report (through the CLI, as `make demo` runs it)
+    again = _cli(["run", "--profile", str(profile), "--workdir", str(workdir), "--json"])
+    assert set(again["states"]) == set(cache.STEPS) and set(again["states"].values()) == {"Cached"}  # JSON keys are sorted
+    assert again["report"] == out["report"] and again["metrics"] == summary["metrics"]
+    assert again["promotion_reason"] == "this adapter is already the champion"
 
     # 2b. --refresh baselines: that step and what follows recompute, nothing before it
     out = _cli(["run", "--profile", str(profile), "--workdir", str(workdir), "--refresh", "baselines", "--json"])
@@ -111,7 +119,12 @@ def test_retrain_cache_story(tmp_path, monkeypatch):
     state, steps = _run(profile, workdir, ["train.learning_rate=5e-4"])
     assert state.is_completed(), state.message
     assert {s: steps[s] for s in DATA + ["baselines"]} == dict.fromkeys(DATA + ["baselines"], "Cached")
-    assert [steps[s] for s in ("train", "evaluate", "compare", "report")] == ["Completed"] * 4
+    assert [steps[s] for s in ("train", "evaluate", "champion", "compare", "report")] == ["Completed"] * 5
+    # the champion of run 1 was re-scored on the same items and the decision compares with that score
+    last = json.loads((workdir / "promotions.jsonl").read_text().splitlines()[-1])
+    assert last["champion_rescored"] is not None and last["champion_rescored"]["evaluation"].startswith(
+        str(workdir / "artifacts" / "champion"))
+    assert "the champion re-scored on the same 4 items" in last["reason"]
 
     # 4. evaluation's code changes and the new code fails
     fault = tmp_path / "fault"

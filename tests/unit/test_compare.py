@@ -102,9 +102,13 @@ def test_decide_at_the_margin_boundary(challenger, margin, promoted):
     assert decide(challenger, 100.0, margin)[0] is promoted
 
 
+# the champion/challenger rules alone; the baseline guard has its own tests below
+NO_GUARD = dict(require_beat_baselines=False)
+
+
 def test_promotion_accepts_then_refuses_at_margin(tmp_path: Path):
     wd = tmp_path / "work"
-    cfg = PromoteConfig(margin=0.02)
+    cfg = PromoteConfig(margin=0.02, **NO_GUARD)
     first = promote(_eval_dir(tmp_path, "e1", 100.0), wd, cfg)
     assert first["promoted"] is True and first["reason"] == "no champion yet"
     champ = json.loads((wd / "champion.json").read_text())
@@ -119,7 +123,7 @@ def test_promotion_accepts_then_refuses_at_margin(tmp_path: Path):
     assert json.loads((wd / "champion.json").read_text())["adapter"] == "/adapters/e3"
 
     again = promote(tmp_path / "e3", wd, cfg)
-    assert again["promoted"] is False and again["reason"] == "this evaluation is already the champion"
+    assert again["promoted"] is False and again["reason"] == "this adapter is already the champion"
 
     lines = [json.loads(x) for x in (wd / "promotions.jsonl").read_text().splitlines()]
     assert [x["promoted"] for x in lines] == [True, False, True, False]
@@ -128,8 +132,8 @@ def test_promotion_accepts_then_refuses_at_margin(tmp_path: Path):
 
 def test_promotion_refuses_a_champion_scored_on_other_items(tmp_path: Path):
     wd = tmp_path / "work"
-    promote(_eval_dir(tmp_path, "e1", 100.0), wd)
-    rec = promote(_eval_dir(tmp_path, "e2", 10.0, ids=["a", "b", "c"]), wd)
+    promote(_eval_dir(tmp_path, "e1", 100.0), wd, PromoteConfig(**NO_GUARD))
+    rec = promote(_eval_dir(tmp_path, "e2", 10.0, ids=["a", "b", "c"]), wd, PromoteConfig(**NO_GUARD))
     assert rec["promoted"] is False
     assert rec["reason"].startswith("champion was evaluated on different items (4 items")
     assert json.loads((wd / "champion.json").read_text())["evaluation"].endswith("e1")
@@ -142,9 +146,74 @@ def test_decide_against_a_zero_champion_has_no_relative_gain():
 
 def test_promotion_on_another_metric_uses_the_champions_value_of_that_metric(tmp_path: Path):
     wd = tmp_path / "work"
-    promote(_eval_dir(tmp_path, "e1", 100.0), wd, PromoteConfig(metric="mae"))  # rmsle 0.5 recorded too
+    promote(_eval_dir(tmp_path, "e1", 100.0), wd, PromoteConfig(metric="mae", **NO_GUARD))  # rmsle 0.5 recorded too
     d = _eval_dir(tmp_path, "e2", 120.0)
     (d / "metrics.json").write_text(json.dumps({**_m(120.0), "rmsle": 0.45}))  # worse MAE, 10% better RMSLE
-    rec = promote(d, wd, PromoteConfig(metric="rmsle", margin=0.05))
+    rec = promote(d, wd, PromoteConfig(metric="rmsle", margin=0.05, **NO_GUARD))
     assert rec["promoted"] is True and rec["relative_improvement"] == pytest.approx(0.1)
     assert json.loads((wd / "champion.json").read_text())["metric"] == "rmsle"
+
+
+# ---------------------------------------------------------------------------------------------- guard, slices, re-scoring
+
+
+def _with_slice(d: Path, mae_all: float, mae_slice: float, n_slice: int = 2) -> Path:
+    m = {**_m(mae_all), "slices": {"reference": {**_m(mae_slice, n=n_slice)}}}
+    (d / "metrics.json").write_text(json.dumps(m))
+    return d
+
+
+def _baselines(root: Path, **maes: tuple[float, float]) -> Path:
+    """A baselines artifact: name -> (MAE on all items, MAE on the reference slice)."""
+    bl = root / "baselines"
+    for name, (mae_all, mae_slice) in maes.items():
+        _with_slice(_eval_dir(bl, name, mae_all), mae_all, mae_slice)
+    (bl / "summary.json").write_text(json.dumps({"items_sha256": item_set_sha256(IDS),
+                                                 "baselines": {k: {"status": "ok"} for k in maes}}))
+    (bl / "manifest.json").write_text(json.dumps({"kind": "baselines"}))
+    return bl
+
+
+def test_a_challenger_worse_than_tfidf_is_never_promoted_even_without_a_champion(tmp_path: Path):
+    """The demo's old failure: 'promoted to champion' for a model 2.7x worse than TF-IDF."""
+    wd = tmp_path / "work"
+    bl = _baselines(tmp_path, constant=(150.0, 200.0), tfidf=(44.91, 90.0))
+    rec = promote(_eval_dir(tmp_path, "e1", 122.34), wd, PromoteConfig(), baselines_dir=bl)
+    assert rec["promoted"] is False and not (wd / "champion.json").exists()
+    assert rec["reason"] == ("challenger mae 122.3400 on all items does not beat the best classical baseline, tfidf "
+                             "44.9100: a model no better than tfidf is never promoted")
+    ok = promote(_eval_dir(tmp_path, "e2", 40.0), wd, PromoteConfig(), baselines_dir=bl)
+    assert ok["promoted"] is True and ok["reason"] == "no champion yet; it beats the classical baselines"
+
+
+def test_the_guard_needs_baselines_unless_switched_off(tmp_path: Path):
+    rec = promote(_eval_dir(tmp_path, "e1", 10.0), tmp_path / "work", PromoteConfig())
+    assert rec["promoted"] is False and rec["reason"].startswith("no baselines were given")
+
+
+def test_decision_on_a_slice_uses_the_slice_metrics(tmp_path: Path):
+    """Better overall but worse than TF-IDF on the decision slice: refused; the slice decides."""
+    wd = tmp_path / "work"
+    bl = _baselines(tmp_path, tfidf=(60.0, 100.0))
+    cfg = PromoteConfig(slice="reference")
+    rec = promote(_with_slice(_eval_dir(tmp_path, "e1", 50.0), 50.0, 120.0), wd, cfg, baselines_dir=bl)
+    assert rec["promoted"] is False and "on slice 'reference'" in rec["reason"] and "tfidf 100.0000" in rec["reason"]
+    rec = promote(_with_slice(_eval_dir(tmp_path, "e2", 70.0), 70.0, 90.0), wd, cfg, baselines_dir=bl)
+    assert rec["promoted"] is True and rec["challenger"]["value"] == 90.0 and rec["challenger"]["n_decided"] == 2
+
+
+def test_the_champion_is_rescored_on_todays_items(tmp_path: Path):
+    """Tonight's items differ from the champion's night; its re-scored evaluation decides, not its old record."""
+    wd = tmp_path / "work"
+    cfg = PromoteConfig(margin=0.02, **NO_GUARD)
+    promote(_eval_dir(tmp_path, "night1", 100.0, ids=["a", "b", "c"]), wd, cfg)
+    champion_today = _eval_dir(tmp_path, "champion-today", 60.0)  # the champion's adapter on tonight's 4 items
+    (champion_today / "manifest.json").write_text(json.dumps({"kind": "evaluation", "adapter_sha256": "c0ffee"}))
+    worse = promote(_eval_dir(tmp_path, "night2", 70.0), wd, cfg, champion_eval=champion_today)
+    assert worse["promoted"] is False
+    assert worse["champion_rescored"]["value"] == 60.0
+    assert "the champion re-scored on the same 4 items (60.0000)" in worse["reason"]
+    better = promote(_eval_dir(tmp_path, "night3", 50.0), wd, cfg, champion_eval=champion_today)
+    assert better["promoted"] is True and better["relative_improvement"] == pytest.approx(1 / 6)
+    with pytest.raises(PricefitError, match="covers other items"):
+        promote(_eval_dir(tmp_path, "night4", 50.0, ids=["a", "b"]), wd, cfg, champion_eval=champion_today)

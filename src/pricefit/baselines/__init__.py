@@ -41,7 +41,8 @@ def load_held_out(curated_dir: str | Path, split: str = "test", max_items: int |
     return df
 
 
-def _write_one(out: Path, name: str, test, preds: list[float | None], raws: list[str], info: dict[str, Any]) -> dict:
+def _write_one(out: Path, name: str, test, preds: list[float | None], raws: list[str], info: dict[str, Any],
+               slices: list[Any] | None = None) -> dict:
     import polars as pl
 
     from ..metrics import compute_metrics
@@ -59,7 +60,9 @@ def _write_one(out: Path, name: str, test, preds: list[float | None], raws: list
         }
     )
     frame.write_parquet(d / "predictions.parquet")
-    metrics = compute_metrics(test["price"].to_list(), preds, test["category"].to_list())
+    from ..evaluation import masks_for
+
+    metrics = compute_metrics(test["price"].to_list(), preds, test["category"].to_list(), slices=masks_for(slices, test))
     metrics["model"] = name
     metrics["info"] = info
     write_json_atomic(d / "metrics.json", metrics)
@@ -72,8 +75,12 @@ def run_baselines(
     cfg: BaselinesConfig | None = None,
     *,
     progress: bool = True,
+    slices: list[Any] | None = None,
 ) -> ArtifactRef:
-    """Run every baseline in ``cfg.include`` on the held-out items; returns the ``baselines`` ref."""
+    """Run every baseline in ``cfg.include`` on the held-out items; returns the ``baselines`` ref.
+
+    ``slices``: named slices (pricefit.slices.SliceSpec) whose metrics each baseline reports too.
+    """
     from ..compare import item_set_sha256
     from ..curation import read_split
     from . import constant, frontier, linear, tfidf
@@ -136,7 +143,7 @@ def run_baselines(
                 raise PricefitError(f"unknown baseline {name!r}", hint=f"choose from {', '.join(ALL_BASELINES)}")
             if name in ("constant", "linear", "tfidf"):
                 raws = [f"{p:.2f}" for p in preds]
-            m = _write_one(tmp, name, test, preds, raws, info)
+            m = _write_one(tmp, name, test, preds, raws, info, slices)
             summary[name] = {
                 "status": "ok",
                 "n": m["n"],
