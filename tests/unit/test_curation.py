@@ -163,6 +163,17 @@ def test_balancing_caps_crowded_dollars_and_keeps_the_rest():
     assert keep == balance_mask(frame, cfg).to_list()  # seeded: same draw every time
 
 
+def test_balancing_draws_from_item_hashes_not_input_order():
+    # a crowded $20: an item the larger catalog keeps is kept by the smaller one too, in any order
+    cfg = CurateConfig(balance_cap_per_dollar=30)
+    big = _slot_frame([("Books", 20.0)] * 100)
+    small = big.slice(20, 60).reverse()
+    kept_big = set(big.filter(balance_mask(big, cfg))["item_id"])
+    kept_small = set(small.filter(balance_mask(small, cfg))["item_id"])
+    assert len(kept_big) == len(kept_small) == 30
+    assert kept_big & set(small["item_id"]) <= kept_small
+
+
 def test_balancing_weights_categories():
     cfg = CurateConfig(balance_cap_per_dollar=10, category_weights={"Automotive": 1e-9}, default_category_weight=5.0)
     frame = _slot_frame([("Automotive", 20.0)] * 20 + [("Books", 20.0)] * 20)
@@ -184,6 +195,17 @@ def test_max_items_keeps_a_seeded_subset(word_tokenizer):
     b = select_items(filtered(rows, word_tokenizer), CurateConfig(max_items=4))
     assert reasons(a).count(None) == 4 and reasons(a).count("over_max_items") == 6
     assert reasons(a) == reasons(b)
+
+
+def test_max_items_keeps_the_same_items_in_any_input_order(word_tokenizer):
+    rows = [listing(i, price=10.0 + i) for i in range(30)]
+    cfg = CurateConfig(max_items=10)
+
+    def kept(rs):
+        df = select_items(filtered(rs, word_tokenizer), cfg)
+        return set(df.filter(pl.col("reason").is_null())["item_id"])
+
+    assert len(kept(rows)) == 10 and kept(rows) == kept(rows[::-1]) == kept(rows[10:] + rows[:10])
 
 
 def test_split_is_seeded_disjoint_and_sized():
