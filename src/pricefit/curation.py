@@ -139,12 +139,21 @@ def _text_or_none(value: Any) -> str | None:
     return text if text.strip() else None
 
 
-def normalize_record(data: Mapping[str, Any], source_file: str, source_line: int) -> dict[str, Any]:
-    """One item-metadata object -> one raw row (the raw.parquet schema)."""
+def normalize_record(
+    data: Mapping[str, Any], source_file: str, source_line: int, id_key: str | None = None
+) -> dict[str, Any]:
+    """One item-metadata object -> one raw row (the raw.parquet schema).
+
+    ``item_id`` is parent_asin (or asin); without one it is ``<id_key>:<line>``, where ``id_key`` names
+    the file uniquely within its source (:attr:`pricefit.sources.Source.id_keys`; default: the file name).
+    """
     raw_price = data.get("price")
     price, issue = parse_price(raw_price)
     asin = data.get("parent_asin") or data.get("asin")
-    item_id = str(asin).strip() if asin is not None and str(asin).strip() else f"{Path(source_file).name.split('.')[0]}:{source_line}"
+    if asin is not None and str(asin).strip():
+        item_id = str(asin).strip()
+    else:
+        item_id = f"{id_key or Path(source_file).name}:{source_line}"
     category = data.get("main_category")
     return {
         "item_id": item_id,
@@ -190,7 +199,7 @@ def read_source(source: str, cfg: CurateConfig) -> tuple[pl.DataFrame, list[dict
                 continue
             if item.data.get("synthetic") is True:  # e.g. a saved demo catalog: stays labelled synthetic
                 synthetic = True
-            row = normalize_record(item.data, item.source_file, item.source_line)
+            row = normalize_record(item.data, item.source_file, item.source_line, src.id_keys.get(item.source_file))
             for k, v in row.items():
                 cols[k].append(v)
             if len(cols["item_id"]) >= INGEST_CHUNK:
