@@ -15,7 +15,8 @@ a file named outright by its file name; distinct files whose keys would still co
 files in a comma list) are named relative to their common folder instead.
 
 Iteration never stops on a bad line: it yields a :class:`Quarantined` item (malformed JSON, invalid
-UTF-8, not a JSON object, a CSV row with the wrong number of fields) and goes on. A file that
+UTF-8, not a JSON object, a CSV row with the wrong number of fields) and goes on. A UTF-8 byte-order
+mark (at the start of a JSONL line, or of a CSV file, gzipped or not) is dropped, not quarantined. A file that
 cannot be opened or read at all raises :class:`pricefit.errors.PricefitError` naming the file.
 """
 
