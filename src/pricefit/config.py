@@ -72,7 +72,7 @@ class CurateConfig(_Stage):
         default_factory=lambda: {"Automotive": 1.0}, description="Sampling weight per category."
     )
     default_category_weight: float = Field(5.0, description="Sampling weight of categories not listed.")
-    seed: int = Field(42, description="Seed for sampling and the split shuffle.")
+    seed: int = Field(42, description="Seed of the hash-based splits and of sampling.")
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     max_items: int | None = Field(None, description="Keep at most this many items after balancing (None: all).")

@@ -12,7 +12,18 @@ applied in this order; the first rule an item fails is its one drop reason:
    curated contract requires it of the final text);
 5. ``duplicate``: same (title, text) as an earlier item, or same item_id (first one kept, input order);
 6. ``sampled_out``: balanced sampling over whole-dollar prices (see :func:`balance_mask`);
-7. ``over_max_items``: beyond ``max_items`` (a seeded random subset is kept).
+7. ``over_max_items``: beyond ``max_items`` (the ``max_items`` items with the lowest hash points
+   ``sha256(f"{seed}:max_items:{item_id}")`` are kept).
+
+Splits: an item's split is a pure function of its ``item_id`` and the seed, so an item keeps its split
+for life however the catalog grows or shrinks (:func:`split_of`). Its point
+``u = (first 8 bytes of sha256(f"{seed}:{item_id}") as a big-endian integer >> 11) / 2**53`` lies in
+[0, 1); ``u < test_fraction`` is test, ``u < test_fraction + validation_fraction`` validation, the rest
+train. Split sizes are therefore binomial around ``n x fraction`` (e.g. 60 +- 7 test items of 600),
+not exact. Sampling (rules 6-7) decides only whether an item is kept, never its split, and it too
+draws from per-item hashes (salted ``balance`` / ``max_items``, independent of the split's), never
+from input order: in a crowded dollar or under ``max_items`` a growing catalog can push an item out,
+but it can never move it to another split. Changing the seed or a fraction reassigns splits.
 
 The text (:func:`text_expr`): each part is capped at ``max_text_tokens x 7`` characters before any
 regex runs (the reference's CEILING_CHARS: a 5 MB description costs nothing), details keys in
@@ -23,11 +34,12 @@ then cut to ``max_text_tokens`` tokens of the configured tokenizer (batched, fas
 character offset of the last kept token so the text stays exactly as written).
 
 Public: :func:`ingest`, :func:`curate`, :func:`prepare_items` (same rules, no dedupe/sampling: for scoring
-new listings), :func:`build_text` (one listing), :func:`read_splits`.
+new listings), :func:`build_text` (one listing), :func:`split_of` (the split of an item id), :func:`read_splits`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -127,12 +139,21 @@ def _text_or_none(value: Any) -> str | None:
     return text if text.strip() else None
 
 
-def normalize_record(data: Mapping[str, Any], source_file: str, source_line: int) -> dict[str, Any]:
-    """One item-metadata object -> one raw row (the raw.parquet schema)."""
+def normalize_record(
+    data: Mapping[str, Any], source_file: str, source_line: int, id_key: str | None = None
+) -> dict[str, Any]:
+    """One item-metadata object -> one raw row (the raw.parquet schema).
+
+    ``item_id`` is parent_asin (or asin); without one it is ``<id_key>:<line>``, where ``id_key`` names
+    the file uniquely within its source (:attr:`pricefit.sources.Source.id_keys`; default: the file name).
+    """
     raw_price = data.get("price")
     price, issue = parse_price(raw_price)
     asin = data.get("parent_asin") or data.get("asin")
-    item_id = str(asin).strip() if asin is not None and str(asin).strip() else f"{Path(source_file).name.split('.')[0]}:{source_line}"
+    if asin is not None and str(asin).strip():
+        item_id = str(asin).strip()
+    else:
+        item_id = f"{id_key or Path(source_file).name}:{source_line}"
     category = data.get("main_category")
     return {
         "item_id": item_id,
@@ -178,7 +199,7 @@ def read_source(source: str, cfg: CurateConfig) -> tuple[pl.DataFrame, list[dict
                 continue
             if item.data.get("synthetic") is True:  # e.g. a saved demo catalog: stays labelled synthetic
                 synthetic = True
-            row = normalize_record(item.data, item.source_file, item.source_line)
+            row = normalize_record(item.data, item.source_file, item.source_line, src.id_keys.get(item.source_file))
             for k, v in row.items():
                 cols[k].append(v)
             if len(cols["item_id"]) >= INGEST_CHUNK:
@@ -370,19 +391,42 @@ def apply_filters(raw: pl.DataFrame, cfg: CurateConfig, tokenizer: Any) -> pl.Da
     return df
 
 
+def _hash_points(ids: Iterable[str], salt: str) -> np.ndarray:
+    """One point in [0, 1) per id: the top 53 bits of ``sha256(f"{salt}:{item_id}")`` (UTF-8) / 2**53.
+
+    A pure function of (salt, item_id): the same item gets the same point whatever else is in the
+    catalog (53 bits: exact in a float64, never 1.0).
+    """
+    out = [int.from_bytes(hashlib.sha256(f"{salt}:{i}".encode("utf-8")).digest()[:8], "big") >> 11 for i in ids]
+    return np.array(out, dtype=np.int64).astype(np.float64) * 2.0**-53
+
+
+def split_point(item_id: str, seed: int) -> float:
+    """Where an item falls in [0, 1): the first 8 bytes of ``sha256(f"{seed}:{item_id}")`` as a big-endian
+    integer, shifted right by 11 bits (53 bits left), divided by 2**53."""
+    return float(_hash_points([item_id], str(seed))[0])
+
+
+def split_of(item_id: str, cfg: CurateConfig) -> str:
+    """The split of one item: test below ``test_fraction``, then validation up to ``test + validation``, else train."""
+    u = split_point(item_id, cfg.seed)
+    return "test" if u < cfg.test_fraction else "validation" if u < cfg.test_fraction + cfg.validation_fraction else "train"
+
+
 def balance_mask(df: pl.DataFrame, cfg: CurateConfig) -> pl.Series:
     """Which rows balanced sampling keeps (bool Series, aligned with ``df``).
 
     Items are grouped by whole-dollar price (round half up). A group is kept whole when its dollar is at
     least ``balance_keep_all_above`` (the reference: ``i >= 240``) or it holds at most
     ``balance_cap_per_dollar`` items; otherwise ``cap`` items are drawn without replacement with
-    probability proportional to the category weight (Efraimidis-Spirakis keys ``log(u)/w`` from a
-    numpy Generator seeded with ``seed``, one draw per row in input order: deterministic).
+    probability proportional to the category weight: Efraimidis-Spirakis keys ``log(u)/w`` where ``u``
+    is the item's own hash point ``sha256(f"{seed}:balance:{item_id}")`` (not a draw in input order),
+    so an item's key never depends on the other items and a growing catalog only pushes out the
+    lowest keys of a crowded dollar.
     """
     if df.height == 0:
         return pl.Series("keep", [], dtype=pl.Boolean)
-    rng = np.random.default_rng(cfg.seed)
-    u = rng.random(df.height)
+    u = _hash_points(df["item_id"].to_list(), f"{cfg.seed}:balance")
     weights = df["category"].replace_strict(
         cfg.category_weights, default=cfg.default_category_weight, return_dtype=pl.Float64
     ).to_numpy()
@@ -426,23 +470,27 @@ def select_items(df: pl.DataFrame, cfg: CurateConfig) -> pl.DataFrame:
     if cfg.max_items is not None:
         kept = df.filter(pl.col("reason").is_null())
         if kept.height > cfg.max_items:
-            order = np.random.default_rng(cfg.seed + 1).permutation(kept.height)
-            over = kept["_row"].gather(order[cfg.max_items :])
+            # the max_items lowest points sha256(f"{seed}:max_items:{item_id}") stay (ties: item_id)
+            points = _hash_points(kept["item_id"].to_list(), f"{cfg.seed}:max_items")
+            ranked = kept.select("_row", "item_id").with_columns(pl.Series("_p", points)).sort("_p", "item_id")
+            over = ranked["_row"].slice(cfg.max_items)
             df = _set_reason(df, df["_row"].is_in(over.implode()), "over_max_items")
     return df
 
 
 def split_items(kept: pl.DataFrame, cfg: CurateConfig) -> dict[str, pl.DataFrame]:
-    """Seeded shuffle, then test / validation / train slices (sizes: round(n x fraction)); disjoint by construction."""
-    n = kept.height
-    order = np.random.default_rng(cfg.seed).permutation(n)
-    shuffled = kept[order] if n else kept
-    n_test = int(round(n * cfg.test_fraction))
-    n_val = int(round(n * cfg.validation_fraction))
+    """test / validation / train by each item's :func:`split_point` (see :func:`split_of`); input order kept.
+
+    Membership is a pure function of (seed, item_id) and the two fractions: an item keeps its split
+    however the catalog grows or shrinks. Sizes are binomial around ``n x fraction``, not exact.
+    """
+    u = pl.Series("_u", _hash_points(kept["item_id"].to_list(), str(cfg.seed)), dtype=pl.Float64)
+    test_end = cfg.test_fraction
+    val_end = cfg.test_fraction + cfg.validation_fraction
     return {
-        "test": shuffled.slice(0, n_test),
-        "validation": shuffled.slice(n_test, n_val),
-        "train": shuffled.slice(n_test + n_val, n - n_test - n_val),
+        "test": kept.filter(u < test_end),
+        "validation": kept.filter((u >= test_end) & (u < val_end)),
+        "train": kept.filter(u >= val_end),
     }
 
 

@@ -64,7 +64,7 @@ def test_accounting_parquet(tmp_path, word_tokenizer):
     frame = pl.DataFrame([{**r, "details": json.dumps(r["details"])} for r in rows])
     frame.write_parquet(tmp_path / "meta.parquet")
     _, m, out = run(str(tmp_path / "meta.parquet"), tmp_path, word_tokenizer)
-    assert m["rows_read"] == 22 and m["kept"] == {"train": 16, "validation": 2, "test": 2}
+    assert m["rows_read"] == 22 and m["kept"] == {"train": 17, "validation": 1, "test": 2}  # hash-based splits
     assert m["dropped"] == {"price_unparseable": 1, "title_missing": 1}
     assert_accounted(m, out)
 
@@ -129,3 +129,52 @@ def test_saved_demo_records_stay_labelled_synthetic(tmp_path):
     path.write_text("".join(json.dumps(r.data) + "\n" for r in iter_records("demo:5")))
     raw = ingest(str(path), tmp_path / "raw", CurateConfig())
     assert raw.manifest()["synthetic"] is True
+
+
+# ---------------------------------------------------------------------------------------------- fallback ids (issue 10, finding 5)
+
+
+def _no_asin_listings(d, names: list[str], per_file: int) -> list:
+    paths, n = [], 0
+    for name in names:
+        p = d / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("".join(json.dumps(listing(n + k, parent_asin=None)) + "\n" for k in range(per_file)))
+        paths.append(p)
+        n += per_file
+    return paths
+
+
+def test_listings_without_id_in_same_named_files_are_not_duplicates(tmp_path, word_tokenizer):
+    _no_asin_listings(tmp_path / "data", ["a/listings.jsonl", "b/listings.jsonl"], 50)
+    raw_m, m, out = run(str(tmp_path / "data" / "*" / "listings.jsonl"), tmp_path, word_tokenizer)
+    assert raw_m["parsed"] == 100 and m["dropped"] == {} and sum(m["kept"].values()) == 100
+    ids = pl.concat([pl.read_parquet(out / f"{s}.parquet") for s in ("train", "validation", "test")])["item_id"]
+    assert ids.n_unique() == 100
+    assert sorted(ids.to_list())[:2] == ["a/listings.jsonl:1", "a/listings.jsonl:10"]
+    assert_accounted(m, out)
+
+
+def test_fallback_ids_are_stable_across_reruns_and_a_growing_glob(tmp_path):
+    import pricefit.curation as curation
+
+    _no_asin_listings(tmp_path / "data", ["a/listings.jsonl", "b/listings.jsonl"], 3)
+    spec = str(tmp_path / "data" / "*" / "listings.jsonl")
+    first, _, _ = curation.read_source(spec, CurateConfig())
+    again, _, _ = curation.read_source(spec, CurateConfig())
+    assert first["item_id"].to_list() == again["item_id"].to_list() == [
+        "a/listings.jsonl:1", "a/listings.jsonl:2", "a/listings.jsonl:3",
+        "b/listings.jsonl:1", "b/listings.jsonl:2", "b/listings.jsonl:3",
+    ]
+    (tmp_path / "data" / "c").mkdir()
+    (tmp_path / "data" / "c" / "listings.jsonl").write_text(json.dumps(listing(99, parent_asin=None)) + "\n")
+    grown, _, _ = curation.read_source(spec, CurateConfig())
+    assert grown["item_id"].to_list() == first["item_id"].to_list() + ["c/listings.jsonl:1"]
+    # a comma list of same-named files: ids relative to the files' common folder
+    listed, _, _ = curation.read_source(
+        f"{tmp_path / 'data/a/listings.jsonl'},{tmp_path / 'data/b/listings.jsonl'}", CurateConfig()
+    )
+    assert listed["item_id"].to_list() == first["item_id"].to_list()
+    # one file: its name
+    single, _, _ = curation.read_source(str(tmp_path / "data/a/listings.jsonl"), CurateConfig())
+    assert single["item_id"].to_list() == ["listings.jsonl:1", "listings.jsonl:2", "listings.jsonl:3"]

@@ -229,3 +229,50 @@ def test_csv_mapping_errors_name_the_columns(tmp_path):
     with pytest.raises(PricefitError) as err:
         resolve(str(p), csv_columns={"title": "name", "price": "price_usd"})
     assert "no column(s) price_usd" in err.value.message
+
+
+# ---------------------------------------------------------------------------------------------- UTF-8 BOM (issue 10, finding 8)
+
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_jsonl_first_line_with_a_bom_is_read(tmp_path, gz):
+    path = tmp_path / ("bom.jsonl.gz" if gz else "bom.jsonl")
+    data = BOM + json.dumps(GOOD_A).encode() + b"\n" + json.dumps(GOOD_B).encode() + b"\n"
+    path.write_bytes(gzip.compress(data) if gz else data)
+    recs, quar = split(list(iter_records(str(path))))
+    assert quar == []
+    assert [(r.source_line, r.data) for r in recs] == [(1, GOOD_A), (2, GOOD_B)]
+
+
+def test_hub_lines_with_a_bom_parse_like_local_ones():
+    from pricefit.sources.amazon_meta import parse_line
+
+    rec = parse_line(BOM + json.dumps(GOOD_A).encode(), "hf://x/meta_A.jsonl", 1)
+    assert isinstance(rec, Record) and rec.data == GOOD_A
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_csv_header_with_a_bom_is_recognised(tmp_path, gz):
+    p = write_amazon_products(tmp_path, gz)
+    for f in (p, tmp_path / ("categories.csv.gz" if gz else "categories.csv")):
+        body = gzip.decompress(f.read_bytes()) if gz else f.read_bytes()
+        f.write_bytes(gzip.compress(BOM + body) if gz else BOM + body)
+    recs, quar = split(list(iter_records(f"csv:{p}")))
+    assert [(r.source_line, r.data["parent_asin"], r.data["main_category"]) for r in recs] == [
+        (2, "B01", "Luggage"), (3, "B02", "Office Products"), (5, "B04", None)
+    ]
+    assert [(q.source_line, q.reason) for q in quar] == [(4, "csv_bad_row")]
+    shop = tmp_path / "shop.csv"
+    shop.write_bytes(BOM + b"sku,name,cost\nS1,Lamp,3.50\n")
+    recs, _ = split(list(iter_records(str(shop), csv_columns={"parent_asin": "sku", "title": "name", "price": "cost"})))
+    assert [(r.data["parent_asin"], r.data["title"], r.data["price"]) for r in recs] == [("S1", "Lamp", "3.50")]
+
+
+def test_csv_header_messages_show_invisible_characters(tmp_path):
+    p = tmp_path / "shop.csv"
+    p.write_text("\u200bsku,name ,cost\nS1,Lamp,3\n", encoding="utf-8")
+    with pytest.raises(PricefitError) as err:
+        resolve(str(p), csv_columns={"parent_asin": "sku", "title": "name", "price": "cost"})
+    assert "no column(s) sku, name (header: '\\u200bsku', 'name ', cost)" in err.value.message

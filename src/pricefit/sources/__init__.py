@@ -7,8 +7,16 @@ A source spec names where listings come from:
 - ``hf:Appliances,Electronics``          McAuley-Lab/Amazon-Reviews-2023 ``raw/meta_categories`` on the hub
 - ``csv:products.csv[.gz]`` (or a path ending .csv/.csv.gz)  a CSV catalog with a column mapping
 
+Listings without ``parent_asin``/``asin`` get the fallback id ``<file key>:<line>``. The file key
+(:attr:`Source.id_keys`) is unique among the files of one spec and stable across reruns: a file found
+by a glob is named by its path relative to the glob's literal folder (``data/*/listings.jsonl`` gives
+``a/listings.jsonl``, ``b/listings.jsonl``; files that appear later do not change the others' keys),
+a file named outright by its file name; distinct files whose keys would still collide (same-named
+files in a comma list) are named relative to their common folder instead.
+
 Iteration never stops on a bad line: it yields a :class:`Quarantined` item (malformed JSON, invalid
-UTF-8, not a JSON object, a CSV row with the wrong number of fields) and goes on. A file that
+UTF-8, not a JSON object, a CSV row with the wrong number of fields) and goes on. A UTF-8 byte-order
+mark (at the start of a JSONL line, or of a CSV file, gzipped or not) is dropped, not quarantined. A file that
 cannot be opened or read at all raises :class:`pricefit.errors.PricefitError` naming the file.
 """
 
@@ -53,6 +61,8 @@ class Source:
     synthetic: bool
     _iter: Callable[[], Iterator[Record | Quarantined]] = field(repr=False)
     size_hint: int | None = None  # rows, when known up front (for progress bars)
+    # source_file -> the key of fallback item ids (``<key>:<line>``); files not in it use their file name
+    id_keys: dict[str, str] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[Record | Quarantined]:
         return self._iter()
@@ -64,9 +74,33 @@ def excerpt_of(raw: bytes | str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def expand_paths(spec: str) -> list[Path]:
-    """Comma-separated paths and globs -> existing files, in order; errors name what is missing."""
-    paths: list[Path] = []
+def _glob_base(pattern: str) -> str:
+    """The literal folder a glob starts from: its path components up to the first one with magic."""
+    parts = Path(pattern).parts
+    literal: list[str] = []
+    for part in parts[:-1]:
+        if glob.has_magic(part):
+            break
+        literal.append(part)
+    return str(Path(*literal)) if literal else "."
+
+
+def _unique_keys(entries: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """Distinct files sharing a key get their path relative to those files' common folder."""
+    by_key: dict[str, set[str]] = {}
+    for p, key in entries:
+        by_key.setdefault(key, set()).add(os.path.realpath(p))
+    renamed: dict[str, str] = {}
+    for key, files in by_key.items():
+        if len(files) > 1:
+            root = os.path.commonpath(sorted(files))
+            renamed.update({f: Path(os.path.relpath(f, root)).as_posix() for f in files})
+    return [(p, renamed.get(os.path.realpath(p), key)) for p, key in entries]
+
+
+def expand_spec(spec: str) -> list[tuple[Path, str]]:
+    """Comma-separated paths and globs -> (existing file, fallback-id key), in order; errors name what is missing."""
+    entries: list[tuple[Path, str]] = []
     for part in (p.strip() for p in spec.split(",")):
         if not part:
             continue
@@ -78,7 +112,10 @@ def expand_paths(spec: str) -> list[Path]:
                     f"no file matches {part!r}",
                     hint="check the glob pattern, or give the files as a comma-separated list",
                 )
-            paths.extend(Path(m) for m in matches if Path(m).is_file())
+            base = _glob_base(part)
+            entries.extend(
+                (Path(m), Path(os.path.relpath(m, base)).as_posix()) for m in matches if Path(m).is_file()
+            )
         else:
             p = Path(part)
             if not p.exists():
@@ -91,10 +128,15 @@ def expand_paths(spec: str) -> list[Path]:
                     f"source {p} is a directory",
                     hint=f"name the files inside it, e.g. '{p}/*.jsonl.gz'",
                 )
-            paths.append(p)
-    if not paths:
+            entries.append((p, p.name))
+    if not entries:
         raise PricefitError(f"source {spec!r} names no file", hint="give at least one file, a glob, or 'demo'")
-    return paths
+    return _unique_keys(entries)
+
+
+def expand_paths(spec: str) -> list[Path]:
+    """Comma-separated paths and globs -> existing files, in order; errors name what is missing."""
+    return [p for p, _ in expand_spec(spec)]
 
 
 def _is_csv(path: Path) -> bool:
@@ -115,23 +157,23 @@ def resolve(spec: str, *, csv_columns: Mapping[str, Any] | None = None, csv_cate
         from . import hub
 
         return hub.source(spec)
-    if spec.startswith("csv:"):
+    entries = expand_spec(spec[4:] if spec.startswith("csv:") else spec)
+    paths = [p for p, _ in entries]
+    if spec.startswith("csv:") or all(_is_csv(p) for p in paths):
         from . import csv_catalog
 
-        return csv_catalog.source(expand_paths(spec[4:]), spec, columns=csv_columns, categories=csv_categories)
-    paths = expand_paths(spec)
-    if all(_is_csv(p) for p in paths):
-        from . import csv_catalog
-
-        return csv_catalog.source(paths, spec, columns=csv_columns, categories=csv_categories)
-    if any(_is_csv(p) for p in paths):
+        src = csv_catalog.source(paths, spec, columns=csv_columns, categories=csv_categories)
+    elif any(_is_csv(p) for p in paths):
         raise PricefitError(
             f"source {spec!r} mixes CSV and JSONL/parquet files",
             hint="curate the CSV catalog and the item-metadata files separately",
         )
-    from . import amazon_meta
+    else:
+        from . import amazon_meta
 
-    return amazon_meta.source(paths, spec)
+        src = amazon_meta.source(paths, spec)
+    src.id_keys = {str(p): key for p, key in entries}
+    return src
 
 
 def iter_records(spec: str, **options: Any) -> Iterator[Record | Quarantined]:

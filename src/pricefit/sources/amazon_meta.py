@@ -33,8 +33,17 @@ def _iter_files(paths: Iterable[Path]) -> Iterator[Record | Quarantined]:
             yield from iter_jsonl(p)
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def parse_line(raw: bytes, source_file: str, line_no: int) -> Record | Quarantined | None:
-    """One JSONL line -> Record, Quarantined, or None for a blank line."""
+    """One JSONL line -> Record, Quarantined, or None for a blank line.
+
+    A leading UTF-8 byte-order mark is dropped (editors write one at the start of a file; ``cat``
+    of such files puts one mid-file): it is never part of a JSON line.
+    """
+    if raw.startswith(_BOM):
+        raw = raw[len(_BOM):]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -39,8 +39,14 @@ _FIELDS = {"parent_asin", "title", "price", "main_category", "category_id", "des
 
 def _open_text(path: Path):
     raw = gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
-    # surrogateescape keeps going past invalid UTF-8; such rows are quarantined below
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+    # utf-8-sig drops a byte-order mark at the start (Excel writes one) so the first header name is
+    # "asin", not "\ufeffasin"; surrogateescape keeps going past invalid UTF-8 (such rows are quarantined)
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def _show_header(header: list[str]) -> str:
+    """Header names for a message; a name with invisible characters or edge spaces is quoted and escaped."""
+    return ", ".join(c if c and c.isprintable() and c == c.strip() else repr(c) for c in header)
 
 
 def _read_header(path: Path) -> list[str]:
@@ -92,7 +98,7 @@ def check_mapping(mapping: Mapping[str, Any], header: list[str], path: Path) -> 
                 missing.append(col)
     if missing:
         raise PricefitError(
-            f"{path} has no column(s) {', '.join(missing)} (header: {', '.join(header)})",
+            f"{path} has no column(s) {', '.join(missing)} (header: {_show_header(header)})",
             hint="fix csv_columns in the curate config so each names a column of the file",
         )
 
@@ -110,7 +116,7 @@ def source(paths: list[Path], spec: str, columns: Mapping[str, Any] | None = Non
             else:
                 raise PricefitError(
                     f"{p} is not in the Amazon Products 2023 layout and no column mapping was given "
-                    f"(header: {', '.join(header)})",
+                    f"(header: {_show_header(header)})",
                     hint="set curate.csv_columns, e.g. --set 'curate.csv_columns={title: name, price: cost}'",
                 )
         check_mapping(mapping, header, p)
