@@ -19,7 +19,7 @@ from typing import Any
 
 from .common import SPLITS, count_lines, manifest_of, one_row, overlap_batch, polars_family, read_parquet
 from .common import schema_batch, schema_rows
-from .runner import Batch, Plan, expect, skipped_check
+from .runner import Batch, Plan, expect, row_reason, skipped_check
 
 MIN_ROWS_FOR_PROPORTIONS = 100
 PROPORTION_TOLERANCE = 0.02
@@ -55,12 +55,18 @@ def _config(manifest: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
+def contract_reasons(cfg: dict[str, Any]) -> list[str]:
+    """Drop reasons of rows this contract removed (one per row-level split check)."""
+    return sorted({row_reason(e) for e in split_expectations(cfg) if e.row_level})
+
+
 def split_expectations(cfg: dict[str, Any]) -> list:
+    # row_level: a few failing rows are dropped with the check's name as reason; more stop the run
     checks = [
         # every field the prompt and the metrics read must be there: a null title or text becomes the
         # string "None" in a prompt; a null price cannot be a label
         *(
-            expect("ExpectColumnValuesToNotBeNull", f"a null {col} reaching training or evaluation", column=col)
+            expect("ExpectColumnValuesToNotBeNull", f"a null {col} reaching training or evaluation", column=col, row_level=True)
             for col in COLUMNS
         ),
         # the curation price window: outside it the reference recipe saw mostly listing errors
@@ -70,6 +76,7 @@ def split_expectations(cfg: dict[str, Any]) -> list:
             column="price",
             min_value=cfg["min_price"],
             max_value=cfg["max_price"],
+            row_level=True,
         ),
         # too little text to price from: the model would learn the mean price
         expect(
@@ -77,12 +84,14 @@ def split_expectations(cfg: dict[str, Any]) -> list:
             "texts shorter than min_chars that carry too little information to price",
             column="text",
             min_value=cfg["min_chars"],
+            row_level=True,
         ),
         expect(
             "ExpectColumnValueLengthsToBeBetween",
             "blank titles that passed the title_missing filter",
             column="title",
             min_value=1,
+            row_level=True,
         ),
         # a repeated item is counted twice in the loss and in the metrics
         expect("ExpectColumnValuesToBeUnique", "the same item twice in one split", column="item_id"),
@@ -244,7 +253,7 @@ def build(directory: Path, **_: object) -> Plan:
                         "ExpectColumnValuesToBeInSet",
                         "drop reasons outside the documented set (typos, ad-hoc reasons)",
                         column="reason",
-                        value_set=DROP_REASONS,
+                        value_set=DROP_REASONS + contract_reasons(cfg),
                     ),
                     # dropped rows are kept with their reason so a user can see what was thrown away
                     expect(
@@ -258,3 +267,52 @@ def build(directory: Path, **_: object) -> Plan:
         )
     info = {"rows": rows, "config": {k: cfg[k] for k in ("min_price", "max_price", "min_chars", "validation_fraction", "test_fraction")}}
     return Plan(batches=batches, prechecked=prechecked, info=info)
+
+
+def remove_rows(directory: Path, row_failures: dict[str, dict[int, str]]) -> dict[str, int]:
+    """Move split rows that row-level checks flagged to dropped.parquet (reason: the check).
+
+    The manifest's ``kept`` and ``dropped`` follow, so rows_read == kept + dropped + quarantined
+    still holds. Returns {reason: rows moved}.
+    """
+    import polars as pl
+
+    from pricefit import artifacts
+
+    counts: dict[str, int] = {}
+    moved_frames = []
+    manifest: dict[str, Any] = {k: v for k, v in manifest_of(directory).items() if k != "files"}
+    kept = dict(manifest.get("kept") or {})
+    dropped_path = directory / "dropped.parquet"
+    dropped = pl.read_parquet(dropped_path)
+    for split in SPLITS:
+        flagged = row_failures.get(split) or {}
+        if not flagged:
+            continue
+        path = directory / f"{split}.parquet"
+        frame = pl.read_parquet(path)
+        indexed = frame.with_row_index("_pos").with_columns(pl.col("_pos").cast(pl.Int64))
+        is_bad = pl.col("_pos").is_in(sorted(flagged))
+        bad = indexed.filter(is_bad)
+        reasons = [flagged[i] for i in bad["_pos"].to_list()]
+        for r in reasons:
+            counts[r] = counts.get(r, 0) + 1
+        moved_frames.append(
+            bad.with_columns(pl.Series("reason", reasons, dtype=pl.String)).select(
+                [pl.col(c).cast(dropped.schema[c]) for c in dropped.columns]
+            )
+        )
+        with artifacts.atomic_path(path) as tmp:
+            indexed.filter(~is_bad).drop("_pos").write_parquet(tmp, compression="zstd", statistics=True)
+        kept[split] = int(kept.get(split, frame.height)) - bad.height
+    if not moved_frames:
+        return {}
+    with artifacts.atomic_path(dropped_path) as tmp:
+        pl.concat([dropped, *moved_frames]).write_parquet(tmp, compression="zstd", statistics=True)
+    drop_counts = dict(manifest.get("dropped") or {})
+    for r, n in counts.items():
+        drop_counts[r] = drop_counts.get(r, 0) + n
+    manifest["kept"] = kept
+    manifest["dropped"] = dict(sorted(drop_counts.items()))
+    artifacts.write_manifest(directory, manifest)
+    return dict(sorted(counts.items()))

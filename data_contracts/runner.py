@@ -11,6 +11,14 @@ This module does the HOW: one ephemeral GX context (nothing on disk but the Data
 validation per batch, results flattened into ``DIR/contracts/<stage>.json``, Data Docs HTML in
 ``DIR/data_docs/``, and a :class:`pricefit.errors.ContractError` with a multi-line message when an
 expectation fails.
+
+Row-level and systemic checks. An expectation marked ``row_level`` judges each row on its own (a
+price out of range, a null key): it runs with GX's ``mostly = 1 - max_bad_row_fraction``, so a
+few bad rows do not fail it; the rows it flags are collected in ``Plan.row_failures`` (batch ->
+{row position: reason}) for the stage to quarantine or drop, the reason being the expectation's
+name and column, e.g. ``expect_column_values_to_be_between(price)``. A batch whose flagged rows
+together exceed the fraction fails the ``bad_row_fraction`` check. Every other expectation (schema,
+row counts, accounting, uniqueness, overlap) is systemic: one failure stops the stage.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ log = logging.getLogger("pricefit.contracts")
 REPORT_DIR = "contracts"
 DOCS_DIR = "data_docs"
 MAX_EXAMPLES = 5
+ROW = "_row"  # positional row id added to frames with row-level expectations (never in examples)
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,7 @@ class Expect:
     gx_class: str
     guards: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    row_level: bool = False
 
     @property
     def column(self) -> str | None:
@@ -60,8 +70,20 @@ class Expect:
         return None
 
 
-def expect(gx_class: str, guards: str, **kwargs: Any) -> Expect:
-    return Expect(gx_class, guards, dict(kwargs))
+def expect(gx_class: str, guards: str, *, row_level: bool = False, **kwargs: Any) -> Expect:
+    return Expect(gx_class, guards, dict(kwargs), row_level=row_level)
+
+
+def snake(gx_class: str) -> str:
+    """``ExpectColumnValuesToBeBetween`` -> ``expect_column_values_to_be_between`` (GX's type name)."""
+    import re
+
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", gx_class).lower()
+
+
+def row_reason(spec: Expect) -> str:
+    """The drop/quarantine reason of a row flagged by ``spec``: its expectation name and column."""
+    return f"{snake(spec.gx_class)}({spec.column})" if spec.column else snake(spec.gx_class)
 
 
 @dataclass
@@ -82,6 +104,9 @@ class Plan:
     # checks decided before GX runs (a missing file, a check skipped because the data is too small)
     prechecked: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    # filled by the runner: batch -> {row position in batch.frame: reason of its first failing
+    # row-level expectation}
+    row_failures: dict[str, dict[int, str]] = field(default_factory=dict)
 
 
 def failed_check(name: str, batch: str, guards: str, examples: list[Any], column: str | None = None) -> dict[str, Any]:
@@ -122,7 +147,7 @@ def jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, str, int)):
         return value
     if isinstance(value, float):
-        return None if math.isnan(value) else value
+        return None if math.isnan(value) else float(value)  # np.float64 -> float
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):
@@ -192,7 +217,7 @@ def _context(docs_dir: Path | None):
 def _entry_from_result(stage: str, batch: Batch, res: Any) -> dict[str, Any]:
     cfg = res.expectation_config
     meta = dict(cfg.meta or {})
-    kwargs = {k: v for k, v in (cfg.kwargs or {}).items() if k != "batch_id"}
+    kwargs = {k: v for k, v in (cfg.kwargs or {}).items() if k not in ("batch_id", "mostly")}
     result = res.result or {}
     exc = res.exception_info or {}
     # exception_info is either one record or a map of metric id -> record
@@ -205,7 +230,7 @@ def _entry_from_result(stage: str, batch: Batch, res: Any) -> dict[str, Any]:
     examples: list[Any] = []
     indexed = result.get("partial_unexpected_index_list") or []
     if indexed and all(isinstance(x, dict) for x in indexed):
-        examples = list(indexed)  # id columns + the offending value(s)
+        examples = [{k: v for k, v in x.items() if k != ROW} for x in indexed]  # id columns + the offending value(s)
     elif result.get("partial_unexpected_list"):
         examples = list(result["partial_unexpected_list"])
         if "column_A" in kwargs:  # (a, b) tuples -> {column_A: a, column_B: b}
@@ -236,12 +261,46 @@ def _entry_from_result(stage: str, batch: Batch, res: Any) -> dict[str, Any]:
         "guards": meta.get("guards"),
         "engine": "great_expectations",
     }
+    if "mostly" in (cfg.kwargs or {}):
+        entry["mostly"] = jsonable(cfg.kwargs["mostly"])
     if errors:
         entry["error"] = "; ".join(str(e) for e in errors if e)
     return entry
 
 
-def _run_gx(stage: str, plan: Plan, docs_dir: Path | None) -> tuple[list[dict[str, Any]], str | None]:
+def _flagged_rows(res: Any) -> list[int]:
+    rows = []
+    for x in (res.result or {}).get("unexpected_index_list") or []:
+        if isinstance(x, dict) and ROW in x:
+            rows.append(int(x[ROW]))
+    return rows
+
+
+def _bad_row_entry(batch: Batch, flagged: dict[int, str], n: int, max_fraction: float) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for reason in flagged.values():
+        counts[reason] = counts.get(reason, 0) + 1
+    fraction = len(flagged) / n if n else 0.0
+    return {
+        "name": "bad_row_fraction",
+        "batch": batch.name,
+        "column": None,
+        "success": fraction <= max_fraction,
+        "unexpected_count": len(flagged),
+        "element_count": n,
+        "observed_fraction": round(fraction, 6),
+        "max_bad_row_fraction": max_fraction,
+        "reasons": dict(sorted(counts.items())),
+        "examples": [{"reason": r, "rows": c} for r, c in sorted(counts.items())][:MAX_EXAMPLES],
+        "guards": "a systemic defect (a broken reader, a changed format) passed off as a few bad rows; "
+        "below the fraction the flagged rows are quarantined or dropped and the run goes on",
+        "engine": "python",
+    }
+
+
+def _run_gx(
+    stage: str, plan: Plan, docs_dir: Path | None, max_bad_row_fraction: float = 0.0
+) -> tuple[list[dict[str, Any]], str | None]:
     _quiet_gx_env()
     # GX must never write to stdout: `pricefit validate --json` promises one JSON object there
     with contextlib.redirect_stdout(sys.stderr):
@@ -258,19 +317,45 @@ def _run_gx(stage: str, plan: Plan, docs_dir: Path | None) -> tuple[list[dict[st
             asset = source.add_dataframe_asset(batch.name)
             definition = asset.add_batch_definition_whole_dataframe(batch.name)
             suite = ctx.suites.add(gx.ExpectationSuite(name=f"{stage}.{batch.name}"))
+            row_level = any(spec.row_level for spec in batch.expectations)
             for spec in batch.expectations:
                 cls = getattr(gx.expectations, spec.gx_class)
-                suite.add_expectation(cls(**spec.kwargs, meta={"guards": spec.guards}))
+                kwargs = dict(spec.kwargs)
+                if spec.row_level:
+                    kwargs.setdefault("mostly", 1.0 - max_bad_row_fraction)
+                suite.add_expectation(cls(**kwargs, meta={"guards": spec.guards, "reason": row_reason(spec), "row_level": spec.row_level}))
             vd = ctx.validation_definitions.add(
                 gx.ValidationDefinition(name=f"{stage}.{batch.name}", data=definition, suite=suite)
             )
-            result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": MAX_EXAMPLES}
-            ids = [c for c in batch.id_columns if c in batch.frame.columns]
+            frame = batch.frame
+            # row-level batches: COMPLETE results, with the row position as id, to know which rows failed
+            result_format: dict[str, Any] = {
+                "result_format": "COMPLETE" if row_level else "SUMMARY",
+                "partial_unexpected_count": MAX_EXAMPLES,
+                "return_unexpected_index_query": False,
+            }
+            ids = [c for c in batch.id_columns if c in frame.columns]
+            if row_level:
+                frame = frame.assign(**{ROW: range(len(frame))})
+                ids = [*ids, ROW]
             if ids:
                 result_format["unexpected_index_column_names"] = ids
-            res = vd.run(batch_parameters={"dataframe": batch.frame}, result_format=result_format)
+            res = vd.run(batch_parameters={"dataframe": frame}, result_format=result_format)
+            flagged: dict[int, str] = {}
+            row_check_failed = False
             for r in res.results:
                 entries.append(_entry_from_result(stage, batch, r))
+                meta = r.expectation_config.meta or {}
+                if meta.get("row_level"):
+                    row_check_failed |= not r.success
+                    for row in _flagged_rows(r):
+                        flagged.setdefault(row, meta["reason"])
+            if flagged:
+                plan.row_failures[batch.name] = dict(sorted(flagged.items()))
+                # each row-level check passed within its fraction: do the rows they flag, together, too?
+                # (when one already failed on its own, it says so; no second line for the same rows)
+                if not row_check_failed:
+                    entries.append(_bad_row_entry(batch, flagged, len(frame), max_bad_row_fraction))
         index = None
         if docs_dir is not None:
             urls = ctx.build_data_docs(site_names=["pricefit"])
@@ -287,6 +372,10 @@ def _describe(entry: dict[str, Any]) -> str:
     n = entry.get("unexpected_count")
     of = entry.get("element_count")
     count = f"{n} of {of} rows" if of is not None else f"{n} failing"
+    if entry.get("mostly") is not None and entry["mostly"] < 1:
+        count += f" (at most {1 - entry['mostly']:.2%} may fail: curate.max_bad_row_fraction)"
+    elif entry.get("max_bad_row_fraction") is not None:
+        count += f" (at most {entry['max_bad_row_fraction']:.2%} may fail: curate.max_bad_row_fraction)"
     lines = [f"  - [{entry['batch']}] {what}: {count}"]
     if entry.get("error"):
         lines.append(f"      error: {entry['error']}")
@@ -298,6 +387,13 @@ def _describe(entry: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _reason_counts(rows: dict[int, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for reason in rows.values():
+        counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def format_failures(report: dict[str, Any]) -> str:
     failed = [e for e in report["expectations"] if not e["success"]]
     head = (
@@ -307,26 +403,42 @@ def format_failures(report: dict[str, Any]) -> str:
     tail = [f"  report: {report['report_path']}"]
     if report.get("data_docs"):
         tail.append(f"  data docs: {report['data_docs']}")
+    if report.get("quarantine"):
+        tail.append(f"  quarantine: {report['quarantine']}")
     return "\n".join([head, *(_describe(e) for e in failed), *tail])
 
 
-def run_plan(stage: str, directory: str | os.PathLike, plan: Plan, data_docs: bool = True) -> dict[str, Any]:
-    """Validate every batch, write the report and Data Docs, raise ContractError on failure."""
+def run_plan(
+    stage: str,
+    directory: str | os.PathLike,
+    plan: Plan,
+    data_docs: bool = True,
+    max_bad_row_fraction: float = 0.0,
+    shown_as: str | os.PathLike | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Validate every batch, write the report and Data Docs, raise ContractError on failure.
+
+    ``shown_as``: the path the report and the message name (the final place of a directory that
+    is validated before it is moved there); files are written under ``directory``.
+    """
     d = Path(directory).resolve()
+    shown = Path(shown_as).resolve() if shown_as is not None else d
     t0 = time.perf_counter()
     docs_final = d / DOCS_DIR
+    plan.row_failures.clear()
     if data_docs:
         # built under a temporary name and swapped in: an old page never mixes with a new run
         with artifacts.atomic_dir(docs_final) as tmp_docs:
-            entries, _ = _run_gx(stage, plan, tmp_docs)
+            entries, _ = _run_gx(stage, plan, tmp_docs, max_bad_row_fraction)
     else:
-        entries, _ = _run_gx(stage, plan, None)
+        entries, _ = _run_gx(stage, plan, None, max_bad_row_fraction)
     entries = plan.prechecked + entries
     success = all(e["success"] for e in entries)
-    report_path = d / REPORT_DIR / f"{stage}.json"
+    report_path = shown / REPORT_DIR / f"{stage}.json"
     report: dict[str, Any] = {
         "stage": stage,
-        "directory": str(d.resolve()),
+        "directory": str(shown),
         "success": success,
         "checked": len(entries),
         "failed": sum(not e["success"] for e in entries),
@@ -334,17 +446,21 @@ def run_plan(stage: str, directory: str | os.PathLike, plan: Plan, data_docs: bo
         "batches": {b.name: int(len(b.frame)) for b in plan.batches},
         "expectations": entries,
         "report_path": str(report_path),
-        "data_docs": str(docs_final / "index.html") if data_docs else None,
+        "data_docs": str(shown / DOCS_DIR / "index.html") if data_docs else None,
+        "max_bad_row_fraction": max_bad_row_fraction,
+        "row_failures": {b: _reason_counts(rows) for b, rows in plan.row_failures.items()},
         "elapsed_s": round(time.perf_counter() - t0, 3),
         "checked_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **plan.info,
+        **(extra or {}),
     }
     report = jsonable(report)
-    artifacts.write_json_atomic(report_path, report)
+    artifacts.write_json_atomic(d / REPORT_DIR / f"{stage}.json", report)
     if not success:
         raise ContractError(
             format_failures(report),
             report=report,
-            hint="fix the data or the stage that produced it, then rerun; the report file lists every check",
+            hint="fix the data or the stage that produced it, then rerun; the report file lists every check "
+            "(rows failing a row-level check are quarantined while they stay within curate.max_bad_row_fraction)",
         )
     return report

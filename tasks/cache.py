@@ -72,9 +72,10 @@ REFRESHABLE: tuple[str, ...] = tuple(s for s in STEPS if not s.startswith("contr
 
 #: The library code each step calls. A change to any of these files changes the step's key.
 STEP_CODE: dict[str, tuple[str, ...]] = {
-    "ingest": ("pricefit.curation", "pricefit.sources", "pricefit.prices", "pricefit.artifacts"),
+    # ingest and curate run their data contract before the rename (bad rows are moved out there)
+    "ingest": ("pricefit.curation", "pricefit.sources", "pricefit.prices", "pricefit.artifacts", "data_contracts"),
     "contract": ("data_contracts",),
-    "curate": ("pricefit.curation", "pricefit.prices", "pricefit.models", "pricefit.artifacts"),
+    "curate": ("pricefit.curation", "pricefit.prices", "pricefit.models", "pricefit.artifacts", "data_contracts"),
     "tokenize": ("pricefit.tokenization", "pricefit.models", "pricefit.artifacts"),
     "train": ("pricefit.training", "pricefit.quant", "pricefit.memory", "pricefit.models", "pricefit.artifacts"),
     "evaluate": (

@@ -12,8 +12,11 @@ from .faults import maybe_fail
 @task(name="curate", task_run_name="curate {raw.rows} rows (tokenizer {cfg.tokenizer})", timeout_seconds=3 * 3600)
 def curate(raw: ArtifactRef, cfg: CurateConfig, workdir: str) -> ArtifactRef:
     """Clean, filter, balance and split the raw listings (every row kept, dropped with a reason, or quarantined)."""
+    import data_contracts
     from pricefit import curation
 
     maybe_fail("curate")
     out = cache.out_dir(workdir, "curate", cache.current_key("curate", dict(raw=raw, cfg=cfg, workdir=workdir)))
-    return curation.curate(raw.path, out, cfg)
+    # the curated contract runs before the rename and its verdict is in the manifest: a run killed
+    # after the rename never leaves an unchecked artifact (curation.read_split refuses a failed one)
+    return curation.curate(raw.path, out, cfg, contract=data_contracts.stage_contract("curated", cfg.max_bad_row_fraction))

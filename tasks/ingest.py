@@ -23,13 +23,17 @@ def ingest(source: str, options: dict[str, Any], workdir: str) -> ArtifactRef:
     from pricefit import curation
     from pricefit.config import CurateConfig
 
+    import data_contracts
+
     maybe_fail("ingest")
     out = cache.out_dir(workdir, "ingest", cache.current_key("ingest", dict(source=source, options=options, workdir=workdir)))
-    return curation.ingest(source, out, CurateConfig(**options))
+    cfg = CurateConfig(**options)
+    # the raw contract runs on the directory before it is moved into place (bad rows quarantined)
+    return curation.ingest(source, out, cfg, contract=data_contracts.stage_contract("raw", cfg.max_bad_row_fraction))
 
 
 def ingest_options(cfg: Any) -> dict[str, Any]:
     """The part of CurateConfig that ingest reads (so a curation rule change does not re-ingest)."""
     from pricefit.curation import _csv_options
 
-    return _csv_options(cfg)
+    return {**_csv_options(cfg), "max_bad_row_fraction": cfg.max_bad_row_fraction}

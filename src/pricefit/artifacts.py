@@ -6,7 +6,13 @@ of its manifest, the row count and the schema version. Hashing a ref is cheap an
 
 Atomicity: files are written to a temporary name in the same directory and ``os.replace``-d into
 place; stage directories are built under a temporary name and renamed, so a killed run never
-leaves a half-written artifact that a later run would trust.
+leaves a half-written artifact that a later run would trust. Temporary names carry the writer's
+PID (``.tmp-<name>-<pid>-<8 hex>``); the next write of the same target removes the ones whose
+process is gone (:func:`clean_stale`), so a killed run leaves no garbage for long.
+
+Reports about an artifact (``contracts/``, ``data_docs/``: they carry timestamps) are not part of
+its content: ``write_manifest`` leaves them out of the ``files`` map, so identical inputs give a
+byte-identical manifest.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -23,6 +30,9 @@ from typing import Any, Iterator
 from pydantic import BaseModel, ConfigDict
 
 MANIFEST = "manifest.json"
+#: Directories of reports *about* an artifact (contract results, GX Data Docs): kept beside the
+#: data, never hashed into its manifest (they carry timestamps and would make every rerun differ).
+REPORT_DIRS = ("contracts", "data_docs")
 
 
 class ArtifactRef(BaseModel):
@@ -79,11 +89,67 @@ def _tmp_name(final: Path) -> Path:
     return final.with_name(f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return True  # cannot tell: keep it
+    return True
+
+
+def clean_stale(final: str | os.PathLike) -> list[Path]:
+    """Remove temporary siblings of ``final`` left by processes that no longer run.
+
+    Only names this module makes for ``final`` (``.tmp-<final.name>-<pid>-<8 hex>``) are touched,
+    and only when no process with that PID is alive (a live one may be writing it right now).
+    Returns what was removed.
+    """
+    final = Path(final)
+    pattern = re.compile(rf"^\.tmp-{re.escape(final.name)}-(\d+)-[0-9a-f]{{8}}$")
+    removed: list[Path] = []
+    try:
+        siblings = list(final.parent.iterdir())
+    except FileNotFoundError:
+        return removed
+    for p in siblings:
+        m = pattern.match(p.name)
+        if not m or _pid_alive(int(m.group(1))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def scratch_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """A temporary directory named for ``final`` (stale ones of dead runs cleaned first), removed on exit."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(final)
+    tmp = _tmp_name(final)
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it into place only on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(final)
     tmp = _tmp_name(final)
     try:
         yield tmp
@@ -112,20 +178,31 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> Pat
 
 
 @contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(final: str | os.PathLike, commit_on: tuple[type[BaseException], ...] = ()) -> Iterator[Path]:
     """Build a directory under a temporary name and swap it into place on success.
 
-    An existing ``final`` is replaced only once the new one is complete.
+    An existing ``final`` is replaced only once the new one is complete. Temporary siblings left
+    by killed runs are removed first (:func:`clean_stale`). ``commit_on``: exception types after
+    which the directory is still swapped in before the exception propagates (a stage whose data
+    contract failed keeps its report where the message says; its manifest says it failed).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(final)
     tmp = _tmp_name(final)
     tmp.mkdir()
     try:
         yield tmp
+    except commit_on:
+        _swap_in(tmp, final)
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _swap_in(tmp, final)
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
     old = None
     if final.exists():
         old = _tmp_name(final)
@@ -141,7 +218,10 @@ def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> Pa
     files = {
         p.relative_to(d).as_posix(): sha256_file(p)
         for p in sorted(d.rglob("*"))
-        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".tmp-")
+        if p.is_file()
+        and p.name != MANIFEST
+        and not any(part.startswith(".tmp-") for part in p.relative_to(d).parts)
+        and not any(part in REPORT_DIRS for part in p.relative_to(d).parts[:-1])
     }
     body = dict(manifest)
     body["files"] = files

@@ -84,6 +84,14 @@ class CurateConfig(_Stage):
     csv_categories: str | None = Field(
         None, description="CSV sources: id,category_name file for a category_id column (default: beside the CSV)."
     )
+    max_bad_row_fraction: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Data contracts: rows failing a row-level check (a price out of range, a null key) are "
+        "quarantined/dropped with the check's name while they are at most this fraction of a table; more stops "
+        "the run (GX's mostly = 1 - this; 0: any bad row stops it).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "CurateConfig":

@@ -47,17 +47,20 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import polars as pl
 
 from . import artifacts
 from .config import CurateConfig
-from .errors import PricefitError
+from .errors import ContractError, PricefitError
 from .prices import DROP_REASON, parse_price
 
 log = logging.getLogger("pricefit.curation")
+
+#: a stage's data contract: (directory being built, its final path) -> verdict for the manifest
+ContractHook = Callable[[Path, Path], dict[str, Any]]
 
 SCHEMA_VERSION = 1
 INGEST_CHUNK = 20_000  # rows per in-memory chunk while reading a source
@@ -222,10 +225,11 @@ def _write_parquet(path: Path, frame: pl.DataFrame) -> None:
         frame.write_parquet(tmp, compression="zstd", statistics=True)
 
 
-def ingest(source: str, out_dir: str | Path, cfg: CurateConfig) -> artifacts.ArtifactRef:
+def ingest(source: str, out_dir: str | Path, cfg: CurateConfig, contract: ContractHook | None = None) -> artifacts.ArtifactRef:
     """Read ``source`` into a raw artifact: raw.parquet (one row per parsed line), quarantine.jsonl, manifest.
 
     Raises PricefitError when the source holds no row at all (empty files) or nothing parseable.
+    ``contract``: see :func:`_check_before_commit` (the raw data contract, run before the rename).
     """
     frame, quarantine, src = read_source(source, cfg)
     rows_read = frame.height + len(quarantine)
@@ -242,7 +246,7 @@ def ingest(source: str, out_dir: str | Path, cfg: CurateConfig) -> artifacts.Art
             hint="the files are not Amazon item metadata (one JSON object a line in UTF-8); see the first bad line: "
             f"{quarantine[0]['source_file']}:{quarantine[0]['source_line']}",
         )
-    with artifacts.atomic_dir(out_dir) as tmp:
+    with artifacts.atomic_dir(out_dir, commit_on=(ContractError,)) as tmp:
         _write_parquet(tmp / "raw.parquet", frame)
         _write_jsonl(tmp / "quarantine.jsonl", quarantine)
         artifacts.write_manifest(
@@ -259,8 +263,39 @@ def ingest(source: str, out_dir: str | Path, cfg: CurateConfig) -> artifacts.Art
                 "synthetic": src.synthetic,
             },
         )
-    log.info("ingest: %d rows read, %d parsed, %d quarantined -> %s", rows_read, frame.height, len(quarantine), out_dir)
-    return artifacts.ref_for(out_dir, "raw", rows=frame.height)
+        manifest = _check_before_commit(tmp, out_dir, contract)
+    log.info("ingest: %d rows read, %d parsed, %d quarantined -> %s", rows_read, manifest["parsed"], manifest["quarantined"], out_dir)
+    return artifacts.ref_for(out_dir, "raw", rows=manifest["parsed"])
+
+
+def _check_before_commit(tmp: Path, final: str | Path, contract: ContractHook | None) -> dict[str, Any]:
+    """Run the stage's data contract on the directory being built, before it is moved into place.
+
+    ``contract(tmp, final)`` (e.g. ``data_contracts.stage_contract("raw")``) may move bad rows
+    out (quarantine / dropped, updating the manifest) and returns a summary; it is recorded as the
+    manifest's ``contract``, so no artifact is ever in place without its verdict. On
+    ContractError the verdict (``success: false``) is recorded and the error propagates: the
+    caller's ``atomic_dir(commit_on=ContractError)`` still moves the directory into place, so the
+    report, Data Docs and quarantine stay at the paths the message names, and
+    :func:`read_split` refuses the artifact. Returns the final manifest.
+    """
+    if contract is None:
+        return artifacts.read_manifest(tmp)
+    try:
+        verdict = contract(tmp, Path(final))
+    except ContractError as e:
+        verdict = dict(getattr(e, "summary", None) or {"success": False})
+        verdict["success"] = False
+        _record_contract(tmp, verdict)
+        raise
+    return _record_contract(tmp, verdict)
+
+
+def _record_contract(directory: Path, verdict: dict[str, Any]) -> dict[str, Any]:
+    manifest = {k: v for k, v in artifacts.read_manifest(directory).items() if k != "files"}
+    manifest["contract"] = verdict
+    artifacts.write_manifest(directory, manifest)
+    return manifest
 
 
 def _counts(values: Iterable[str]) -> dict[str, int]:
@@ -508,12 +543,18 @@ def _read_raw(raw_dir: str | Path) -> tuple[pl.DataFrame, dict[str, Any]]:
 
 
 def curate(
-    raw_dir: str | Path, out_dir: str | Path, cfg: CurateConfig, tokenizer: Any = None, embed_raw: bool = False
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    cfg: CurateConfig,
+    tokenizer: Any = None,
+    embed_raw: bool = False,
+    contract: ContractHook | None = None,
 ) -> artifacts.ArtifactRef:
     """Raw artifact -> curated artifact (train/validation/test parquet, dropped.parquet, quarantine.jsonl, manifest).
 
     ``tokenizer``: a fast tokenizer object (default: ``models.load_tokenizer(cfg.tokenizer)``).
     ``embed_raw``: copy the raw artifact into ``out_dir/raw`` (the ``pricefit curate`` layout).
+    ``contract``: the curated data contract, run before the rename (see :func:`_check_before_commit`).
     """
     raw_dir = Path(raw_dir)
     raw, raw_manifest = _read_raw(raw_dir)
@@ -538,7 +579,7 @@ def curate(
             hint="check the source (prices and text present?) or relax the rules, e.g. --set min_chars=100",
         )
 
-    with artifacts.atomic_dir(out_dir) as tmp:
+    with artifacts.atomic_dir(out_dir, commit_on=(ContractError,)) as tmp:
         for name in SPLITS:
             _write_parquet(tmp / f"{name}.parquet", splits[name])
         _write_parquet(tmp / "dropped.parquet", dropped)
@@ -561,8 +602,10 @@ def curate(
                 "tokenizer": _tokenizer_name(cfg, tok),
             },
         )
+        manifest = _check_before_commit(tmp, out_dir, contract)
+    kept_counts, dropped_counts = manifest["kept"], manifest["dropped"]
     log.info("curate: kept %s, dropped %s, quarantined %d -> %s", kept_counts, dropped_counts, quarantined, out_dir)
-    return artifacts.ref_for(out_dir, "curated", rows=kept.height)
+    return artifacts.ref_for(out_dir, "curated", rows=sum(kept_counts.values()))
 
 
 def prepare_items(
@@ -617,10 +660,18 @@ def read_split(curated_dir: str | Path, split: str, columns: Iterable[str] = CUR
     ``columns``, and item_id, text and price (where asked for) must have no nulls.
     """
     d = Path(curated_dir)
-    kind = artifacts.read_manifest(d).get("kind")
+    manifest = artifacts.read_manifest(d)
+    kind = manifest.get("kind")
     if kind != "curated":
         raise PricefitError(f"{d} holds a {kind!r} artifact, not a curated one",
                             hint="point at the output directory of `pricefit curate`")
+    # the contract verdict recorded before the artifact was moved into place; absent: built without a
+    # contract hook (library use, hand-made test data); {"skipped": ...}: `curate --no-contracts`
+    verdict = manifest.get("contract")
+    if isinstance(verdict, dict) and verdict.get("success") is not True and not verdict.get("skipped"):
+        raise PricefitError(f"{d}: its curated data contract did not pass ({verdict.get('failed', '?')} check(s) "
+                            f"failed; report: {d / 'contracts' / 'curated.json'})",
+                            hint="fix the data or the curate settings the report names, then re-run `pricefit curate`")
     path = d / f"{split}.parquet"
     if not path.exists():
         raise PricefitError(f"{path} does not exist",

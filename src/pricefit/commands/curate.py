@@ -8,8 +8,6 @@ reports in ``DIR/contracts/`` and ``DIR/raw/contracts/``, Data Docs HTML in ``da
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,6 +19,15 @@ from ..cli import JSON_OPTION_HELP, app, command, emit
 def _overrides(items: list[str] | None) -> list[str]:
     # accept both "min_chars=100" and "curate.min_chars=100"
     return [i[len("curate."):] if i.startswith("curate.") else i for i in (items or [])]
+
+
+def _skipped(building: Path, final: Path) -> dict[str, Any]:
+    return {"success": None, "skipped": "--no-contracts"}
+
+
+def _shown_at(hook, shown: Path):
+    """A contract hook that names ``shown`` (where a failed raw artifact ends up) in its messages."""
+    return lambda building, final: hook(building, shown)
 
 
 def _human(r: dict[str, Any]) -> str:
@@ -57,27 +64,34 @@ def curate_cmd(
 
     Example:  pricefit curate --source demo --out runs/demo/curated
     """
-    from .. import curation
+    from .. import artifacts, curation
     from ..config import CurateConfig, load_stage_config
+    from ..errors import ContractError
 
     cfg = load_stage_config(CurateConfig, str(config) if config else None, "curate", _overrides(set_))
     out = Path(out)
-    staging = out.parent / f".tmp-raw-{out.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    contracts = "skipped (--no-contracts)"
-    try:
-        curation.ingest(source, staging, cfg)
-        if not no_contracts:
-            import data_contracts
-
-            data_contracts.check("raw", staging)
-        ref = curation.curate(staging, out, cfg, embed_raw=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if not no_contracts:
+    if no_contracts:
+        contracts = "skipped (--no-contracts)"
+        raw_check = curated_check = _skipped
+    else:
         import data_contracts
 
-        data_contracts.check("curated", out)
         contracts = "raw, curated passed"
+        raw_check = _shown_at(data_contracts.stage_contract("raw", cfg.max_bad_row_fraction), out / "raw")
+        curated_check = data_contracts.stage_contract("curated", cfg.max_bad_row_fraction)
+    # the raw artifact is built beside OUT (stale scratch dirs of killed runs are removed first),
+    # then copied into OUT/raw by curate
+    with artifacts.scratch_dir(out.parent / f"raw-{out.name}") as scratch:
+        staging = scratch / "raw"
+        try:
+            curation.ingest(source, staging, cfg, contract=raw_check)
+        except ContractError:
+            # the failed raw artifact (report, Data Docs, quarantine) goes where the message says: OUT/raw;
+            # OUT holds no curated manifest, so no later stage takes it for curated data
+            with artifacts.atomic_dir(out) as tmp:
+                os.replace(staging, tmp / "raw")
+            raise
+        ref = curation.curate(staging, out, cfg, embed_raw=True, contract=curated_check)
     m = ref.manifest()
     emit(
         {
