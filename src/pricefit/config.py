@@ -238,6 +238,7 @@ class RunConfig(_Stage):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
+    tracking: Literal["auto", "mlflow", "off"] = Field("auto", description="MLflow tracking (pricefit.tracking): auto = when MLFLOW_TRACKING_URI is set.")
 
 
 # ----------------------------------------------------------------------------------------------
