@@ -93,3 +93,38 @@ def test_evaluation_metrics_are_flat_numbers_with_valid_names():
         "n": 4.0, "mae": 12.5, "unparsed_scored_as": 0.0,
         "band/_0-50/n": 2.0, "band/_0-50/mae": 3.0, "category/Tools _ Home/mae": 7.25,
     }
+
+
+def test_tracking_mlflow_without_uri_logs_into_the_workdir_once(monkeypatch, tmp_path):
+    """`tracking: mlflow` and no MLFLOW_TRACKING_URI: SQLite + artifacts in the workdir; a second
+    log of the same adapter returns the first run (a Cached step adds no run)."""
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    from pricefit import artifacts
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    out = tmp_path / "train"
+    (out / "adapter").mkdir(parents=True)
+    (out / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
+    (out / "merged").mkdir()
+    (out / "merged" / "model.safetensors").write_bytes(b"a full base model")
+    (out / "loss.csv").write_text("step,loss,lr,tokens_per_s\n1,2.5,0.001,100.0\n2,2.0,0.001,110.0\n3,1.5,0.0005,120.0\n")
+    (out / "loss.png").write_bytes(b"\x89PNG")
+    artifacts.write_json_atomic(out / "train_summary.json", {"steps": 3, "final_loss": 1.5, "tokens_per_s": 110.0})
+    artifacts.write_manifest(out, {"kind": "adapter", "config": {"base_model": "tiny-random", "lora_r": 4}})
+    tgt = tracking.target("mlflow", tmp_path / "work")
+    run_id = tracking.log_train(out / "adapter", tgt)  # its adapter/ folder names the same output
+    assert run_id is not None and tracking.log_train(out, tgt) == run_id
+
+    client = MlflowClient(tracking_uri=tgt.uri)
+    run = client.get_run(run_id)
+    assert run.data.params == {"base_model": "tiny-random", "lora_r": "4"}
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(1, 2.5), (2, 2.0), (3, 1.5)]
+    assert run.data.metrics["mean_tokens_per_s"] == 110.0
+    assert {a.path for a in client.list_artifacts(run_id, "adapter")} == {
+        "adapter/adapter", "adapter/loss.csv", "adapter/loss.png", "adapter/manifest.json", "adapter/train_summary.json"}
+    stored = tmp_path / "work" / "mlartifacts" / run_id / "artifacts"
+    assert (stored / "adapter" / "adapter" / "adapter_model.safetensors").read_bytes() == b"weights"
+    assert (stored / "loss.png").exists() and (tmp_path / "work" / "mlflow.db").exists()
