@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from pricefit import tracking
 from pricefit.config import RunConfig, load_run_config
 from pricefit.errors import PricefitError
 
@@ -103,6 +104,8 @@ class Steps:
         self.refresh = cache.refresh_set(refresh)
         self.tags = {f"profile:{cfg.profile}", f"model:{cfg.train.base_model}"}
         self.states: dict[str, str] = {}
+        self.tracking = tracking.target(cfg.tracking, cfg.workdir)  # None: off (README "Experiment tracking")
+        tracking.check(self.tracking)
 
     def run(self, step: str, task: Any, *args: Any) -> Any:
         from tasks import cache, ui
@@ -112,6 +115,15 @@ class Steps:
         self.states[step] = state.name
         result = state.result()  # raises the step's error: the flow run fails at this step
         ui.publish(step, result)
+        return result
+
+    def track(self, log_fn: Any, result: Any) -> Any:
+        """Log a step's output to MLflow when tracking is on (a cached step too: logged once)."""
+        if self.tracking is not None:
+            from prefect.runtime import flow_run
+
+            tags = {"pricefit.profile": self.cfg.profile, "prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)}
+            log_fn(result if isinstance(result, dict) else result.path, self.tracking, tags=tags)
         return result
 
     # one method per step, in DAG order ------------------------------------------------------------
@@ -141,12 +153,13 @@ class Steps:
 
         cfg = train_cfg or self.cfg.train
         oversampled = [s for s in self.cfg.slices if s.name in cfg.oversample]
-        return self.run("train", train, tokenized, cfg, self.workdir, oversampled)
+        return self.track(tracking.log_train, self.run("train", train, tokenized, cfg, self.workdir, oversampled))
 
     def evaluate(self, adapter, tokenized):
         from tasks.evaluation import evaluate
 
-        return self.run("evaluate", evaluate, adapter, tokenized, self.cfg.evaluate, self.workdir, self.cfg.slices)
+        return self.track(tracking.log_evaluation,
+                          self.run("evaluate", evaluate, adapter, tokenized, self.cfg.evaluate, self.workdir, self.cfg.slices))
 
     def champion(self, tokenized, challenger):
         """The current champion's adapter re-scored on today's held-out items; None without one to judge."""
@@ -170,8 +183,10 @@ class Steps:
         from tasks.compare import compare
 
         champ = current_champion(self.workdir)
-        return self.run("compare", compare, evaluation, baselines, self.cfg.promote, self.workdir, champion,
-                        None if champ is None else champ.get("adapter_sha256"))
+        out = self.run("compare", compare, evaluation, baselines, self.cfg.promote, self.workdir, champion,
+                       None if champ is None else champ.get("adapter_sha256"))
+        self.track(tracking.register_champion, out["decision"])
+        return out
 
     def report(self, decision, **refs):
         from tasks.report import report

@@ -285,6 +285,8 @@ class RunConfig(_Stage):
         default_factory=list, description="Named slices of held-out items, reported beside the overall metrics (pricefit.slices)."
     )
 
+    tracking: Literal["auto", "mlflow", "off"] = Field("auto", description="MLflow tracking (pricefit.tracking): auto = when MLFLOW_TRACKING_URI is set.")
+
     @model_validator(mode="after")
     def _check_slices(self) -> "RunConfig":
         names = [s.name for s in self.slices]

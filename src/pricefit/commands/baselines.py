@@ -133,11 +133,14 @@ def promote_cmd(
 
     Example:  pricefit promote -e runs/demo/evaluation -w runs/demo --margin 0.02
     """
+    from .. import tracking
     from ..compare import promote
     from ..config import PromoteConfig, validate_model
 
     cfg = validate_model(PromoteConfig, {"margin": margin, "metric": metric}, "command-line options")
+    tracking.check(tracking.target())
     rec = promote(evaluation, workdir, cfg)
+    tracking.register_champion(rec)  # MLFLOW_TRACKING_URI set and promoted: a registered model version
     emit(
         {"ok": True, **rec},
         as_json,

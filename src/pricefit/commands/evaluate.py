@@ -75,11 +75,15 @@ def evaluate_cmd(
         raise PricefitError("give exactly one of --data and --source", hint="--data <curated or tokenized dir> or --source <listings>")
     if adapter is None and base_model is None:
         raise PricefitError("nothing to evaluate: no --adapter and no --base-model", hint="pass --adapter DIR, or --base-model NAME to score a base model")
+    from .. import tracking
+
     cfg = _eval_cfg(config, set_, split=split, max_items=max_items, mode=mode, batch_size=batch_size, device=device)
+    tracking.check(tracking.target())  # MLFLOW_TRACKING_URI set: fail now, not after scoring
     if data is not None:
         ref = evaluation.evaluate(data, out, cfg, base_model, adapter)
     else:
         ref = evaluation.evaluate_source(source, out, cfg, base_model, adapter, curate_cfg=_curate_cfg(config))
+    tracking.log_evaluation(ref.path)
     metrics = json.loads((ref.dir / "metrics.json").read_text())
     manifest = ref.manifest()
     emit(

@@ -44,11 +44,14 @@ def train_cmd(
 
     Example:  pricefit train --tokenized runs/demo/tokenized --out runs/demo/adapter --set max_steps=30
     """
+    from .. import tracking
     from ..config import TrainConfig, load_stage_config
     from ..training import train
 
     cfg = load_stage_config(TrainConfig, str(config) if config else None, "train", _overrides(set_))
+    tracking.check(tracking.target())  # MLFLOW_TRACKING_URI set: fail now, not after training
     ref = train(tokenized, out, cfg)
+    tracking.log_train(ref.path)
     import json
 
     summary = json.loads((ref.dir / "train_summary.json").read_text())
