@@ -5,14 +5,26 @@ are thin wrappers, so an edit to ``pricefit/curation.py`` would keep serving yes
 Here a step's key is
 
     sha256( step name
-          + source hash of the library modules the step calls (STEP_CODE below)
+          + source hash of the project modules the step runs (step_code_modules): from its task
+            wrapper and its library function's module (STEP_ENTRY), every ``import`` and
+            ``from ... import`` (module level and function-local, read with ``ast``, never
+            imported) followed transitively within pricefit, tasks, flows and data_contracts
           + its inputs: ArtifactRefs by (path, sha256), stage configs by model_dump JSON,
-            plain values as JSON; for ``ingest`` also (size, mtime) of the source files )
+            plain values as JSON
+          + what it reads from outside (outside_inputs): for ``ingest`` (size, mtime) of the
+            source files; for ``baselines`` with the frontier model the endpoint, the model and
+            whether an API key is set (never the key) )
 
 and nothing else: no run id, no flow parameters, no timestamps, so results carry across runs,
 the nightly included. A changed parameter changes that step's key; its output artifact (and so
 its ArtifactRef) changes, and that changes every downstream key: "re-run that step and what
-follows, nothing before it" falls out of the data flow.
+follows, nothing before it" falls out of the data flow. The import walk over-approximates (a
+function-local import counts even where this step never calls that function), never the other
+way round; third-party packages (torch, transformers) are not hashed.
+
+Failures are not results: a step that raises is not cached, and the steps raise rather than
+return a partial result (the frontier baseline raises when any request failed, after the
+answered items are saved in its per-item reply cache, so the retry sends only the failed ones).
 
 Results are persisted as small JSON records (an ArtifactRef) in ``<workdir>/.prefect-results``;
 DataFrames and models never travel. On a lookup the policy also checks that the artifact a record
@@ -33,6 +45,7 @@ say so explicitly (tests/flows/test_cache_flow.py shows the difference).
 
 from __future__ import annotations
 
+import ast
 import glob
 import hashlib
 import importlib.util
@@ -40,6 +53,7 @@ import json
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -49,6 +63,8 @@ from pydantic import BaseModel
 from prefect.cache_policies import CachePolicy
 
 from pricefit.artifacts import MANIFEST, ArtifactRef, canonical_json, sha256_file
+from pricefit import endpoints
+from pricefit.config import BaselinesConfig
 
 log = logging.getLogger("pricefit.tasks")
 
@@ -70,56 +86,168 @@ STEPS: tuple[str, ...] = (
 #: What a user may name in ``--refresh`` (contracts follow their step).
 REFRESHABLE: tuple[str, ...] = tuple(s for s in STEPS if not s.startswith("contract_"))
 
-#: The library code each step calls. A change to any of these files changes the step's key.
-STEP_CODE: dict[str, tuple[str, ...]] = {
-    # ingest and curate run their data contract before the rename (bad rows are moved out there)
-    "ingest": ("pricefit.curation", "pricefit.sources", "pricefit.prices", "pricefit.artifacts", "data_contracts"),
-    "contract": ("data_contracts",),
-    "curate": ("pricefit.curation", "pricefit.prices", "pricefit.models", "pricefit.artifacts", "data_contracts"),
-    "tokenize": ("pricefit.tokenization", "pricefit.models", "pricefit.artifacts"),
-    "train": ("pricefit.training", "pricefit.quant", "pricefit.memory", "pricefit.models", "pricefit.artifacts"),
-    "evaluate": (
-        "pricefit.evaluation",
-        "pricefit.inference",
-        "pricefit.parsing",
-        "pricefit.metrics",
-        "pricefit.plots",
-        "pricefit.models",
-    ),
-    "champion": ("pricefit.evaluation", "pricefit.inference", "pricefit.heads", "pricefit.parsing", "pricefit.metrics",
-                 "pricefit.plots", "pricefit.models", "pricefit.slices", "pricefit.report", "pricefit.tokenization"),
-    "baselines": ("pricefit.baselines", "pricefit.inference", "pricefit.parsing", "pricefit.metrics", "pricefit.models"),
-    "compare": ("pricefit.compare", "pricefit.metrics"),
+#: Where each step's code starts: its task wrapper module and the module of the library function
+#: it calls. Everything else a step runs is found from these by following their imports (below);
+#: ``configured`` refuses a project task bound to a step whose wrapper is not the one named here.
+STEP_ENTRY: dict[str, tuple[str, ...]] = {
+    "ingest": ("tasks.ingest", "pricefit.curation"),
+    "contract_raw": ("tasks.contract", "data_contracts"),
+    "curate": ("tasks.curate", "pricefit.curation"),
+    "contract_curated": ("tasks.contract", "data_contracts"),
+    "tokenize": ("tasks.tokenize_data", "pricefit.tokenization"),
+    "contract_tokenized": ("tasks.contract", "data_contracts"),
+    "train": ("tasks.train", "pricefit.training"),
+    "evaluate": ("tasks.evaluation", "pricefit.evaluation"),
+    "champion": ("tasks.evaluation", "pricefit.evaluation"),
+    "baselines": ("tasks.baselines", "pricefit.baselines"),
+    "compare": ("tasks.compare", "pricefit.compare"),
     "report": ("tasks.report",),  # the run report is rendered by the task module itself
 }
 
+#: The project's own top-level packages: imports into these are followed, all others (the standard
+#: library, third-party packages) are not.
+PROJECT_PACKAGES: tuple[str, ...] = ("pricefit", "tasks", "flows", "data_contracts")
+
+_DYNAMIC_IMPORTS = {"import_module", "__import__"}
+
+
+def _package_dir(top: str) -> Path | None:
+    """Directory (or file, for a single-module top level) of a top-level name, without importing it."""
+    mod = sys.modules.get(top)
+    if mod is not None:
+        locs = list(getattr(getattr(mod, "__spec__", None), "submodule_search_locations", None) or [])
+        if locs:
+            return Path(locs[0])
+        origin = getattr(mod, "__file__", None)
+        return Path(origin) if origin else None
+    try:
+        spec = importlib.util.find_spec(top)  # a top-level name: searched on sys.path, never imported
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    return Path(spec.origin) if spec.origin and os.path.exists(spec.origin) else None
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of module ``name`` (a package's ``__init__.py``), or None when there is none."""
+    top, *rest = name.split(".")
+    base = _package_dir(top)
+    if base is None:
+        return None
+    if base.is_file():
+        return base if not rest else None
+    stem = base.joinpath(*rest)
+    for candidate in (stem / "__init__.py", stem.with_name(stem.name + ".py") if rest else None):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def _package_modules(package: str) -> list[str]:
+    """Every module under ``package`` (for an import whose target is computed at run time)."""
+    f = module_file(package)
+    if f is None or f.name != "__init__.py":
+        return [package]
+    root = f.parent
+    out = []
+    for p in sorted(root.rglob("*.py")):
+        if "__pycache__" in p.parts:
+            continue
+        rel = p.relative_to(root).with_suffix("")
+        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+        out.append(".".join((package, *parts)))
+    return out
+
+
+_PARSED: dict[str, tuple[tuple[str, ...], bool]] = {}  # sha256(name, bytes) -> (imports, dynamic)
+
+
+def _parse_imports(name: str, path: Path) -> tuple[tuple[str, ...], bool]:
+    """(the module names ``name``'s source names in import statements, whether it imports by a
+    computed name). Memoized on the file's bytes, so an edit is always seen."""
+    data = path.read_bytes()
+    memo = hashlib.sha256(name.encode() + b"\0" + data).hexdigest()
+    if memo in _PARSED:
+        return _PARSED[memo]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    dynamic = False
+    for node in ast.walk(ast.parse(data, filename=str(path))):  # every statement, function bodies included
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: level 1 is the module's own package, 2 its parent, ...
+                parts = package.split(".")
+                parts = parts[: len(parts) - (node.level - 1)]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            if base:
+                found.add(base)
+                found.update(f"{base}.{a.name}" for a in node.names if a.name != "*")  # maybe submodules
+        elif isinstance(node, ast.Call):
+            fn = node.func
+            fname = fn.attr if isinstance(fn, ast.Attribute) else fn.id if isinstance(fn, ast.Name) else None
+            if fname in _DYNAMIC_IMPORTS and node.args:
+                arg = node.args[0]
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and not arg.value.startswith("."):
+                    found.add(arg.value)
+                else:
+                    dynamic = True
+    _PARSED[memo] = (tuple(sorted(found)), dynamic)
+    return _PARSED[memo]
+
+
+def imported_modules(name: str, path: Path) -> tuple[str, ...]:
+    """Every module ``name`` (source at ``path``) may import: top-level and function-local
+    ``import``/``from ... import`` statements, relative ones resolved; for
+    ``importlib.import_module``/``__import__`` the named module when it is a literal, else every
+    module of the caller's package (the conservative answer: ``data_contracts.check`` imports its
+    stage module by name)."""
+    found, dynamic = _parse_imports(name, path)
+    if dynamic:
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        return tuple(sorted(set(found) | set(_package_modules(package or name))))
+    return found
+
+
+def _with_parents(name: str) -> list[str]:
+    """``a.b.c`` -> ``a``, ``a.b``, ``a.b.c``: importing a module runs its packages' ``__init__``."""
+    parts = name.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def dependency_closure(entries: Iterable[str]) -> tuple[str, ...]:
+    """The project modules reachable from ``entries`` through imports, transitively (sorted names)."""
+    seen: set[str] = set()
+    todo = [p for e in entries for p in _with_parents(e)]
+    while todo:
+        name = todo.pop()
+        if name in seen or name.split(".")[0] not in PROJECT_PACKAGES:
+            continue
+        path = module_file(name)
+        if path is None:  # an attribute (``from pkg import function``) or a module that is not there
+            continue
+        seen.add(name)
+        for dep in imported_modules(name, path):
+            todo.extend(p for p in _with_parents(dep) if p not in seen)
+    return tuple(sorted(seen))
+
 
 def step_code_modules(step: str) -> tuple[str, ...]:
-    return STEP_CODE["contract" if step.startswith("contract") else step]
-
-
-def _module_files(name: str) -> list[Path]:
-    """Source files of a module or package, found without importing it."""
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return []
-    if spec is None:
-        return []
-    if spec.submodule_search_locations:
-        return sorted(p for loc in spec.submodule_search_locations for p in Path(loc).rglob("*.py"))
-    return [Path(spec.origin)] if spec.origin and os.path.exists(spec.origin) else []
+    """The project modules the step runs: its wrapper, its library function and all they import."""
+    return dependency_closure(STEP_ENTRY[step])
 
 
 def code_hash(modules: Iterable[str]) -> str:
-    """sha256 over the source of ``modules`` (names and contents; an absent module hashes as absent)."""
+    """sha256 over the source of ``modules`` (name, file name and bytes; an absent module hashes as absent)."""
     h = hashlib.sha256()
-    for name in sorted(modules):
-        files = _module_files(name)
-        h.update(f"{name}:{len(files)}\n".encode())
-        for f in files:
-            h.update(f.name.encode())
-            h.update(sha256_file(f).encode())
+    for name in sorted(set(modules)):
+        f = module_file(name)
+        h.update(f"{name}:{f.name if f else '-'}:{sha256_file(f) if f else 'absent'}\n".encode())
     return h.hexdigest()
 
 
@@ -151,14 +279,31 @@ def fingerprint(value: Any) -> Any:
     raise TypeError(f"cache key: cannot fingerprint a {type(value).__name__}; pass refs, configs or plain values")
 
 
+def outside_inputs(step: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """What a step reads from outside its arguments and that changes its result.
+
+    ingest: (path, size, mtime) of the source files. baselines, when the frontier model is
+    included: the endpoint it would call (config, else OPENAI_BASE_URL, credentials stripped), the
+    model, and whether an API key is set (a boolean: never the key or any part of it), so a result
+    whose frontier was "skipped: no API key" is not served once the key is there.
+    """
+    out: dict[str, Any] = {}
+    if step == "ingest" and isinstance(inputs.get("source"), str):
+        out["source_files"] = _source_state(inputs["source"])
+    cfg = inputs.get("cfg")
+    if step == "baselines" and isinstance(cfg, BaselinesConfig) and "frontier" in cfg.include:
+        out["frontier"] = endpoints.key_inputs(cfg.frontier)
+    return out
+
+
 def step_key(step: str, inputs: dict[str, Any]) -> str:
+    """The cache key of ``step`` on ``inputs``: what the policy hands Prefect (see the module doc)."""
     body: dict[str, Any] = {
         "step": step,
         "code": code_hash(step_code_modules(step)),
         "inputs": {k: fingerprint(v) for k, v in sorted(inputs.items())},
+        "outside": outside_inputs(step, inputs),
     }
-    if step == "ingest" and isinstance(inputs.get("source"), str):
-        body["source_files"] = _source_state(inputs["source"])
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
 
@@ -301,6 +446,14 @@ def configured(task: Any, step: str, workdir: str | os.PathLike, refresh: bool =
     """``task`` bound to this workdir's result store, cache policy and lock directory."""
     from prefect.serializers import JSONSerializer
 
+    module = getattr(getattr(task, "fn", None), "__module__", "") or ""
+    if module.split(".")[0] == "tasks" and step in STEP_ENTRY and module != STEP_ENTRY[step][0]:
+        from pricefit.errors import PricefitError
+
+        raise PricefitError(
+            f"step {step!r} runs a task from {module}, but its cache key hashes the code of {STEP_ENTRY[step][0]}",
+            hint=f"set STEP_ENTRY[{step!r}] in tasks/cache.py to the task's module",
+        )
     root = Path(workdir).resolve()
     (root / ".prefect-results").mkdir(parents=True, exist_ok=True)
     return task.with_options(

@@ -10,6 +10,10 @@ tests stay deterministic under concurrency (each prompt keeps its own attempt co
 ``[[slow:0.5x1]]``      sleep 0.5 s before the first attempt's answer (``slow:0.2`` = every attempt)
 ``[[malformed]]``       HTTP 200 with a body that is not JSON
 ``[[empty]]``           HTTP 200 with ``"choices": []``
+``[[echo:PAD]]``        HTTP 200, a plain-text body that is not JSON and echoes every request
+                        header (``Authorization`` first) after PAD characters of filler, as a
+                        misconfigured proxy's error page might; PAD places the key where a
+                        client that cuts the text before redacting it would split the key
 
 Server-wide knobs: ``delay_s`` (sleep before every answer, to measure concurrency) and
 ``echo_auth_in_errors`` (error bodies repeat the Authorization header, as a hostile or buggy proxy
@@ -93,11 +97,18 @@ class FakeOpenAI:
             self.bodies.clear()
 
     # ------------------------------------------------------------------ handling
-    def _send(self, h: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        h: BaseHTTPRequestHandler,
+        status: int,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
         with self.lock:
             self.by_status[status] += 1
         h.send_response(status)
-        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Type", content_type)
         h.send_header("Content-Length", str(len(body)))
         for k, v in (headers or {}).items():
             h.send_header(k, v)
@@ -148,6 +159,12 @@ class FakeOpenAI:
                         {"Retry-After": "0"} if int(status) == 429 else None,
                     )
                     return
+            if "echo" in marks:
+                pad = int(marks["echo"] or 0)
+                filler = ("proxy error: upstream unavailable. " * (pad // 36 + 1))[:pad]
+                headers = [f"Authorization: {auth}"] + [f"{k}: {v}" for k, v in h.headers.items() if k.lower() != "authorization"]
+                self._send(h, 200, (filler + "\n".join(headers)).encode(), content_type="text/plain")
+                return
             if "malformed" in marks:
                 self._send(h, 200, b'{"id": "x", "choices": [ this is not json')
                 return

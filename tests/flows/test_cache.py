@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
+import shutil
+import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from pricefit.artifacts import ArtifactRef, atomic_dir, ref_for, write_manifest
-from pricefit.config import CurateConfig
+from pricefit.config import BaselinesConfig, CurateConfig
 from pricefit.errors import PricefitError
 from tasks import cache
 
@@ -45,19 +50,191 @@ def test_code_hash_follows_the_module_source(tmp_path, monkeypatch):
     (pkg / "__init__.py").write_text("")
     (pkg / "step.py").write_text("def run():\n    return 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    before = cache.code_hash(["pf_fake_lib"])
-    assert cache.code_hash(["pf_fake_lib"]) == before
+    before = cache.code_hash(["pf_fake_lib.step"])
+    assert cache.code_hash(["pf_fake_lib.step"]) == before
     (pkg / "step.py").write_text(textwrap.dedent("def run():\n    return 2\n"))
-    assert cache.code_hash(["pf_fake_lib"]) != before
+    assert cache.code_hash(["pf_fake_lib.step"]) != before
     assert "pf_fake_lib" not in sys.modules  # hashed from the file, never imported
     assert cache.code_hash(["pf_no_such_module"]) != cache.code_hash(["pf_other_missing"])
 
 
-def test_each_step_hashes_the_library_it_calls():
-    assert "pricefit.training" in cache.step_code_modules("train")
-    assert "pricefit.evaluation" in cache.step_code_modules("evaluate")
-    assert cache.step_code_modules("contract_raw") == ("data_contracts",)
-    assert set(cache.STEP_CODE) >= {s for s in cache.STEPS if not s.startswith("contract_")}
+def test_the_import_walk_follows_every_kind_of_import_and_stays_in_the_project(tmp_path, monkeypatch):
+    lib = tmp_path / "pf_walk"
+    (lib / "sub").mkdir(parents=True)
+    (lib / "plugins").mkdir()
+    files = {
+        "__init__.py": "",
+        "entry.py": "import json\nfrom . import helper\n\ndef run():\n    from .sub.deep import f  # heavy: imported late\n    return f()\n",
+        "helper.py": "import pf_walk.sub\n",
+        "sub/__init__.py": "",
+        "sub/deep.py": "from ..plugins import loader\ndef f():\n    return 1\n",
+        "plugins/__init__.py": "",
+        "plugins/loader.py": "import importlib\ndef load(n):\n    return importlib.import_module(f'{__name__}.{n}')\n",
+        "plugins/a.py": "",
+        "plugins/b.py": "",
+        "unused.py": "",
+    }
+    for rel, text in files.items():
+        (lib / rel).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cache, "PROJECT_PACKAGES", ("pf_walk",))
+    assert cache.dependency_closure(["pf_walk.entry"]) == (
+        "pf_walk",
+        "pf_walk.entry",
+        "pf_walk.helper",  # from . import helper
+        "pf_walk.plugins",
+        "pf_walk.plugins.a",  # importlib.import_module with a computed name: the whole package
+        "pf_walk.plugins.b",
+        "pf_walk.plugins.loader",  # from ..plugins import loader (relative, two levels)
+        "pf_walk.sub",  # import pf_walk.sub
+        "pf_walk.sub.deep",  # the function-local import
+    )  # json (not the project's) and unused.py (imported by nobody) are not in it
+    assert "pf_walk" not in sys.modules
+
+
+def test_every_step_hashes_its_wrapper_its_library_and_their_imports():
+    from prefect import Task
+
+    for step in cache.STEPS:
+        mods = cache.step_code_modules(step)
+        entry = cache.STEP_ENTRY[step]
+        assert set(entry) <= set(mods) and "tasks.cache" in mods or step.startswith("contract_")
+        task_module = importlib.import_module(entry[0])
+        names = {t.name for t in vars(task_module).values() if isinstance(t, Task)}
+        assert ("contract" if step.startswith("contract_") else step) in names, (step, names)
+    assert {"pricefit.report", "pricefit.evaluation", "pricefit.inference", "tasks.evaluation"} <= set(
+        cache.step_code_modules("evaluate")
+    )
+    assert "pricefit.baselines.frontier" in cache.step_code_modules("baselines")
+    assert "pricefit.training" not in cache.step_code_modules("curate")
+    assert not any(m.startswith(("pricefit.commands", "pricefit.cli", "flows")) for s in cache.STEPS for m in cache.step_code_modules(s))
+
+
+def test_a_task_bound_to_the_wrong_step_is_refused(tmp_path):
+    from tasks.curate import curate
+
+    with pytest.raises(PricefitError, match="step 'ingest' runs a task from tasks.curate"):
+        cache.configured(curate, "ingest", tmp_path)
+    assert cache.configured(curate, "curate", tmp_path).name == "curate"
+
+
+PROJECT_DIRS = ("src/pricefit", "tasks", "flows", "data_contracts")
+
+_KEYS_SCRIPT = """
+import json, sys
+import pricefit
+from pricefit.config import BaselinesConfig
+from tasks import cache
+
+workdir = "/nonexistent/work"
+for _ in sys.stdin:  # one line in: every step's key out, computed from the files as they are now
+    keys = {}
+    for step in cache.STEPS:
+        inputs = {"workdir": workdir, "cfg": BaselinesConfig(include=["constant"]) if step == "baselines" else {"x": 1}}
+        if step == "ingest":
+            inputs = {"source": "demo:10", "options": {}, "workdir": workdir}
+        keys[step] = cache.policy_for(step, sys.argv[1]).compute_key(None, inputs, {})  # the call Prefect makes
+    print(json.dumps({"files": [pricefit.__file__, cache.__file__], "keys": keys}), flush=True)
+"""
+
+
+class _KeysOf:
+    """A fresh interpreter that runs ``project``'s code and reports every step's key on request."""
+
+    def __init__(self, project, workdir):
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OPENAI_API_KEY", "OPENAI_BASE_URL")}
+        env["PYTHONPATH"] = f"{project / 'src'}{os.pathsep}{project}"
+        self.project = project
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _KEYS_SCRIPT, str(workdir)],
+            env=env, cwd=project, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+
+    def __call__(self) -> dict[str, str]:
+        self.proc.stdin.write("keys\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, f"the key process died (exit {self.proc.poll()})"
+        result = json.loads(line)
+        assert all(Path(f).resolve().is_relative_to(self.project.resolve()) for f in result["files"]), result["files"]
+        return result["keys"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def _edit(path, text: str) -> None:
+    path.write_text(path.read_text() + text)
+
+
+def test_editing_a_real_source_file_changes_exactly_the_dependent_steps_keys(tmp_path):
+    """Issue 10 finding 4: an edit of pricefit/report.py was served Cached, and so was one of
+    tasks/curate.py. A copy of the project, a real edit, the keys of every step before and after."""
+    repo = Path(__file__).resolve().parents[2]
+    project = tmp_path / "project"
+    for rel in PROJECT_DIRS:
+        shutil.copytree(repo / rel, project / rel, ignore=shutil.ignore_patterns("__pycache__"))
+    keys = _KeysOf(project, tmp_path / "work")
+    try:
+        before = keys()
+        assert keys() == before and set(before) == set(cache.STEPS)
+
+        def changed() -> set[str]:
+            nonlocal before
+            after = keys()
+            out = {s for s in cache.STEPS if after[s] != before[s]}
+            before = after
+            return out
+
+        report = project / "src/pricefit/report.py"
+        text = report.read_text()
+        report.write_text(text.replace('title: str = "Evaluation"', 'title: str = "Held-out evaluation"'))  # the heading
+        assert report.read_text() != text
+        # evaluation writes the report; compare formats its table with report.fmt; baselines imports
+        # compare (item_set_sha256), whose function-local import of report counts
+        assert changed() == {"evaluate", "baselines", "compare"}
+
+        _edit(project / "tasks/curate.py", "\n# a change to the task wrapper\n")
+        assert changed() == {"curate"}
+
+        _edit(project / "data_contracts/raw.py", "\n# a stricter raw contract\n")
+        # data_contracts.check imports its stage module by a computed name: every contract step
+        assert changed() == {"contract_raw", "contract_curated", "contract_tokenized"}
+
+        _edit(project / "src/pricefit/cli.py", "\n# no step runs the CLI\n")
+        _edit(project / "flows/retrain.py", "\n# nor the flow module\n")
+        assert changed() == set()
+    finally:
+        keys.close()
+
+
+def _baselines_key(monkeypatch, **env) -> str:
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return cache.step_key("baselines", {"curated": None, "cfg": BaselinesConfig(include=["constant", "frontier"]), "workdir": "/w"})
+
+
+def test_baselines_key_covers_the_endpoint_the_model_and_whether_a_key_is_set(monkeypatch):
+    secret = "sk-live-0123456789abcdef"
+    none = _baselines_key(monkeypatch)
+    with_key = _baselines_key(monkeypatch, OPENAI_API_KEY=secret)
+    assert with_key != none  # a result with the frontier "skipped: no API key" is not served once a key is set
+    assert _baselines_key(monkeypatch, OPENAI_API_KEY="sk-other-value") == with_key  # the key's value is not in it
+    other_endpoint = _baselines_key(monkeypatch, OPENAI_API_KEY=secret, OPENAI_BASE_URL="http://127.0.0.1:9/v1")
+    assert other_endpoint not in (with_key, none)
+    inputs = {"cfg": BaselinesConfig(include=["frontier"], frontier={"model": "gpt-4o-mini", "base_url": "https://u:pw@h.example/v1?api-key=k1&v=2"})}
+    outside = cache.outside_inputs("baselines", inputs)
+    assert outside == {"frontier": {"endpoint": "https://h.example/v1?v=2", "model": "gpt-4o-mini", "api_key_set": True}}
+    assert secret[:8] not in json.dumps(outside)
+    # without the frontier model, neither the key nor the endpoint matters
+    monkeypatch.delenv("OPENAI_API_KEY")
+    plain = {"cfg": BaselinesConfig(include=["constant"]), "workdir": "/w"}
+    k = cache.step_key("baselines", plain)
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    assert cache.step_key("baselines", plain) == k and cache.outside_inputs("baselines", plain) == {}
 
 
 def test_key_ignores_nothing_but_refuses_payloads(tmp_path):

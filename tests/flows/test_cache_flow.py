@@ -100,3 +100,74 @@ def test_training_slot_limit_is_created_with_one_slot():
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name("cpu-train")
     assert (limit.limit, limit.active, limit.active_slots) == (1, True, 0)
+
+
+def _curated_ref(root, texts: list[str]) -> ArtifactRef:
+    import polars as pl
+
+    out = root / "curated"
+    n = len(texts)
+    frame = pl.DataFrame(
+        {"item_id": [f"i{i}" for i in range(n)], "category": ["X"] * n, "title": ["t"] * n, "text": texts,
+         "price": [10.0 + i for i in range(n)]}
+    )
+    with atomic_dir(out) as tmp:
+        for split in ("train", "validation", "test"):
+            frame.write_parquet(tmp / f"{split}.parquet")
+        write_manifest(tmp, {"kind": "curated"})
+    return ref_for(out, "curated", rows=n)
+
+
+def test_baselines_rerun_once_a_key_is_set_and_a_failed_request_is_never_cached(tmp_path, monkeypatch):
+    """Issue 10 finding 4: a run without a key cached the frontier "skipped", and setting the key
+    and the endpoint served it again; items whose request failed were cached as $0."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from pricefit.config import BaselinesConfig, FrontierConfig
+    from tasks.baselines import baselines
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fakes"))
+    from openai_server import FakeOpenAI
+
+    monkeypatch.setenv("PRICEFIT_HOME", str(tmp_path / "home"))
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    workdir = str(tmp_path / "work")
+    curated = _curated_ref(tmp_path, ["x [[fail:503x3]] [[price:7]]", "y [[price:2]]"])
+    # the endpoint is not in the config: it comes from OPENAI_BASE_URL, an input from outside
+    cfg = BaselinesConfig(
+        include=["constant", "frontier"],
+        frontier=FrontierConfig(max_retries=2, backoff_base_s=0.01, backoff_max_s=0.05, timeout_s=5.0),
+    )
+    once = baselines.with_options(retries=0)  # Prefect's own retries (30 s, 120 s) would only slow the test
+
+    @flow
+    def run_baselines(workdir: str) -> list:
+        state = cache.configured(once, "baselines", workdir)(curated, cfg, workdir, return_state=True)
+        return [state.name, state.result() if state.is_completed() else None]
+
+    def frontier_status(ref: ArtifactRef) -> str:
+        return json.loads((ref.dir / "summary.json").read_text())["baselines"]["frontier"]["status"]
+
+    name, ref = run_baselines(workdir)
+    assert name == "Completed" and frontier_status(ref) == "skipped: no API key in OPENAI_API_KEY"
+    assert run_baselines(workdir)[0] == "Cached"
+
+    with FakeOpenAI() as server:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-flow-key")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        # the key is set: not the cached "skipped"; item x gets no answer in 3 attempts: the step fails
+        assert run_baselines(workdir) == ["Failed", None]
+        assert server.requests == 3 + 1
+        server.reset_counts()
+        name, ref = run_baselines(workdir)  # the endpoint answers x now; y comes from the reply cache
+        assert name == "Completed" and frontier_status(ref) == "ok" and server.requests == 1
+        import polars as pl
+
+        assert pl.read_parquet(ref.dir / "frontier" / "predictions.parquet")["prediction"].to_list() == [7.0, 2.0]
+        assert run_baselines(workdir)[0] == "Cached"
+    with FakeOpenAI() as other:  # another endpoint: the step runs again, not Cached (and x fails there too)
+        monkeypatch.setenv("OPENAI_BASE_URL", other.base_url)
+        assert run_baselines(workdir) == ["Failed", None] and other.requests == 3 + 1

@@ -14,6 +14,8 @@ from pricefit.baselines import run_baselines
 from pricefit.baselines.frontier import (
     PREFILL,
     SYSTEM_PROMPT,
+    FrontierIncomplete,
+    Redactor,
     cache_dir_for,
     endpoint_host,
     messages_for,
@@ -49,7 +51,38 @@ def _cfg(server: FakeOpenAI, **kw) -> FrontierConfig:
 
 
 def _all_text_under(root: Path) -> str:
-    return "\n".join(p.read_bytes().decode("utf-8", "replace") for p in root.rglob("*") if p.is_file())
+    """Every byte of every file under ``root``, plus every cell of every parquet file decoded (its
+    pages are compressed, so a string in it need not appear in its raw bytes)."""
+    parts = []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file():
+            continue
+        parts.append(p.read_bytes().decode("utf-8", "replace"))
+        if p.suffix == ".parquet":
+            parts.append(pl.read_parquet(p).write_csv())
+    return "\n".join(parts)
+
+
+def _curated(root: Path, texts: list[str], prices: list[float] | None = None) -> Path:
+    """A curated directory (every split the same frame) whose test items carry ``texts``."""
+    from pricefit.artifacts import write_manifest
+
+    curated = root / "curated"
+    curated.mkdir(parents=True)
+    n = len(texts)
+    frame = pl.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(n)],
+            "category": ["X"] * n,
+            "title": ["t"] * n,
+            "text": texts,
+            "price": prices or [10.0 + i for i in range(n)],
+        }
+    )
+    for split in ("train", "validation", "test"):
+        frame.write_parquet(curated / f"{split}.parquet")
+    write_manifest(curated, {"kind": "curated"})
+    return curated
 
 
 def test_reference_prompt_and_request(server, env):
@@ -77,14 +110,33 @@ def test_retries_are_counted_exactly(server, env):
     assert u["errors"] == {"http_429": 2, "http_500": 1, "http_503": 3}
 
 
-def test_gives_up_after_max_retries_without_crashing(server, env):
-    run = price_texts(["x [[fail:500x9]]", "y [[price:2]]"], _cfg(server, max_retries=2), progress=False)
+def test_failed_items_raise_after_the_others_are_saved_and_only_they_are_retried(server, env):
+    texts = ["x [[fail:500x3]] [[price:7]]", "y [[price:2]]"]
+    cfg = _cfg(server, max_retries=2)
+    with pytest.raises(FrontierIncomplete) as e:
+        price_texts(texts, cfg, progress=False)
     assert server.requests == 3 + 1
-    assert run.items[0].status == "failed" and run.items[0].prediction is None
-    assert "gave up after 3 attempts" in run.items[0].error
-    assert KEY not in run.items[0].error  # the server echoed the key into its error body
-    assert run.items[1].prediction == 2.0
-    assert run.usage["unparsed"] == 1
+    assert e.value.message.startswith("1 of 2 frontier requests to 127.0.0.1:") and "gave up after 3 attempts" in e.value.message
+    assert "the 1 answered items are kept in the reply cache" in e.value.hint
+    items = e.value.run.items
+    assert (items[0].status, items[0].prediction) == ("failed", None) and KEY not in items[0].error
+    assert (items[1].status, items[1].prediction) == ("ok", 2.0)
+    assert len(list(cache_dir_for(cfg).glob("*.json"))) == 1  # the failure is not on disk, the answer is
+    server.reset_counts()
+    run = price_texts(texts, cfg, progress=False)  # the endpoint is back (4th attempt answers)
+    assert [r.prediction for r in run.items] == [7.0, 2.0]
+    assert server.requests == 1 and run.usage["cached_items"] == 1  # only the failed item was sent
+
+
+def test_a_failed_item_fails_the_baselines_and_is_not_scored_as_zero(server, env, tmp_path):
+    curated = _curated(tmp_path, ["x [[fail:503x3]] [[price:7]]", "y [[price:2]]"])
+    cfg = BaselinesConfig(include=["constant", "frontier"], frontier=_cfg(server, max_retries=2))
+    with pytest.raises(FrontierIncomplete, match="1 of 2 frontier requests"):
+        run_baselines(curated, tmp_path / "bl", cfg, progress=False)
+    assert not (tmp_path / "bl").exists()  # no artifact with the failure in it
+    out = Path(run_baselines(curated, tmp_path / "bl", cfg, progress=False).path)
+    preds = pl.read_parquet(out / "frontier" / "predictions.parquet")
+    assert preds["prediction"].to_list() == [7.0, 2.0]
 
 
 def test_timeout_is_retried(server, env):
@@ -212,6 +264,39 @@ def test_key_never_written_or_logged(server, env, tmp_path, caplog):
     assert KEY not in caplog.text
     assert "simulated 500 (you sent Bearer [REDACTED]); retry 1/5" in caplog.text  # the retry was logged, scrubbed
     assert any("openai" in r.name or "httpx" in r.name for r in caplog.records)  # the client did log
+
+
+def test_a_non_json_reply_echoing_the_headers_leaves_no_part_of_the_key(server, env, tmp_path, caplog):
+    """Finding 6: the reply was cut to 200 characters before redaction, leaving "Bearer sk-test-SECR".
+    The pads put the 200-character cut before, inside (3, 8, 13, 28 characters kept) and after the key."""
+    pads = [140, 150, 165, 170, 175, 180]
+    texts = [f"item {p} [[echo:{p}]]" for p in pads] + ["e [[fail:500x1]] [[price:9]]"]
+    curated = _curated(tmp_path / "data", texts)
+    caplog.set_level(logging.DEBUG)
+    cfg = BaselinesConfig(include=["constant", "frontier"], frontier=_cfg(server))
+    out = Path(run_baselines(curated, tmp_path / "bl", cfg, progress=False).path)
+    assert server.auth_headers.count(f"Bearer {KEY}") == len(texts) + 1  # the key was really sent
+    written = _all_text_under(tmp_path)  # the curated input, the run's output, the reply cache
+    assert "proxy error" in written and "Authorization: Bearer" in written
+    for secret in (KEY, KEY[:8]):  # any 8+ character prefix contains the first 8 characters
+        assert secret not in written
+        assert secret not in caplog.text
+    preds = pl.read_parquet(out / "frontier" / "predictions.parquet")
+    assert preds["prediction"].to_list() == [None] * len(pads) + [9.0]
+    raws = preds["raw"].to_list()
+    assert all(r.startswith("proxy error: upstream unavailable.") and len(r) == 200 for r in raws[:-1])  # cut after
+    assert "Authorization: Bearer [REDACTED]" in raws[0]  # the whole echo fits in the first: redacted, kept
+
+
+def test_redactor_covers_the_key_bearer_tokens_and_cut_off_copies():
+    r = Redactor(KEY)
+    assert r(f"a {KEY} b") == "a [REDACTED] b"
+    assert r("Authorization: Bearer some-other-token") == "Authorization: Bearer [REDACTED]"
+    assert r("authorization: bearer abc.def") == "authorization: bearer [REDACTED]"
+    assert r(f"cut here: {KEY[:13]}") == "cut here: [REDACTED]"  # a truncated copy
+    assert r(f"{KEY[:8]}x {KEY[:7]}") == f"[REDACTED]x {KEY[:7]}"  # 8 characters or more
+    assert r(f'{{"k": "{KEY}", "j": "{KEY[:20]}"}}') == '{"k": "[REDACTED]", "j": "[REDACTED]"}'
+    assert Redactor(None)("Bearer x") == "Bearer [REDACTED]" and Redactor("short")("a short b") == "a [REDACTED] b"
 
 
 def test_unreachable_endpoint_stops_early_with_a_clear_error(env):

@@ -17,9 +17,17 @@ Operational rules:
 - a per-item cache on disk, ``cache_home()/frontier/<model>/<sha256>.json``, keyed by model, the
   endpoint's host and the exact request (messages, max_tokens, seed); written atomically; only
   well-formed replies are cached, so a rerun retries the malformed ones and costs nothing else;
+- failures are not results: when any request got no answer after its retries (timeouts,
+  connection errors, HTTP errors), the run raises :class:`FrontierIncomplete` once every other
+  item is answered and saved in that cache, so the baselines step fails (and is not cached), and
+  its retry (Prefect's, or a rerun) sends only the failed items. The alternative, recording them
+  as failed in a finished result, would need the step cache to know that result is partial;
 - the API key is never written anywhere: it is redacted from reply text, error messages, cached
-  files and (during the run) from the log records of openai/httpx;
-- malformed replies (body not JSON, no choices, no number) are counted as unparsed, never a crash.
+  files and (during the run) from the log records of openai/httpx; redaction runs on the whole
+  text before any cut to length, and covers the key's value, Bearer tokens and cut-off copies of
+  the key (8+ character prefixes);
+- malformed replies (body not JSON, no choices, no number) are counted as unparsed, never a crash:
+  the endpoint answered, the answer is scored (as $0, like an unparsed reply of any model).
 """
 
 from __future__ import annotations
@@ -39,10 +47,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
-from urllib.parse import urlsplit
 
 from ..artifacts import canonical_json, write_json_atomic
 from ..config import FrontierConfig, cache_home
+from ..endpoints import DEFAULT_BASE_URL, endpoint_host, key_inputs, resolve_endpoint  # noqa: F401 (re-exported)
 from ..errors import PricefitError
 from ..parsing import parse_price_output
 
@@ -51,9 +59,9 @@ log = logging.getLogger("pricefit.baselines.frontier")
 SYSTEM_PROMPT = "You estimate prices of items. Reply only with the price, no explanation"
 USER_TEMPLATE = "How much does this cost?\n\n{text}"
 PREFILL = "Price is $"
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRYABLE_STATUS = {408, 409, 429}
 REDACTED = "[REDACTED]"
+RAW_MAX_CHARS = 200  # of a malformed reply kept in the raw column (cut after redaction)
 # loggers that see requests; a record they emit is scrubbed of the key during a run
 _SCRUBBED_LOGGERS = ("openai", "httpx", "httpx2", "httpcore", "httpcore2", "pricefit")
 
@@ -67,20 +75,6 @@ def messages_for(text: str) -> list[dict[str, str]]:
     ]
 
 
-def resolve_endpoint(cfg: FrontierConfig) -> tuple[str, str | None]:
-    """(base URL, API key or None) from the config, else the environment."""
-    base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    key = os.environ.get(cfg.api_key_env) or None
-    return base_url.rstrip("/"), key
-
-
-def endpoint_host(base_url: str) -> str:
-    """Host[:port] of the endpoint, without any user:password part (for cache keys and reports)."""
-    parts = urlsplit(base_url)
-    host = parts.hostname or base_url
-    return f"{host}:{parts.port}" if parts.port else host
-
-
 def skip_reason(cfg: FrontierConfig) -> str | None:
     """Why the frontier baseline cannot run, or None when it can."""
     if not cfg.enabled:
@@ -90,16 +84,36 @@ def skip_reason(cfg: FrontierConfig) -> str | None:
     return None
 
 
+_BEARER = re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/=-]+")
+_PREFIX_MIN = 8  # a cut-off copy of the key this long (or longer) is redacted too
+
+
 class Redactor:
-    """Replaces the API key (and anything Bearer-shaped that carries it) in text."""
+    """Scrubs the API key from text: its value anywhere, any Bearer token, and any cut-off copy of
+    the key (an 8+ character prefix of it, as a reply or an error message truncated mid-key leaves).
+
+    Always redact the whole text, then cut it to length: cutting first can split the key and
+    leave a prefix that no longer matches it.
+    """
 
     def __init__(self, secret: str | None):
         self.secret = secret or None
 
     def __call__(self, text: Any) -> str:
         s = "" if text is None else str(text)
-        if self.secret and self.secret in s:
-            s = s.replace(self.secret, REDACTED)
+        secret = self.secret
+        if secret:
+            s = s.replace(secret, REDACTED)
+        s = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", s)
+        if secret and len(secret) >= _PREFIX_MIN:
+            head = secret[:_PREFIX_MIN]
+            start = s.find(head)
+            while start != -1:
+                end = start + _PREFIX_MIN
+                while end < len(s) and end - start < len(secret) and s[end] == secret[end - start]:
+                    end += 1
+                s = s[:start] + REDACTED + s[end:]
+                start = s.find(head, start + len(REDACTED))
         return s
 
 
@@ -177,6 +191,15 @@ def cache_key(cfg: FrontierConfig, host: str, text: str) -> str:
 # ---------------------------------------------------------------------------------------------- results
 
 
+class FrontierIncomplete(PricefitError):
+    """Some requests got no answer after their retries; ``run`` holds every item (the failed ones
+    with ``status="failed"``). Raised after the others are answered and saved in the reply cache."""
+
+    def __init__(self, message: str, hint: str | None = None, run: "FrontierRun | None" = None):
+        super().__init__(message, hint)
+        self.run = run
+
+
 @dataclass
 class ItemResult:
     prediction: float | None = None
@@ -235,9 +258,9 @@ def _parse_body(text: str, redact: Redactor, price_range: tuple[float, float]) -
     try:
         body = json.loads(text)
     except (json.JSONDecodeError, ValueError):
-        return ItemResult(status="malformed", raw=redact(text[:200]), error="response body is not JSON")
+        return ItemResult(status="malformed", raw=redact(text)[:RAW_MAX_CHARS], error="response body is not JSON")
     if not isinstance(body, dict):
-        return ItemResult(status="malformed", raw=redact(text[:200]), error="response body is not a JSON object")
+        return ItemResult(status="malformed", raw=redact(text)[:RAW_MAX_CHARS], error="response body is not a JSON object")
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
     pt, ct = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
     choices = body.get("choices")
@@ -394,7 +417,23 @@ async def aprice_texts(
         finally:
             await client.close()
     items = [r for _, r in sorted(done, key=lambda x: x[0])]
-    return FrontierRun(items=items, usage=_usage(cfg, host, items, stats, time.perf_counter() - started))
+    run = FrontierRun(items=items, usage=_usage(cfg, host, items, stats, time.perf_counter() - started))
+    failed = [i for i, r in enumerate(items) if r.status == "failed"]
+    if failed:
+        # a request that got no answer is not a prediction: scoring it as unparsed ($0) and caching
+        # that would serve a wrong MAE until something else changes the step's key
+        saved = (
+            f"the {len(items) - len(failed)} answered items are kept in the reply cache ({cdir}), so a rerun "
+            "sends only the failed ones"
+            if cdir is not None
+            else "baselines.frontier.cache is off, so a rerun sends every item again"
+        )
+        raise FrontierIncomplete(
+            f"{len(failed)} of {len(items)} frontier requests to {host} failed (item {failed[0]}: {items[failed[0]].error})",
+            hint=f"rerun when the endpoint answers (Retry in the UI or `prefect flow-run retry`); {saved}",
+            run=run,
+        )
+    return run
 
 
 def _usage(cfg: FrontierConfig, host: str, items: list[ItemResult], stats: _Stats, seconds: float) -> dict[str, Any]:
