@@ -191,16 +191,18 @@ def test_editing_a_real_source_file_changes_exactly_the_dependent_steps_keys(tmp
         text = report.read_text()
         report.write_text(text.replace('title: str = "Evaluation"', 'title: str = "Held-out evaluation"'))  # the heading
         assert report.read_text() != text
-        # evaluation writes the report; compare formats its table with report.fmt; baselines imports
+        # evaluation writes the report (for the challenger and the re-scored champion); compare formats
+        # its table with report.fmt; baselines imports
         # compare (item_set_sha256), whose function-local import of report counts
-        assert changed() == {"evaluate", "baselines", "compare"}
+        assert changed() == {"evaluate", "champion", "baselines", "compare"}
 
         _edit(project / "tasks/curate.py", "\n# a change to the task wrapper\n")
         assert changed() == {"curate"}
 
         _edit(project / "data_contracts/raw.py", "\n# a stricter raw contract\n")
-        # data_contracts.check imports its stage module by a computed name: every contract step
-        assert changed() == {"contract_raw", "contract_curated", "contract_tokenized"}
+        # data_contracts.check imports its stage module by a computed name: every contract step, and
+        # ingest and curate, which run their contract before the rename
+        assert changed() == {"ingest", "curate", "contract_raw", "contract_curated", "contract_tokenized"}
 
         _edit(project / "src/pricefit/cli.py", "\n# no step runs the CLI\n")
         _edit(project / "flows/retrain.py", "\n# nor the flow module\n")
