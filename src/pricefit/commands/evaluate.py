@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, command, emit
+from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
 
 _ADAPTER_HELP = "Output directory of `pricefit train` (or its adapter/ folder). Leave out to score the base model alone."
 _BASE_HELP = "Base model: built-in name (smollm2-135m, tiny-random), local directory or hub id. Default: the one the adapter was trained on."
@@ -18,8 +18,8 @@ _BASE_HELP = "Base model: built-in name (smollm2-135m, tiny-random), local direc
 def _eval_cfg(config: Optional[Path], set_: Optional[list[str]], **explicit: Any):
     from ..config import EvaluateConfig, load_stage_config
 
-    overrides = [i[len("evaluate."):] if i.startswith("evaluate.") else i for i in (set_ or [])]
-    overrides += [f"{k}={v}" for k, v in explicit.items() if v is not None]
+    overrides: list = list(set_ or [])  # "evaluate." prefix optional
+    overrides += [(f"{k}={v}", f"--{k.replace('_', '-')} {v}") for k, v in explicit.items() if v is not None]
     return load_stage_config(EvaluateConfig, str(config) if config else None, "evaluate", overrides)
 
 
@@ -67,6 +67,9 @@ def evaluate_cmd(
 
       pricefit evaluate --adapter runs/demo/train --source new_listings.jsonl.gz --out runs/new/eval
     """
+    check_input(adapter, "--adapter", ("adapter",), peft_ok=True)
+    check_input(data, "--data", ("curated", "tokenized"))
+    check_input(config, "--config", file=True)
     from ..errors import PricefitError
     from .. import evaluation
 
@@ -139,6 +142,10 @@ def predict_cmd(
 
       echo '{"title": "Kettle", "description": ["1.7 L", "steel"]}' | pricefit predict --adapter runs/demo/train --json-listing -
     """
+    check_input(adapter, "--adapter", ("adapter",), peft_ok=True)
+    check_input(config, "--config", file=True)
+    if json_listing not in (None, "-"):
+        check_input(json_listing, "--json-listing", file=True)
     from ..errors import PricefitError
     from .. import evaluation
 
