@@ -392,6 +392,8 @@ def validate_model(
             else:
                 what = f"{key}: {err['msg']}"
             found.append((origin or where, what))
+        order = {label: i for i, (_, label) in enumerate(paths)}
+        found.sort(key=lambda f: order.get(f[0], len(order)))  # in the order the user typed them
         if all(src == where for src, _ in found) and where != "defaults":
             head, lines = f"invalid configuration in {where}", [what for _, what in found]
         else:
