@@ -112,6 +112,14 @@ ARTIFACT_MAKERS = {
 }
 
 
+# kinds whose folder the library also reads without a manifest (a bare PEFT adapter, an evaluation
+# written by other code): those files, all of them, make a manifest-less folder acceptable
+BARE_LAYOUTS = {
+    "adapter": (("adapter_config.json",), ("adapter/adapter_config.json",)),
+    "evaluation": (("metrics.json", "predictions.parquet"),),
+}
+
+
 def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
@@ -127,12 +135,12 @@ def _did_you_mean(path: Path) -> str | None:
     return str(parent / close[0]) if close else None
 
 
-def check_input(path: Any, option: str, kinds: tuple[str, ...] = (), *, file: bool = False, peft_ok: bool = False) -> Path | None:
+def check_input(path: Any, option: str, kinds: tuple[str, ...] = (), *, file: bool = False) -> Path | None:
     """Check one input path of a command at once, before any heavy import.
 
     ``path`` must exist (``file=True``: be a file); with ``kinds`` it must be a finished pricefit
-    artifact whose manifest kind is one of them (``peft_ok``: a bare PEFT adapter folder passes
-    too). The error names the option, what the path is and what was expected.
+    artifact whose manifest kind is one of them (or hold one of :data:`BARE_LAYOUTS` of those
+    kinds: a bare PEFT adapter folder passes as an adapter). The error names the option, what the path is and what was expected.
     """
     from .errors import PricefitError
 
@@ -155,8 +163,9 @@ def check_input(path: Any, option: str, kinds: tuple[str, ...] = (), *, file: bo
         raise PricefitError(f"{option} {p} is a file; it expects {wanted}")
     manifest = p / "manifest.json"
     if not manifest.exists():
-        if peft_ok and ((p / "adapter_config.json").exists() or (p / "adapter" / "adapter_config.json").exists()):
-            return p
+        for kind in kinds:
+            if any(all((p / f).is_file() for f in layout) for layout in BARE_LAYOUTS.get(kind, ())):
+                return p
         raise PricefitError(
             f"{option} {p} has no manifest.json: it is not a finished pricefit artifact; {option} expects {wanted}",
             hint="point at the --out directory of that command, or rerun it (an interrupted run leaves no manifest)",

@@ -209,8 +209,14 @@ def test_an_artifact_of_the_wrong_kind_is_named_as_what_it_is(tmp_path):
     peft = tmp_path / "train" / "adapter"
     peft.mkdir(parents=True)
     (peft / "adapter_config.json").write_text("{}")
-    assert check_input(peft, "--adapter", ("adapter",), peft_ok=True) == peft
-    assert check_input(peft.parent, "--adapter", ("adapter",), peft_ok=True) == peft.parent
+    assert check_input(peft, "--adapter", ("adapter",)) == peft
+    assert check_input(peft.parent, "--adapter", ("adapter",)) == peft.parent
+    # so is an evaluation folder written by other code (metrics.json + predictions.parquet, no manifest)
+    bare = tmp_path / "bare-eval"
+    bare.mkdir()
+    (bare / "metrics.json").write_text("{}")
+    (bare / "predictions.parquet").write_bytes(b"")
+    assert check_input(bare, "--evaluation", ("evaluation",)) == bare
 
 
 # ------------------------------------------------------------------------------------------------

@@ -67,16 +67,17 @@ def evaluate_cmd(
 
       pricefit evaluate --adapter runs/demo/train --source new_listings.jsonl.gz --out runs/new/eval
     """
-    check_input(adapter, "--adapter", ("adapter",), peft_ok=True)
-    check_input(data, "--data", ("curated", "tokenized"))
-    check_input(config, "--config", file=True)
     from ..errors import PricefitError
-    from .. import evaluation
 
     if (data is None) == (source is None):
         raise PricefitError("give exactly one of --data and --source", hint="--data <curated or tokenized dir> or --source <listings>")
     if adapter is None and base_model is None:
         raise PricefitError("nothing to evaluate: no --adapter and no --base-model", hint="pass --adapter DIR, or --base-model NAME to score a base model")
+    check_input(adapter, "--adapter", ("adapter",))
+    check_input(data, "--data", ("curated", "tokenized"))
+    check_input(config, "--config", file=True)
+    from .. import evaluation
+
     cfg = _eval_cfg(config, set_, split=split, max_items=max_items, mode=mode, batch_size=batch_size, device=device)
     if data is not None:
         ref = evaluation.evaluate(data, out, cfg, base_model, adapter)
@@ -142,12 +143,7 @@ def predict_cmd(
 
       echo '{"title": "Kettle", "description": ["1.7 L", "steel"]}' | pricefit predict --adapter runs/demo/train --json-listing -
     """
-    check_input(adapter, "--adapter", ("adapter",), peft_ok=True)
-    check_input(config, "--config", file=True)
-    if json_listing not in (None, "-"):
-        check_input(json_listing, "--json-listing", file=True)
     from ..errors import PricefitError
-    from .. import evaluation
 
     given = [x is not None for x in (json_listing, title, file)]
     if sum(given) != 1:
@@ -156,6 +152,12 @@ def predict_cmd(
         raise PricefitError("--description needs --title", hint='pricefit predict --title "..." --description "..."')
     if adapter is None and base_model is None:
         raise PricefitError("no --adapter and no --base-model", hint="pass --adapter DIR, or --base-model NAME")
+    check_input(adapter, "--adapter", ("adapter",))
+    check_input(config, "--config", file=True)
+    if json_listing not in (None, "-"):
+        check_input(json_listing, "--json-listing", file=True)
+    from .. import evaluation
+
     cfg = _eval_cfg(config, None, mode=mode, batch_size=batch_size, device=device)
     if file is not None:
         listings: Any = file
