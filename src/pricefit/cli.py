@@ -51,9 +51,13 @@ def _global_options(
 
 def setup_logging(verbose: int | None = None) -> None:
     """pricefit's records at INFO on stderr (DEBUG with -v); library chatter kept out (pricefit.logs)."""
+    import os
+
     from . import logs
 
-    logs.setup(_STATE["verbose"] if verbose is None else verbose)
+    if verbose is None:  # -v, or PRICEFIT_VERBOSE (what `pricefit -v serve` hands its flow runs)
+        verbose = _STATE["verbose"] or int(os.environ.get("PRICEFIT_VERBOSE") or 0)
+    logs.setup(verbose)
 
 
 def emit(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str] | str | None = None) -> None:

@@ -253,11 +253,15 @@ def test_library_noise_is_quiet_by_default_and_shown_with_verbose():
     assert "DEBUG pricefit.training: debug detail" in loud
 
 
-def test_verbose_is_a_global_option():
+def test_verbose_is_a_global_option(monkeypatch):
     from pricefit import cli
+
+    monkeypatch.setenv("PRICEFIT_VERBOSE", "0")  # -v sets it for child processes; monkeypatch undoes it
 
     r = _run(["-v", "version"])
     assert r.exit_code == 0 and cli._STATE["verbose"] == 1
+    assert os.environ["PRICEFIT_VERBOSE"] == "1"  # `pricefit -v serve`: the served flow runs are verbose too
+    monkeypatch.setenv("PRICEFIT_VERBOSE", "0")
     r = _run(["version"])
     assert r.exit_code == 0 and cli._STATE["verbose"] == 0
 
