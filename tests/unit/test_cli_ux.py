@@ -330,3 +330,53 @@ def test_a_terminal_gets_tqdm_and_disabled_progress_prints_nothing():
     with progress_bar(total=3, desc="x", file=quiet, enabled=False) as bar:
         bar.update(3)
     assert quiet.getvalue() == ""
+
+
+# ------------------------------------------------------------------------------------------------
+# the real thing: train and predict on a tiny model, stderr a pipe (as under cron or a worker)
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenized(tmp_path_factory):
+    home = os.environ.get("PRICEFIT_HOME") or str(tmp_path_factory.mktemp("home"))
+    d = tmp_path_factory.mktemp("real")
+    env = _env(PRICEFIT_HOME=home)
+    for args in (
+        ["curate", "--source", "demo:80", "--out", str(d / "curated"), "--set", "tokenizer=tiny-random",
+         "--set", "max_text_tokens=32", "--set", "min_chars=40", "--no-contracts"],
+        ["tokenize", "--curated", str(d / "curated"), "--out", str(d / "tokenized"), "--base-model", "tiny-random",
+         "--set", "max_length=64", "--no-contracts"],
+    ):
+        p = subprocess.run([sys.executable, "-m", "pricefit", *args], capture_output=True, text=True, env=env, cwd=REPO)
+        assert p.returncode == 0, p.stderr
+    return d, env
+
+
+TRAIN_SETS = ["--set", "base_model=tiny-random", "--set", "max_steps=3", "--set", "device=cpu",
+              "--set", "lora_r=4", "--set", "lora_alpha=8", "--set", "quantization=4bit"]
+
+
+@pytest.mark.slow
+def test_train_and_predict_print_only_pricefit_lines_and_progress_when_piped(tiny_tokenized):
+    d, env = tiny_tokenized
+    own = re.compile(r"^\d\d:\d\d:\d\d (INFO|WARNING|ERROR) pricefit(\.[a-z_.]+)?: ")
+    p = subprocess.run([sys.executable, "-m", "pricefit", "train", "--tokenized", str(d / "tokenized"),
+                        "--out", str(d / "train"), *TRAIN_SETS], capture_output=True, text=True, env=env, cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    lines = p.stderr.splitlines()
+    assert [line for line in lines if not own.match(line)] == []  # no FutureWarning, bitsandbytes or HF bar
+    progress = [line.split("pricefit.progress: ", 1)[1] for line in lines if "pricefit.progress: " in line]
+    assert progress[0] == "train: starting, 0/3 steps (0%)"
+    assert progress[-1].startswith("train: done, 3/3 steps (100%), loss ")
+    assert " tokens/s, " in progress[-1]
+    p = subprocess.run([sys.executable, "-m", "pricefit", "predict", "--adapter", str(d / "train"), "--title", "Cordless drill",
+                        "--device", "cpu"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    lines = p.stderr.splitlines()
+    assert [line for line in lines if not own.match(line)] == []
+    assert any(line.endswith("pricefit.progress: predict (greedy): starting, 0/1 items (0%)") for line in lines)
+    # -v: the library messages are back
+    p = subprocess.run([sys.executable, "-m", "pricefit", "-v", "predict", "--adapter", str(d / "train"), "--title", "x",
+                        "--device", "cpu"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    assert "Loading weights" in p.stderr  # the Hugging Face progress bar
