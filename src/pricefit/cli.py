@@ -185,6 +185,20 @@ def check_input(path: Any, option: str, kinds: tuple[str, ...] = (), *, file: bo
     return p
 
 
+def check_source(spec: str | None, option: str) -> None:
+    """A listings source given as files or a glob: check that they exist at once (reads nothing)."""
+    from .errors import PricefitError
+
+    if not spec or spec.strip() == "demo" or spec.startswith(("demo:", "hf:")):
+        return
+    from .sources import expand_paths
+
+    try:
+        expand_paths(spec[4:] if spec.startswith("csv:") else spec)
+    except PricefitError as e:
+        raise PricefitError(f"{option} {spec}: {e.message}", hint=e.hint) from None
+
+
 def main() -> None:
     """``python -m pricefit``: the same command as the ``pricefit`` entry point."""
     app(prog_name="pricefit")

@@ -138,6 +138,9 @@ MISSING_CASES = [
     (["validate", "curated", "{nope}"], "DIR {nope}: no such file or directory"),
     (["train", "--tokenized", "{tok}", "--out", "{o}", "--config", "{nope}.yaml"], "--config {nope}.yaml: no such file"),
     (["sweep", "--grid", "{nope}.yaml"], "--grid {nope}.yaml: no such file"),
+    (["predict", "--base-model", "tiny-random", "--file", "{nope}.jsonl"], "--file {nope}.jsonl: source file {nope}.jsonl does not exist"),
+    (["evaluate", "--base-model", "tiny-random", "--source", "{nope}.jsonl", "--out", "{o}"],
+     "--source {nope}.jsonl: source file {nope}.jsonl does not exist"),
 ]
 
 

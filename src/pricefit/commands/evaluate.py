@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
+from ..cli import JSON_OPTION_HELP, app, check_input, check_source, command, emit
 
 _ADAPTER_HELP = "Output directory of `pricefit train` (or its adapter/ folder). Leave out to score the base model alone."
 _BASE_HELP = "Base model: built-in name (smollm2-135m, tiny-random), local directory or hub id. Default: the one the adapter was trained on."
@@ -75,6 +75,7 @@ def evaluate_cmd(
         raise PricefitError("nothing to evaluate: no --adapter and no --base-model", hint="pass --adapter DIR, or --base-model NAME to score a base model")
     check_input(adapter, "--adapter", ("adapter",))
     check_input(data, "--data", ("curated", "tokenized"))
+    check_source(source, "--source")
     check_input(config, "--config", file=True)
     from .. import evaluation
 
@@ -156,6 +157,7 @@ def predict_cmd(
     check_input(config, "--config", file=True)
     if json_listing not in (None, "-"):
         check_input(json_listing, "--json-listing", file=True)
+    check_source(file, "--file")
     from .. import evaluation
 
     cfg = _eval_cfg(config, None, mode=mode, batch_size=batch_size, device=device)
