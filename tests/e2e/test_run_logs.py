@@ -97,3 +97,8 @@ def test_served_run_logs_hold_pricefit_lines(served, prefect_api, prefect_server
     expect = ["ingest: 80 rows read", "training tiny-random:", "train: done, 2/2 steps", "evaluate: n=4 mae="]
     logs = _flow_run_logs(prefect_server, fr["id"], expect)
     assert all(e in logs for e in expect), logs[-4000:]
+    # and the serving process's own output (the flow runs' included) is quiet: no line per HTTP
+    # request (the runner polls every 10 s), no library deprecation warnings
+    console = served.proc.log_tail(10_000_000)
+    assert "ingest: 80 rows read" in console
+    assert [noise for noise in ("HTTP Request:", "FutureWarning", "Loading weights") if noise in console] == []
