@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from datetime import datetime, timezone
@@ -13,6 +14,42 @@ from pydantic import BaseModel, Field
 from pricefit import tracking
 from pricefit.config import RunConfig, load_run_config
 from pricefit.errors import PricefitError
+
+# ------------------------------------------------------------------------------------------------
+# logging: pricefit's own records reach the run's Prefect logs (the UI's Logs tab,
+# `prefect flow-run logs ID`), through Prefect's documented "extra loggers" setting
+
+
+def prefect_logging_env() -> None:
+    """Environment defaults for a process that runs or serves flows; call before Prefect is imported.
+
+    PREFECT_LOGGING_EXTRA_LOGGERS gets ``pricefit`` (kept beside any the user listed), so Prefect's
+    logging setup gives the ``pricefit`` logger its API handler; served flow runs (subprocesses)
+    inherit it. PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW=ignore: a pricefit line logged outside a
+    flow run (config checks before the run starts) goes to stderr only, without a warning.
+    """
+    names = [n.strip() for n in os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", "").split(",") if n.strip()]
+    if "pricefit" not in names:
+        os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join([*names, "pricefit"])
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
+
+def setup_run_logging() -> None:
+    """In a flow run: pricefit records at INFO to the console and to the run's Prefect logs.
+
+    Covers a process whose Prefect was set up without :func:`prefect_logging_env` (a worker running
+    the deployment, `python flows/retrain.py`): the ``pricefit`` logger gets the handlers of
+    Prefect's ``prefect.extra`` logger, as PREFECT_LOGGING_EXTRA_LOGGERS would have done. Idempotent.
+    """
+    from pricefit import logs
+
+    prefect_logging_env()
+    logs.setup(logs.verbosity())
+    logger = logging.getLogger("pricefit")
+    for handler in logging.getLogger("prefect.extra").handlers:
+        if handler not in logger.handlers and not any(type(h) is type(handler) for h in logger.handlers):
+            logger.addHandler(handler)
+
 
 RefreshStep = Literal["none", "ingest", "curate", "tokenize", "train", "evaluate", "champion", "baselines", "compare", "report"]
 
@@ -99,6 +136,7 @@ class Steps:
     def __init__(self, cfg: RunConfig, refresh: str | None = None):
         from tasks import cache
 
+        setup_run_logging()
         self.cfg = cfg
         self.workdir = cfg.workdir
         self.refresh = cache.refresh_set(refresh)

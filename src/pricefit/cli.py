@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import typer
@@ -34,13 +35,29 @@ JSON_OPTION_HELP = "Print one JSON object on stdout (logs go to stderr)."
 log = logging.getLogger("pricefit")
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+
+_STATE = {"verbose": 0}
+
+
+@app.callback()
+def _global_options(
+    verbose: int = typer.Option(
+        0, "--verbose", "-v", count=True,
+        help="More output: pricefit's debug lines, library info lines, progress bars and warnings (quiet by default).",
+    ),
+) -> None:
+    _STATE["verbose"] = verbose
+
+
+def setup_logging(verbose: int | None = None) -> None:
+    """pricefit's records at INFO on stderr (DEBUG with -v); library chatter kept out (pricefit.logs)."""
+    import os
+
+    from . import logs
+
+    if verbose is None:  # -v, or PRICEFIT_VERBOSE (what `pricefit -v serve` hands its flow runs)
+        verbose = _STATE["verbose"] or int(os.environ.get("PRICEFIT_VERBOSE") or 0)
+    logs.setup(verbose)
 
 
 def emit(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str] | str | None = None) -> None:
@@ -87,6 +104,106 @@ def command(func: Callable) -> Callable:
     return wrapper
 
 
+# what makes each artifact kind (manifest.json "kind"), for messages that say where an input comes from
+ARTIFACT_MAKERS = {
+    "raw": "`pricefit curate` (its raw/ folder)",
+    "curated": "`pricefit curate`",
+    "tokenized": "`pricefit tokenize`",
+    "adapter": "`pricefit train`",
+    "evaluation": "`pricefit evaluate`",
+    "baselines": "`pricefit baselines`",
+    "comparison": "`pricefit compare`",
+}
+
+
+# kinds whose folder the library also reads without a manifest (a bare PEFT adapter, an evaluation
+# written by other code): those files, all of them, make a manifest-less folder acceptable
+BARE_LAYOUTS = {
+    "adapter": (("adapter_config.json",), ("adapter/adapter_config.json",)),
+    "evaluation": (("metrics.json", "predictions.parquet"),),
+}
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def _did_you_mean(path: Path) -> str | None:
+    import difflib
+
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        return None
+    names = sorted(p.name for p in parent.iterdir() if not p.name.startswith("."))
+    close = [n for n in difflib.get_close_matches(path.name, names, n=3, cutoff=0.6) if n[:1] == path.name[:1]]
+    return str(parent / close[0]) if close else None
+
+
+def check_input(path: Any, option: str, kinds: tuple[str, ...] = (), *, file: bool = False) -> Path | None:
+    """Check one input path of a command at once, before any heavy import.
+
+    ``path`` must exist (``file=True``: be a file); with ``kinds`` it must be a finished pricefit
+    artifact whose manifest kind is one of them (or hold one of :data:`BARE_LAYOUTS` of those
+    kinds: a bare PEFT adapter folder passes as an adapter). The error names the option, what the path is and what was expected.
+    """
+    from .errors import PricefitError
+
+    if path is None:
+        return None
+    p = Path(path)
+    wanted = " or ".join(f"{_article(k)} {k} artifact (the output of {ARTIFACT_MAKERS.get(k, k)})" for k in kinds)
+    if not p.exists():
+        close = _did_you_mean(p)
+        hint = f"did you mean {option} {close}?" if close else (f"{option} takes {wanted}" if kinds else None)
+        missing = "no such file" if file else "no such file or directory"
+        raise PricefitError(f"{option} {p}: {missing}", hint=hint)
+    if file:
+        if p.is_dir():
+            raise PricefitError(f"{option} {p} is a directory; it expects a file")
+        return p
+    if not kinds:
+        return p
+    if not p.is_dir():
+        raise PricefitError(f"{option} {p} is a file; it expects {wanted}")
+    manifest = p / "manifest.json"
+    if not manifest.exists():
+        for kind in kinds:
+            if any(all((p / f).is_file() for f in layout) for layout in BARE_LAYOUTS.get(kind, ())):
+                return p
+        raise PricefitError(
+            f"{option} {p} has no manifest.json: it is not a finished pricefit artifact; {option} expects {wanted}",
+            hint="point at the --out directory of that command, or rerun it (an interrupted run leaves no manifest)",
+        )
+    try:
+        kind = json.loads(manifest.read_text()).get("kind")
+    except (ValueError, OSError, AttributeError):
+        kind = None
+    if kind not in kinds:
+        what = f"{_article(str(kind))} {kind} artifact (the output of {ARTIFACT_MAKERS[kind]})" if kind in ARTIFACT_MAKERS else (
+            f"an artifact of unknown kind {kind!r}")
+        raise PricefitError(f"{option} {p} is {what}; {option} expects {wanted}")
+    return p
+
+
+def check_source(spec: str | None, option: str) -> None:
+    """A listings source given as files or a glob: check that they exist at once (reads nothing)."""
+    from .errors import PricefitError
+
+    if not spec or spec.strip() == "demo" or spec.startswith(("demo:", "hf:")):
+        return
+    from .sources import expand_paths
+
+    try:
+        expand_paths(spec[4:] if spec.startswith("csv:") else spec)
+    except PricefitError as e:
+        raise PricefitError(f"{option} {spec}: {e.message}", hint=e.hint) from None
+
+
+def main() -> None:
+    """``python -m pricefit``: the same command as the ``pricefit`` entry point."""
+    app(prog_name="pricefit")
+
+
 def _register() -> None:
     import importlib
     import pkgutil
@@ -100,5 +217,7 @@ def _register() -> None:
 _register()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
+if __name__ == "__main__":  # pragma: no cover - `python -m pricefit.cli`: the commands registered on pricefit.cli.app
+    from pricefit.cli import main as _main
+
+    _main()

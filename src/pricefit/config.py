@@ -319,36 +319,149 @@ def _parse_scalar(value: str) -> Any:
     return parsed
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+# An override is "key.sub=value", or ("key.sub=value", "what the user typed") when it came from an
+# option other than --set (e.g. ("base_model=x", "--base-model x")): errors name what the user typed.
+Override = str | tuple[str, str]
+
+
+def _split_override(item: Override) -> tuple[str, str]:
+    if isinstance(item, tuple):
+        return item[0], item[1]
+    return item, f"--set {item}"
+
+
+def _override_path(text: str, label: str) -> tuple[str, ...]:
+    if "=" not in text:
+        raise PricefitError(f"{label}: an override is key=value", hint="write e.g. --set train.lora_r=16")
+    return tuple(p.strip() for p in text.split("=", 1)[0].strip().split("."))
+
+
+def _strip_section(overrides: list[Override] | None, section: str) -> list[tuple[str, str]]:
+    """Stage commands accept both "lora_r=16" and "train.lora_r=16"; the label keeps what was typed."""
+    out = []
+    for item in overrides or []:
+        text, label = _split_override(item)
+        if text.startswith(section + "."):
+            text = text[len(section) + 1:]
+        out.append((text, label))
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[Override] | None) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides to a nested dict (copy)."""
     import copy
 
     out = copy.deepcopy(data)
     for item in overrides or []:
-        if "=" not in item:
-            raise PricefitError(f"override {item!r} is not key=value", hint="write e.g. --set train.lora_r=16")
-        key, value = item.split("=", 1)
+        text, label = _split_override(item)
+        parts = _override_path(text, label)
+        value = text.split("=", 1)[1]
         node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise PricefitError(f"override {item!r}: {p!r} is not a section")
+                typed = label.split("=", 1)[0].split(".")
+                keep = ".".join(typed[: len(typed) - (len(parts) - i - 2) - 1])
+                raise PricefitError(f"{label}: {'.'.join(parts[:i + 1])} is a setting, not a section", hint=f"write {keep}=VALUE")
         node[parts[-1]] = _parse_scalar(value)
     return out
 
 
-def validate_model(cls: type[BaseModel], data: dict[str, Any], where: str) -> Any:
+def _section_model(cls: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that holds the setting at ``path`` (None when path leaves the models)."""
+    import typing
+
+    model: Any = cls
+    for part in path:
+        field = getattr(model, "model_fields", {}).get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def _suggest(cls: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    """The nearest valid name for the unknown last part of ``loc`` (difflib over its section's fields)."""
+    import difflib
+
+    if not loc or not isinstance(loc[-1], str):
+        return None
+    model = _section_model(cls, loc[:-1])
+    if model is None:
+        return None
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _fixed_label(label: str, wrong: str, right: str) -> str | None:
+    """``label`` ("--set train.learnig_rate=2e-4") with the misspelled key part replaced."""
+    if not label.startswith("--set ") or "=" not in label:
+        return None
+    key, value = label[len("--set "):].split("=", 1)
+    parts = key.split(".")
+    if wrong not in parts:
+        return None
+    i = len(parts) - 1 - parts[::-1].index(wrong)
+    parts[i] = right
+    return f"--set {'.'.join(parts)}={value}"
+
+
+def validate_model(
+    cls: type[BaseModel],
+    data: dict[str, Any],
+    where: str,
+    overrides: list[Override] | None = None,
+    prefix: str = "",
+) -> Any:
+    """Validate ``data`` as ``cls``; each error names where its value came from and the nearest valid key.
+
+    ``where`` is the file the data came from (or "defaults"); ``overrides`` are the overrides applied
+    on top (an error at a key one of them set names that override, as the user typed it);
+    ``prefix`` is the section name shown before each key (a stage config: "train").
+    """
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        lines = []
+        paths = []
+        for item in overrides or []:
+            text, label = _split_override(item)
+            paths.append((_override_path(text, label), label))
+        found: list[tuple[str, str]] = []  # (where the value came from, what is wrong)
+        hints: list[str] = []
         for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"]) or "(root)"
-            lines.append(f"  {loc}: {err['msg']}")
+            loc = tuple(err["loc"])
+            shown = ((prefix,) if prefix else ()) + loc
+            key = ".".join(str(x) for x in shown) or "(root)"
+            # the last override that set this key, a key inside it, or the section around it
+            origin = next((label for path, label in reversed(paths) if path[: len(loc)] == loc[: len(path)]), None)
+            if err["type"] == "extra_forbidden":
+                near = _suggest(cls, loc)
+                what = f"{key} is not a {'section' if isinstance(err.get('input'), dict) else 'setting'}"
+                if near:
+                    right = ".".join(str(x) for x in shown[:-1] + (near,))
+                    what += f"; did you mean {right}?"
+                    fixed = _fixed_label(origin, str(loc[-1]), near) if origin else None
+                    hints.append(f"write {fixed}" if fixed else f"use {right}" if origin else f"rename {key} to {right} in {where}")
+                else:
+                    section = _section_model(cls, loc[:-1])
+                    if section is not None:
+                        hints.append(f"valid keys of {'.'.join(str(x) for x in shown[:-1]) or 'the top level'}: {', '.join(section.model_fields)}")
+            else:
+                what = f"{key}: {err['msg']}"
+            found.append((origin or where, what))
+        order = {label: i for i, (_, label) in enumerate(paths)}
+        found.sort(key=lambda f: order.get(f[0], len(order)))  # in the order the user typed them
+        if all(src == where for src, _ in found) and where != "defaults":
+            head, lines = f"invalid configuration in {where}", [what for _, what in found]
+        else:
+            head, lines = "invalid configuration", [f"{src}: {what}" for src, what in found]
+        message = f"{head}: {lines[0]}" if len(lines) == 1 else f"{head}:\n" + "\n".join(f"  {line}" for line in lines)
         raise PricefitError(
-            f"invalid configuration in {where}:\n" + "\n".join(lines),
-            hint="fix the named keys in the profile or --set override",
+            message,
+            hint="; ".join(dict.fromkeys(hints)) or "fix the named keys in the profile or --set override",
         ) from None
 
 
@@ -377,7 +490,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def load_run_config(profile: str | None = None, config_file: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load_run_config(profile: str | None = None, config_file: str | None = None, overrides: list[Override] | None = None) -> RunConfig:
     """Profile (by name or path) + overrides -> validated RunConfig."""
     data: dict[str, Any] = {}
     where = "defaults"
@@ -397,19 +510,23 @@ def load_run_config(profile: str | None = None, config_file: str | None = None, 
         data = load_yaml(config_file)
         where = config_file
     data = apply_overrides(data, overrides)
-    return validate_model(RunConfig, data, where)
+    return validate_model(RunConfig, data, where, overrides)
 
 
-def load_stage_config(cls: type[BaseModel], config_file: str | None, section: str, overrides: list[str] | None = None) -> Any:
-    """A stage config from a YAML file (either the stage mapping itself or a RunConfig with ``section``)."""
+def load_stage_config(cls: type[BaseModel], config_file: str | None, section: str, overrides: list[Override] | None = None) -> Any:
+    """A stage config from a YAML file (either the stage mapping itself or a RunConfig with ``section``).
+
+    Overrides may name the section or not ("lora_r=16" and "train.lora_r=16" are the same).
+    """
     data: dict[str, Any] = {}
     where = "defaults"
     if config_file:
         raw = load_yaml(config_file)
         data = raw.get(section, raw) if section in raw else raw
         where = config_file
-    data = apply_overrides(data, overrides)
-    return validate_model(cls, data, where)
+    stripped = _strip_section(overrides, section)
+    data = apply_overrides(data, stripped)
+    return validate_model(cls, data, where, stripped, prefix=section)
 
 
 def cache_home() -> Path:

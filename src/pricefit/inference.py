@@ -351,9 +351,9 @@ class PricePredictor:
         order = sorted(range(len(full)), key=lambda i: (-lengths[i], i))
         step = {"greedy": self._greedy_batch, "expected": self._expected_batch, "head": self._head_batch}[mode]
         out: list[Prediction | None] = [None] * len(full)
-        from tqdm.auto import tqdm
+        from .progress import progress_bar  # tqdm on a terminal, a line every 30 s elsewhere
 
-        with tqdm(total=len(full), desc=f"predict ({mode})", unit="item", file=sys.stderr, disable=not progress) as bar:
+        with progress_bar(total=len(full), desc=f"predict ({mode})", unit="item", file=sys.stderr, enabled=progress) as bar:
             for start in range(0, len(full), batch_size):
                 idx = order[start : start + batch_size]
                 for i, pred in zip(idx, step([full[i] for i in idx])):

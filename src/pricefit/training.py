@@ -502,7 +502,6 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
     (after the checkpoint of that step is written).
     """
     import torch
-    from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     from . import models, quant
@@ -554,8 +553,9 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
     log.info("training %s: %d items, %d steps, %d trainable params, %s %s on %s",
              cfg.base_model, len(train_ds), sched_plan.total_steps, trainable, plan.quantization,
              plan.compute_dtype, plan.device)
-    bar = tqdm(total=sched_plan.total_steps, initial=step, file=sys.stderr, desc="train", unit="step",
-               dynamic_ncols=True, disable=None)
+    from .progress import progress_bar  # tqdm on a terminal, a line every 30 s elsewhere
+
+    bar = progress_bar(total=sched_plan.total_steps, initial=step, file=sys.stderr, desc="train", unit="step")
     t_start = time.perf_counter()
     tokens_seen, max_seq = 0, 0
     try:

@@ -260,7 +260,7 @@ def test_tokenize_cli_json(tmp_path, cli_home):
 def test_tokenize_cli_errors_are_clear(tmp_path, cli_home):
     r = _run(["tokenize", "--curated", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--base-model", "tiny-random"])
     assert r.exit_code == 2
-    assert "no manifest.json" in r.stderr
+    assert "no such file or directory" in r.stderr
     curated = _curated_dir(tmp_path, {"train": 1, "validation": 1, "test": 1})
     r = _run(["tokenize", "--curated", str(curated), "--out", str(tmp_path / "o"), "--set", "max_length=oops"])
     assert r.exit_code == 2 and "max_length" in r.stderr

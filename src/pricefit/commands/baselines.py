@@ -7,14 +7,9 @@ from typing import Any, Optional
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, command, emit
+from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
 
 BASELINE_NAMES = ("constant", "linear", "tfidf", "base_model", "frontier")
-
-
-def _overrides(items: list[str] | None) -> list[str]:
-    # accept both "frontier.model=x" and "baselines.frontier.model=x"
-    return [i[len("baselines."):] if i.startswith("baselines.") else i for i in (items or [])]
 
 
 def _money(v: Any) -> str:
@@ -65,23 +60,25 @@ def baselines_cmd(
 
     Example:  pricefit baselines --data runs/demo/curated --out runs/demo/baselines --include constant,linear,tfidf
     """
+    check_input(data, "--data", ("curated",))
+    check_input(config, "--config", file=True)
     from ..baselines import read_summary, run_baselines
     from ..config import BaselinesConfig, load_stage_config
     from ..errors import PricefitError
 
-    overrides = _overrides(set_)
+    overrides: list = list(set_ or [])  # "baselines." prefix optional
     if include:
         names = [x.strip() for x in include.split(",") if x.strip()]
         unknown = [x for x in names if x not in BASELINE_NAMES]
         if unknown:
             raise PricefitError(f"unknown baseline(s): {', '.join(unknown)}", hint=f"choose from {','.join(BASELINE_NAMES)}")
-        overrides.append(f"include=[{','.join(names)}]")
+        overrides.append((f"include=[{','.join(names)}]", f"--include {include}"))
     if base_model:
-        overrides.append(f"base_model={base_model}")
+        overrides.append((f"base_model={base_model}", f"--base-model {base_model}"))
     if split:
-        overrides.append(f"split={split}")
+        overrides.append((f"split={split}", f"--split {split}"))
     if max_items is not None:
-        overrides.append(f"max_items={max_items}")
+        overrides.append((f"max_items={max_items}", f"--max-items {max_items}"))
     cfg = load_stage_config(BaselinesConfig, str(config) if config else None, "baselines", overrides)
     ref = run_baselines(data, out, cfg)
     summary = read_summary(ref.path)
@@ -108,6 +105,8 @@ def compare_cmd(
 
     Example:  pricefit compare -e runs/demo/evaluation -b runs/demo/baselines -o runs/demo/comparison
     """
+    check_input(evaluation, "--evaluation", ("evaluation",))
+    check_input(baselines, "--baselines", ("baselines",))
     import json
 
     from ..compare import compare, to_markdown
@@ -133,6 +132,7 @@ def promote_cmd(
 
     Example:  pricefit promote -e runs/demo/evaluation -w runs/demo --margin 0.02
     """
+    check_input(evaluation, "--evaluation", ("evaluation",))
     from .. import tracking
     from ..compare import promote
     from ..config import PromoteConfig, validate_model

@@ -13,12 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, command, emit
-
-
-def _overrides(items: list[str] | None) -> list[str]:
-    # accept both "min_chars=100" and "curate.min_chars=100"
-    return [i[len("curate."):] if i.startswith("curate.") else i for i in (items or [])]
+from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
 
 
 def _skipped(building: Path, final: Path) -> dict[str, Any]:
@@ -64,11 +59,12 @@ def curate_cmd(
 
     Example:  pricefit curate --source demo --out runs/demo/curated
     """
+    check_input(config, "--config", file=True)
     from .. import artifacts, curation
     from ..config import CurateConfig, load_stage_config
     from ..errors import ContractError
 
-    cfg = load_stage_config(CurateConfig, str(config) if config else None, "curate", _overrides(set_))
+    cfg = load_stage_config(CurateConfig, str(config) if config else None, "curate", set_)  # "curate." prefix optional
     out = Path(out)
     if no_contracts:
         contracts = "skipped (--no-contracts)"

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, command, emit
+from ..cli import JSON_OPTION_HELP, app, check_input, check_source, command, emit
 
 _ADAPTER_HELP = "Output directory of `pricefit train` (or its adapter/ folder). Leave out to score the base model alone."
 _BASE_HELP = "Base model: built-in name (smollm2-135m, tiny-random), local directory or hub id. Default: the one the adapter was trained on."
@@ -18,8 +18,8 @@ _BASE_HELP = "Base model: built-in name (smollm2-135m, tiny-random), local direc
 def _eval_cfg(config: Optional[Path], set_: Optional[list[str]], **explicit: Any):
     from ..config import EvaluateConfig, load_stage_config
 
-    overrides = [i[len("evaluate."):] if i.startswith("evaluate.") else i for i in (set_ or [])]
-    overrides += [f"{k}={v}" for k, v in explicit.items() if v is not None]
+    overrides: list = list(set_ or [])  # "evaluate." prefix optional
+    overrides += [(f"{k}={v}", f"--{k.replace('_', '-')} {v}") for k, v in explicit.items() if v is not None]
     return load_stage_config(EvaluateConfig, str(config) if config else None, "evaluate", overrides)
 
 
@@ -69,12 +69,16 @@ def evaluate_cmd(
       pricefit evaluate --adapter runs/demo/train --source new_listings.jsonl.gz --out runs/new/eval
     """
     from ..errors import PricefitError
-    from .. import evaluation
 
     if (data is None) == (source is None):
         raise PricefitError("give exactly one of --data and --source", hint="--data <curated or tokenized dir> or --source <listings>")
     if adapter is None and base_model is None:
         raise PricefitError("nothing to evaluate: no --adapter and no --base-model", hint="pass --adapter DIR, or --base-model NAME to score a base model")
+    check_input(adapter, "--adapter", ("adapter",))
+    check_input(data, "--data", ("curated", "tokenized"))
+    check_source(source, "--source")
+    check_input(config, "--config", file=True)
+    from .. import evaluation
     from .. import tracking
 
     cfg = _eval_cfg(config, set_, split=split, max_items=max_items, mode=mode, batch_size=batch_size, device=device)
@@ -145,7 +149,6 @@ def predict_cmd(
       echo '{"title": "Kettle", "description": ["1.7 L", "steel"]}' | pricefit predict --adapter runs/demo/train --json-listing -
     """
     from ..errors import PricefitError
-    from .. import evaluation
 
     given = [x is not None for x in (json_listing, title, file)]
     if sum(given) != 1:
@@ -154,6 +157,13 @@ def predict_cmd(
         raise PricefitError("--description needs --title", hint='pricefit predict --title "..." --description "..."')
     if adapter is None and base_model is None:
         raise PricefitError("no --adapter and no --base-model", hint="pass --adapter DIR, or --base-model NAME")
+    check_input(adapter, "--adapter", ("adapter",))
+    check_input(config, "--config", file=True)
+    if json_listing not in (None, "-"):
+        check_input(json_listing, "--json-listing", file=True)
+    check_source(file, "--file")
+    from .. import evaluation
+
     cfg = _eval_cfg(config, None, mode=mode, batch_size=batch_size, device=device)
     if file is not None:
         listings: Any = file

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, command, emit
+from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
 from ..errors import ContractError, PricefitError
 
 
@@ -99,9 +99,9 @@ def _prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # the machines this runs on are often offline: no telemetry attempts (and no error lines about them)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    import logging
+    from flows.common import prefect_logging_env
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call drowns the step logs
+    prefect_logging_env()  # pricefit's log lines reach the run's Prefect logs (UI)
 
 
 def _run_flow(fn, params: Any, as_json: bool) -> Any:
@@ -190,6 +190,7 @@ def sweep_cmd(
     refresh: Optional[str] = typer.Option(None, "--refresh", metavar="STEP", help=REFRESH_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
+    check_input(grid, "--grid", file=True)
     _prefect_env()
     from flows.sweep import SweepParams, load_grid
 

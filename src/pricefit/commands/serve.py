@@ -25,7 +25,7 @@ from typing import Any
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, command, emit
+from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
 from ..errors import PricefitError
 
 log = logging.getLogger("pricefit.serve")
@@ -233,6 +233,10 @@ def serve(
     (schedules are paused on shutdown). Production: `prefect deploy --all --prefect-file
     deployments/prefect.yaml` and `prefect worker start --pool pricefit-process`.
     """
+    check_input(prefect_file, "--file", file=True)
+    from flows.common import prefect_logging_env
+
+    prefect_logging_env()  # before Prefect is imported: served flow runs inherit it
     if timezone:
         try:
             import zoneinfo

@@ -7,12 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, command, emit
-
-
-def _overrides(items: list[str] | None) -> list[str]:
-    # accept both "max_length=128" and "tokenize.max_length=128"
-    return [i[len("tokenize."):] if i.startswith("tokenize.") else i for i in (items or [])]
+from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
 
 
 def _human(r: dict[str, Any]) -> str:
@@ -46,12 +41,14 @@ def tokenize_cmd(
 
     Example:  pricefit tokenize --curated runs/demo/curated --out runs/demo/tokenized --base-model smollm2-135m
     """
+    check_input(curated, "--curated", ("curated",))
+    check_input(config, "--config", file=True)
     from ..config import TokenizeConfig, load_stage_config
     from ..tokenization import tokenize
 
-    overrides = _overrides(set_)
+    overrides: list = list(set_ or [])  # "tokenize." prefix optional
     if base_model:
-        overrides.append(f"base_model={base_model}")
+        overrides.append((f"base_model={base_model}", f"--base-model {base_model}"))
     cfg = load_stage_config(TokenizeConfig, str(config) if config else None, "tokenize", overrides)
     ref = tokenize(curated, out, cfg)
     contracts = "skipped (--no-contracts)"

@@ -7,12 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, command, emit
-
-
-def _overrides(items: list[str] | None) -> list[str]:
-    # accept both "lora_r=16" and "train.lora_r=16"
-    return [i[len("train."):] if i.startswith("train.") else i for i in (items or [])]
+from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
 
 
 def _human_train(r: dict[str, Any]) -> str:
@@ -44,11 +39,13 @@ def train_cmd(
 
     Example:  pricefit train --tokenized runs/demo/tokenized --out runs/demo/adapter --set max_steps=30
     """
+    check_input(tokenized, "--tokenized", ("tokenized",))
+    check_input(config, "--config", file=True)
     from .. import tracking
     from ..config import TrainConfig, load_stage_config
     from ..training import train
 
-    cfg = load_stage_config(TrainConfig, str(config) if config else None, "train", _overrides(set_))
+    cfg = load_stage_config(TrainConfig, str(config) if config else None, "train", set_)  # "train." prefix optional
     tracking.check(tracking.target())  # MLFLOW_TRACKING_URI set: fail now, not after training
     ref = train(tokenized, out, cfg)
     tracking.log_train(ref.path)

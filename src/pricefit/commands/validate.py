@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, command, emit
+from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
 
 STAGES = ("raw", "curated", "tokenized")
 
@@ -50,6 +50,7 @@ def validate_cmd(
 
     if stage not in STAGES:
         raise PricefitError(f"unknown stage {stage!r}", hint=f"use one of: {', '.join(STAGES)}")
+    check_input(directory, "DIR", (stage,))
     tok = None
     if tokenizer:
         if stage != "tokenized":
