@@ -1,6 +1,9 @@
 """Curation throughput: the polars stage functions vs a straightforward per-row Python version of the same rules.
 
-    python bench/curation_bench.py [--input FILE] [--replicate 20] [--tokenizer smollm2-135m] [--out result.json]
+    python bench/curation_bench.py [--input FILE] [--replicate 20] [--tokenizer smollm2-135m] [--polars-only] [--out result.json]
+    python bench/curation_bench.py --make-replica 20 --to /tmp/x20.jsonl.gz     # the replicated input, once
+    bench/curation_scale.sh                                                     # 1x / 5x / 20x, twice each
+
 
 Both implementations run in this process, on the same input, with the same tokenizer object (loaded
 once, outside the timings) and must agree on every count (rows read, kept by split, dropped by
@@ -243,6 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--skip-python-replicated", action="store_true", help="run only the polars side on the replicated copy")
     ap.add_argument("--skip-x1", action="store_true", help="run only the replicated copy")
+    ap.add_argument("--polars-only", action="store_true", help="run only the polars side (the pipeline's own functions)")
+    ap.add_argument("--make-replica", type=int, metavar="N", help="only write an N-times replicated copy of the input to --to, then exit")
+    ap.add_argument("--to", help="where --make-replica writes (.jsonl.gz)")
     ap.add_argument("--out", help="also write the JSON result here")
     args = ap.parse_args(argv)
 
@@ -253,6 +259,10 @@ def main(argv: list[str] | None = None) -> None:
         if d is None:
             raise SystemExit("set PRICEFIT_SHARED_DATA or pass --input")
         src = d / "amazon_meta" / "listings.jsonl.gz"
+    if args.make_replica:
+        rows = replicate(src, args.make_replica, Path(args.to))
+        print(json.dumps({"replica": args.to, "times": args.make_replica, "rows": rows}))
+        return
     tokenizer = word_tokenizer() if args.tokenizer == "word" else __import__("pricefit.models").models.load_tokenizer(args.tokenizer)
     cfg = CurateConfig(tokenizer=args.tokenizer)
     result = {
@@ -264,12 +274,12 @@ def main(argv: list[str] | None = None) -> None:
         tmp = Path(tmp)
         if not args.skip_x1:
             (tmp / "x1").mkdir()
-            result["x1"] = measure(src, cfg, tokenizer, tmp / "x1", skip_python=False)
+            result["x1"] = measure(src, cfg, tokenizer, tmp / "x1", skip_python=args.polars_only)
         if args.replicate > 1:
             big = tmp / f"listings_x{args.replicate}.jsonl.gz"
             rows = replicate(src, args.replicate, big)
             (tmp / "xN").mkdir()
-            result[f"x{args.replicate}"] = measure(big, cfg, tokenizer, tmp / "xN", skip_python=args.skip_python_replicated)
+            result[f"x{args.replicate}"] = measure(big, cfg, tokenizer, tmp / "xN", skip_python=args.skip_python_replicated or args.polars_only)
             result[f"x{args.replicate}"]["rows"] = rows
     result["machine"]["loadavg_end"] = os.getloadavg()
     text = json.dumps(result, indent=2)

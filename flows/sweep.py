@@ -1,6 +1,17 @@
 """Hyperparameter sweep: one subflow per trial (train -> evaluate), sharing the cached data steps.
 
-    pricefit sweep --profile demo --grid flows/grids/demo-lr.yaml
+    pricefit sweep --profile demo --grid flows/grids/demo-lr.yaml [--concurrency N] [--trials-per-gpu K]
+
+The data steps run once, in the sweep's flow; then every trial is a ``sweep-trial`` task submitted
+to a Prefect task runner, which runs its train -> evaluate subflow. Sequential (one at a time, the
+default on CPU): a ThreadPoolTaskRunner of one worker, in this process. Concurrent: one
+ProcessPoolTaskRunner per GPU with ``trials_per_gpu`` workers, each worker process pinned to its
+GPU (tasks.gpu.pin_worker); processes, not threads, because a small model's step is bound by
+Python work (threads would queue on the GIL) and training seeds the global RNG (threads would
+share it, and a trial's numbers would depend on its neighbours). Each trial's steps occupy
+1/``trials_per_gpu`` of their GPU's Prefect concurrency limit (tasks/gpu.py), so a solo training
+elsewhere waits for them and they for it. A failed trial is a row with its error; the others
+keep their results (and the rerun repeats only the failed one: failures are never cached).
 
 Grid file (YAML), either lists per key (the full cross product) or an explicit list of trials:
 
@@ -11,13 +22,19 @@ Grid file (YAML), either lists per key (the full cross product) or an explicit l
 Only ``train.*`` keys: every trial is scored on the same held-out items as the others.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: a trial runs in a worker process, where Prefect builds the
+# subflow's parameter model from the annotations of a function cloudpickle sent by value
+import contextlib
 import itertools
 import json
+import math
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
-from prefect import flow
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from flows.common import RetrainParams, Steps, resolve_config, run_name
@@ -30,6 +47,14 @@ class SweepParams(RetrainParams):
     trials: list[dict[str, Any]] = Field(
         default_factory=lambda: [{"train.learning_rate": 1e-4}, {"train.learning_rate": 3e-4}],
         description="One dict of train.* overrides per trial (expand a grid file with flows.sweep.load_grid).",
+    )
+    concurrency: int | None = Field(
+        None, ge=1,
+        description="Trials at once in all; empty: 1 on CPU, on CUDA trials_per_gpu on every visible GPU.",
+    )
+    trials_per_gpu: int | None = Field(
+        None, ge=1, le=64,
+        description="Trials sharing one GPU at once; empty: as many as fit in 80% of its memory by the memory model (at most 8).",
     )
 
 
@@ -73,6 +98,10 @@ def trial_name() -> str:
 
 @flow(name="sweep-trial", flow_run_name=trial_name)
 def sweep_trial(params: RetrainParams, overrides: dict[str, Any], tokenized: ArtifactRef) -> dict[str, Any]:
+    from prefect.runtime import flow_run
+
+    from tasks import gpu
+
     cfg = resolve_config(params)
     steps = Steps(cfg, params.refresh)
 
@@ -80,20 +109,146 @@ def sweep_trial(params: RetrainParams, overrides: dict[str, Any], tokenized: Art
     evaluation = steps.evaluate(adapter, tokenized)
 
     metrics = json.loads((evaluation.dir / "metrics.json").read_text())
-    return {"overrides": overrides, "states": dict(steps.states), "adapter": adapter.path, "evaluation": evaluation.path, "metrics": metrics}
+    held = [(start, end) for name, start, end in gpu.holds(flow_run.id)]
+    window = [held[0][0], held[0][1]] if steps.states.get("train") != "Cached" and held else None
+    return {"overrides": overrides, "states": dict(steps.states), "adapter": adapter.path, "evaluation": evaluation.path,
+            "metrics": metrics, "train_window": window}
+
+
+def trial_label(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in overrides.items())
+
+
+@task(name="sweep-trial", task_run_name="trial {label}", cache_policy=NO_CACHE, persist_result=False)
+def run_trial(params: RetrainParams, overrides: dict[str, Any], tokenized: ArtifactRef, share: int, label: str) -> dict[str, Any]:
+    """One trial (its train -> evaluate subflow), its steps sharing the accelerator with ``share - 1`` others."""
+    from tasks import gpu
+
+    with gpu.sharing(share):
+        return sweep_trial(params, overrides, tokenized)
+
+
+# -- placement: how many trials at once, on which GPU --------------------------------------------------
+
+#: Most trials one GPU runs at once when ``trials_per_gpu`` is left empty.
+MAX_AUTO_TRIALS_PER_GPU = 8
+#: What a CUDA context and the allocator's slack cost each trial process beyond the estimate.
+PROCESS_OVERHEAD_GIB = 1.0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """``pools`` worker pools of ``share`` trials each; pool ``i`` runs on GPU ``devices[i]`` (None: CPU or unpinned)."""
+
+    devices: tuple[str | None, ...]
+    share: int
+
+    @property
+    def concurrency(self) -> int:
+        return len(self.devices) * self.share
+
+
+def visible_gpus() -> list[str]:
+    """Physical ids of the GPUs this process may use (CUDA_VISIBLE_DEVICES order)."""
+    import torch
+
+    n = torch.cuda.device_count()
+    env = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return env[:n] if env else [str(i) for i in range(n)]
+
+
+def auto_trials_per_gpu(cfg: RunConfig, trials: list[dict[str, Any]]) -> int:
+    """As many trials as fit in 80% of one GPU's memory by the memory model's estimate (at most 8)."""
+    import torch
+
+    from pricefit import models, quant, training
+
+    total_gib = torch.cuda.get_device_properties(0).total_memory / 1024**3
+    base_path = models.resolve_model(cfg.train.base_model)
+    worst = 0.0
+    for overrides in trials:
+        tc = trial_config(cfg, overrides)
+        est = training._estimate_gib(tc, quant.resolve(tc), base_path, cfg.tokenize.max_length)
+        if est is None:  # no estimate for this model: one at a time is the safe answer
+            return 1
+        worst = max(worst, est + PROCESS_OVERHEAD_GIB)
+    return max(1, min(MAX_AUTO_TRIALS_PER_GPU, int(0.8 * total_gib // worst)))
+
+
+def plan_placement(cfg: RunConfig, params: SweepParams, trials: list[dict[str, Any]]) -> Placement:
+    """CPU: ``concurrency`` trials (default 1) on the one CPU. CUDA: ``trials_per_gpu`` on every visible GPU,
+    or ``concurrency`` in all spread over the GPUs; never more at once than there are trials."""
+    from tasks import gpu
+
+    n = len(trials)
+    if gpu.resolve_device(cfg.train.device) != "cuda":
+        return Placement(devices=(None,), share=max(1, min(params.concurrency or 1, n)))
+    gpus = visible_gpus()
+    if params.concurrency:
+        want = min(params.concurrency, n)
+        cap = params.trials_per_gpu or math.ceil(want / len(gpus))
+    else:
+        cap = params.trials_per_gpu or auto_trials_per_gpu(cfg, trials)
+        want = min(n, cap * len(gpus))
+    pools = min(len(gpus), want)  # spread over the GPUs first: one GPU each where there are enough
+    per = min(cap, math.ceil(want / pools))
+    return Placement(devices=tuple(gpus[:pools]) if len(gpus) > 1 else (None,), share=per)
+
+
+def _runners(placement: Placement) -> list[Any]:
+    """One Prefect task runner per pool: in this process for a sequential sweep, else worker processes
+    (their own interpreter, so no GIL contention and a global RNG each: the same numbers as alone)."""
+    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+    from tasks import gpu
+
+    if placement.concurrency == 1:
+        return [ThreadPoolTaskRunner(max_workers=1)]
+    return [ProcessPoolTaskRunner(max_workers=placement.share, initializer=gpu.pin_worker, initargs=(d,))
+            for d in placement.devices]
 
 
 @flow(name="sweep", flow_run_name=lambda: run_name("sweep"), description="Train and evaluate a grid of train settings on the same data.")
 def sweep(params: SweepParams = SweepParams()) -> dict[str, Any]:
+    from prefect import get_run_logger
+
     cfg = resolve_config(params)
     steps = Steps(cfg, params.refresh)
     trials = expand_grid({"trials": params.trials})
+    for overrides in trials:  # a bad trial setting fails the sweep before any work, with its name
+        trial_config(cfg, overrides)
 
     _, tokenized = steps.prepared_data()
-    base = RetrainParams(**params.model_dump(exclude={"trials"}))
-    results = [sweep_trial(base, overrides, tokenized) for overrides in trials]
+    base = RetrainParams(**params.model_dump(exclude={"trials", "concurrency", "trials_per_gpu"}))
+    placement = plan_placement(cfg, params, trials)
+    get_run_logger().info("sweep: %d trials, %d at once (%d per device on %s)", len(trials), placement.concurrency,
+                          placement.share, ", ".join(f"GPU {d}" for d in placement.devices if d) or cfg.train.device)
+    with contextlib.ExitStack() as stack:
+        runners = [stack.enter_context(r) for r in _runners(placement)]
+        futures = [runners[i % len(runners)].submit(run_trial, {"params": base, "overrides": overrides, "tokenized": tokenized,
+                                                                 "share": placement.share, "label": trial_label(overrides)})
+                   for i, overrides in enumerate(trials)]
+        results = [_trial_result(f, overrides) for f, overrides in zip(futures, trials)]
 
-    return publish_table(results, cfg.promote.metric) | {"states": dict(steps.states)}
+    failed = [trial_label(r["overrides"]) for r in results if r.get("error") is not None]
+    out = publish_table(results, cfg.promote.metric)
+    return out | {"failed": failed, "concurrency": placement.concurrency, "states": dict(steps.states)}
+
+
+def _trial_result(future: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A finished trial's result, or a row that says it failed and why (the others' rows stay)."""
+    try:
+        future.wait()
+        state = future.state
+        if state.is_completed():
+            return state.result()
+        exc = state.result(raise_on_failure=False)
+        name = state.name
+        message = (getattr(exc, "message", None) or str(exc)) if isinstance(exc, BaseException) else (state.message or name)
+    except Exception as e:  # e.g. the worker's exception could not be unpickled here: still only this trial's row
+        name, message = "Failed", f"{type(e).__name__}: {e}"
+    return {"overrides": overrides, "states": {}, "adapter": None, "evaluation": None, "metrics": {},
+            "train_window": None, "error": message, "state": name}
 
 
 def publish_table(results: list[dict[str, Any]], metric: str) -> dict[str, Any]:
@@ -105,16 +260,25 @@ def publish_table(results: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     rows = [
         {
             "best": "*" if r is best else "",
-            "trial": ", ".join(f"{k}={v}" for k, v in r["overrides"].items()),
+            "trial": trial_label(r["overrides"]),
             metric: r["metrics"].get(metric),
             **{k: r["metrics"].get(k) for k in ("rmsle", "hit_rate", "n_unparsed") if k != metric},
             "train": r["states"].get("train"),
             "adapter": r["adapter"],
+            "state": r.get("state", "Completed"),
+            "error": r.get("error"),
+            # when its training held the accelerator (None: cached or failed); trials at once overlap
+            "train_started": _utc(r["train_window"][0]) if r.get("train_window") else None,
+            "train_finished": _utc(r["train_window"][1]) if r.get("train_window") else None,
         }
         for r in results
     ]
     create_table_artifact(table=rows, key="sweep-comparison", description=f"sweep trials by {metric}; * marks the best")
     return {"metric": metric, "rows": rows, "best": best["overrides"] if best else None}
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 if __name__ == "__main__":

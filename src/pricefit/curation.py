@@ -44,10 +44,11 @@ import json
 import logging
 import math
 import re
+import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import polars as pl
@@ -183,14 +184,12 @@ def _csv_options(cfg: CurateConfig) -> dict[str, Any]:
     return {"csv_columns": cfg.csv_columns, "csv_categories": cfg.csv_categories}
 
 
-def read_source(source: str, cfg: CurateConfig) -> tuple[pl.DataFrame, list[dict[str, Any]], Any]:
-    """Read a source spec into (raw frame, quarantine rows, resolved Source). Never stops on a bad row."""
-    from .sources import Quarantined, resolve
+def _raw_chunks(src: Any, source: str, quarantine: list[dict[str, Any]]) -> Iterator[pl.DataFrame]:
+    """The parsed rows of ``src`` as frames of at most INGEST_CHUNK rows (quarantined lines go to
+    ``quarantine``); sets ``src.synthetic`` when a record says it is synthetic."""
+    from .sources import Quarantined
 
-    src = resolve(source, **_csv_options(cfg))
     cols: dict[str, list[Any]] = {k: [] for k in RAW_SCHEMA}
-    chunks: list[pl.DataFrame] = []  # rows move from Python lists into compact frames every INGEST_CHUNK
-    quarantine: list[dict[str, Any]] = []
     synthetic = src.synthetic
     with _progress(src.size_hint, f"reading {source}") as bar:
         for item in src:
@@ -206,12 +205,53 @@ def read_source(source: str, cfg: CurateConfig) -> tuple[pl.DataFrame, list[dict
             for k, v in row.items():
                 cols[k].append(v)
             if len(cols["item_id"]) >= INGEST_CHUNK:
-                chunks.append(pl.DataFrame(cols, schema=RAW_SCHEMA))
+                src.synthetic = synthetic
+                yield pl.DataFrame(cols, schema=RAW_SCHEMA)
                 cols = {k: [] for k in RAW_SCHEMA}
-    chunks.append(pl.DataFrame(cols, schema=RAW_SCHEMA))
-    frame = pl.concat(chunks, rechunk=True) if len(chunks) > 1 else chunks[0]
     src.synthetic = synthetic
+    if cols["item_id"]:
+        yield pl.DataFrame(cols, schema=RAW_SCHEMA)
+
+
+def read_source(source: str, cfg: CurateConfig) -> tuple[pl.DataFrame, list[dict[str, Any]], Any]:
+    """Read a source spec into (raw frame, quarantine rows, resolved Source). Never stops on a bad row.
+
+    Holds every row in memory (for scoring a few listings); :func:`ingest` streams instead.
+    """
+    from .sources import resolve
+
+    src = resolve(source, **_csv_options(cfg))
+    quarantine: list[dict[str, Any]] = []
+    chunks = list(_raw_chunks(src, source, quarantine)) or [pl.DataFrame(schema=RAW_SCHEMA)]
+    frame = pl.concat(chunks, rechunk=True) if len(chunks) > 1 else chunks[0]
     return frame, quarantine, src
+
+
+def _stream_raw(source: str, cfg: CurateConfig, path: Path) -> tuple[int, list[dict[str, Any]], Any]:
+    """Parse ``source`` into raw.parquet at ``path`` one chunk at a time (a part file each, then one
+    streaming sink), so no more than INGEST_CHUNK rows are ever in memory. Returns (parsed rows,
+    quarantine rows, resolved Source)."""
+    from .sources import resolve
+
+    src = resolve(source, **_csv_options(cfg))
+    quarantine: list[dict[str, Any]] = []
+    parts_dir = path.parent / f".{path.name}.parts"
+    parts_dir.mkdir()
+    parsed = 0
+    try:
+        parts = []
+        for i, chunk in enumerate(_raw_chunks(src, source, quarantine)):
+            part = parts_dir / f"{i:06d}.parquet"
+            chunk.write_parquet(part, compression="lz4", statistics=False)
+            parts.append(part)
+            parsed += chunk.height
+        if parsed:
+            with artifacts.atomic_path(path) as tmp:
+                pl.scan_parquet(parts, schema=RAW_SCHEMA).sink_parquet(
+                    tmp, compression="zstd", statistics=True, row_group_size=RAW_ROW_GROUP, engine="streaming")
+    finally:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    return parsed, quarantine, src
 
 
 def _write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -221,8 +261,8 @@ def _write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
 
 
 def _write_parquet(path: Path, frame: pl.DataFrame) -> None:
-    with artifacts.atomic_path(path) as tmp:
-        frame.write_parquet(tmp, compression="zstd", statistics=True)
+    with artifacts.atomic_path(path) as tmp:  # one chunk: the bytes do not depend on how the frame was built
+        frame.rechunk().write_parquet(tmp, compression="zstd", statistics=True)
 
 
 def ingest(source: str, out_dir: str | Path, cfg: CurateConfig, contract: ContractHook | None = None) -> artifacts.ArtifactRef:
@@ -231,23 +271,22 @@ def ingest(source: str, out_dir: str | Path, cfg: CurateConfig, contract: Contra
     Raises PricefitError when the source holds no row at all (empty files) or nothing parseable.
     ``contract``: see :func:`_check_before_commit` (the raw data contract, run before the rename).
     """
-    frame, quarantine, src = read_source(source, cfg)
-    rows_read = frame.height + len(quarantine)
-    files = ", ".join(src.files)
-    if rows_read == 0:
-        raise PricefitError(
-            f"source {source!r} is empty: no listing in {files}",
-            hint="check that the files hold one JSON object a line (or CSV rows), or pick another --source",
-        )
-    if frame.height == 0:
-        reasons = sorted({q["reason"] for q in quarantine})
-        raise PricefitError(
-            f"source {source!r} has no usable row: all {rows_read} rows of {files} were quarantined ({', '.join(reasons)})",
-            hint="the files are not Amazon item metadata (one JSON object a line in UTF-8); see the first bad line: "
-            f"{quarantine[0]['source_file']}:{quarantine[0]['source_line']}",
-        )
-    with artifacts.atomic_dir(out_dir, commit_on=(ContractError,)) as tmp:
-        _write_parquet(tmp / "raw.parquet", frame)
+    with artifacts.atomic_dir(out_dir, commit_on=(ContractError,)) as tmp:  # an error below leaves nothing behind
+        parsed, quarantine, src = _stream_raw(source, cfg, tmp / "raw.parquet")
+        rows_read = parsed + len(quarantine)
+        files = ", ".join(src.files)
+        if rows_read == 0:
+            raise PricefitError(
+                f"source {source!r} is empty: no listing in {files}",
+                hint="check that the files hold one JSON object a line (or CSV rows), or pick another --source",
+            )
+        if parsed == 0:
+            reasons = sorted({q["reason"] for q in quarantine})
+            raise PricefitError(
+                f"source {source!r} has no usable row: all {rows_read} rows of {files} were quarantined ({', '.join(reasons)})",
+                hint="the files are not Amazon item metadata (one JSON object a line in UTF-8); see the first bad line: "
+                f"{quarantine[0]['source_file']}:{quarantine[0]['source_line']}",
+            )
         _write_jsonl(tmp / "quarantine.jsonl", quarantine)
         artifacts.write_manifest(
             tmp,
@@ -257,7 +296,7 @@ def ingest(source: str, out_dir: str | Path, cfg: CurateConfig, contract: Contra
                 "source": source,
                 "source_files": src.files,
                 "rows_read": rows_read,
-                "parsed": frame.height,
+                "parsed": parsed,
                 "quarantined": len(quarantine),
                 "quarantine_reasons": _counts(q["reason"] for q in quarantine),
                 "synthetic": src.synthetic,
@@ -533,13 +572,51 @@ def split_items(kept: pl.DataFrame, cfg: CurateConfig) -> dict[str, pl.DataFrame
 # stage functions
 
 
-def _read_raw(raw_dir: str | Path) -> tuple[pl.DataFrame, dict[str, Any]]:
+def _raw_manifest(raw_dir: str | Path) -> dict[str, Any]:
     raw_dir = Path(raw_dir)
     manifest = artifacts.read_manifest(raw_dir)
     if manifest.get("kind") != "raw":
         raise PricefitError(f"{raw_dir} is a {manifest.get('kind')!r} artifact, not 'raw'", hint="point at the output of ingest")
-    frame = pl.read_parquet(raw_dir / "raw.parquet")
-    return frame, manifest
+    return manifest
+
+
+def _read_raw(raw_dir: str | Path) -> tuple[pl.DataFrame, dict[str, Any]]:
+    manifest = _raw_manifest(raw_dir)
+    return pl.read_parquet(Path(raw_dir) / "raw.parquet"), manifest
+
+
+#: what rules 5-7 and the outputs need of apply_filters' frame: the wide raw columns (description,
+#: features, details) are gone once the text is built
+FILTERED_COLUMNS = ["_row", "item_id", "category", "title", "text", "price", "source_file", "source_line", "reason"]
+#: raw rows above which curate reads raw.parquet in chunks (PRICEFIT_CURATE_STREAM_ROWS overrides)
+STREAM_ROWS = 100_000
+CURATE_CHUNK = 50_000  # rows per chunk on that path
+RAW_ROW_GROUP = INGEST_CHUNK  # raw.parquet row groups: a chunk read decodes little beyond itself
+
+
+def curate_chunk_rows(n_rows: int) -> int | None:
+    """Rows per chunk for a raw artifact of ``n_rows`` rows (None: all at once, in memory)."""
+    limit = int(os.environ.get("PRICEFIT_CURATE_STREAM_ROWS", STREAM_ROWS))
+    return CURATE_CHUNK if n_rows > limit else None
+
+
+def filtered_rows(raw_path: Path, cfg: CurateConfig, tokenizer: Any, chunk_rows: int | None) -> pl.DataFrame:
+    """Rules 1-4 over raw.parquet (:func:`apply_filters`), narrowed to FILTERED_COLUMNS.
+
+    ``chunk_rows`` None: the whole file at once. Else it is scanned lazily ``chunk_rows`` rows at a time
+    (slice pushdown reads only those row groups); only the narrow columns of every chunk stay. Every
+    rule 1-4 is a function of its own row (the token cut too: batching does not change a text's
+    tokens), and ``_row`` is the global row number, so the frame is the same either way.
+    """
+    if chunk_rows is None:
+        return apply_filters(pl.read_parquet(raw_path).with_row_index("_row"), cfg, tokenizer).select(FILTERED_COLUMNS)
+    lf = pl.scan_parquet(raw_path).with_row_index("_row")
+    total = lf.select(pl.len()).collect().item()
+    parts = [
+        apply_filters(lf.slice(start, chunk_rows).collect(), cfg, tokenizer).select(FILTERED_COLUMNS)
+        for start in range(0, total, chunk_rows)
+    ]
+    return pl.concat(parts, rechunk=True) if parts else apply_filters(lf.collect(), cfg, tokenizer).select(FILTERED_COLUMNS)
 
 
 def curate(
@@ -549,17 +626,23 @@ def curate(
     tokenizer: Any = None,
     embed_raw: bool = False,
     contract: ContractHook | None = None,
+    chunk_rows: int | None | str = "auto",
 ) -> artifacts.ArtifactRef:
     """Raw artifact -> curated artifact (train/validation/test parquet, dropped.parquet, quarantine.jsonl, manifest).
 
     ``tokenizer``: a fast tokenizer object (default: ``models.load_tokenizer(cfg.tokenizer)``).
     ``embed_raw``: copy the raw artifact into ``out_dir/raw`` (the ``pricefit curate`` layout).
     ``contract``: the curated data contract, run before the rename (see :func:`_check_before_commit`).
+    ``chunk_rows``: "auto" (in memory up to STREAM_ROWS raw rows, else in chunks of CURATE_CHUNK),
+    None (in memory) or a number of rows a chunk (see :func:`filtered_rows`); the artifact's bytes
+    are the same whichever is used.
     """
     raw_dir = Path(raw_dir)
-    raw, raw_manifest = _read_raw(raw_dir)
+    raw_manifest = _raw_manifest(raw_dir)
     tok = resolve_tokenizer(cfg, tokenizer)
-    df = apply_filters(raw.with_row_index("_row"), cfg, tok)
+    if chunk_rows == "auto":
+        chunk_rows = curate_chunk_rows(int(raw_manifest.get("parsed", 0)))
+    df = filtered_rows(raw_dir / "raw.parquet", cfg, tok, chunk_rows)
     df = select_items(df, cfg)
 
     kept = df.filter(pl.col("reason").is_null())

@@ -163,8 +163,11 @@ def _human_sweep(out: dict[str, Any]) -> str:
         lines += ["", f"{'':2}{'trial':<48} {metric:>10}"]
         for r in out["rows"]:
             value = r.get(metric)
-            lines.append(f"{r['best'] or ' ':2}{r['trial']:<48} {value if value is None else f'{value:10.2f}'}")
+            shown = f"{value:10.2f}" if value is not None else f"{'-':>10}"
+            lines.append(f"{r['best'] or ' ':2}{r['trial']:<48} {shown}" + (f"  {r.get('state')}: {r['error']}" if r.get("error") else ""))
         lines += ["", f"best: {out['best']}"]
+        if out.get("failed"):
+            lines.append(f"failed trials ({len(out['failed'])}): rerun the same command; finished trials come back Cached.")
     else:
         lines += ["", f"error: {out.get('error')}"]
     lines.append(f"UI: {out['ui']}")
@@ -188,6 +191,12 @@ def sweep_cmd(
     source: Optional[str] = typer.Option(None, "--source", help="Listings source (overrides the profile's)."),
     workdir: Optional[str] = typer.Option(None, "--workdir", help="Root of artifacts and caches."),
     refresh: Optional[str] = typer.Option(None, "--refresh", metavar="STEP", help=REFRESH_HELP),
+    concurrency: Optional[int] = typer.Option(
+        None, "--concurrency", "-j", min=1,
+        help="Trials at once in all (default: 1 on CPU; on CUDA --trials-per-gpu on every visible GPU)."),
+    trials_per_gpu: Optional[int] = typer.Option(
+        None, "--trials-per-gpu", min=1, max=64,
+        help="Trials sharing one GPU at once (default: as many as fit in 80% of its memory, at most 8)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     check_input(grid, "--grid", file=True)
@@ -195,8 +204,11 @@ def sweep_cmd(
     from flows.sweep import SweepParams, load_grid
 
     trials = load_grid(str(grid))
-    params = _params(profile, overrides, source, workdir, refresh, cls=SweepParams, trials=trials)
+    params = _params(profile, overrides, source, workdir, refresh, cls=SweepParams, trials=trials,
+                     concurrency=concurrency, trials_per_gpu=trials_per_gpu)
     from flows.sweep import sweep
 
     state = _run_flow(sweep, params, as_json)
-    _finish(state, as_json, _human_sweep)
+    out = _finish(state, as_json, _human_sweep)
+    if out.get("failed"):  # the table is out; the exit status says not every trial finished
+        raise typer.Exit(1)
