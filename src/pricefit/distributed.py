@@ -307,9 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         backend = "nccl" if plan.device == "cuda" else "gloo"
         td.init_process_group(backend)
         dist = Dist(rank, world, local, backend)
+        # no barrier after it: rank 0 may write (and merge) for longer than a collective waits;
+        # torchrun waits for every rank to exit
         training.train(spec["tokenized"], spec["out"], cfg, progress=_print_progress if rank == 0 else None,
                        slices=slices, _dist=dist)
-        td.barrier()  # rank 0 has written the artifact
     except PricefitError as e:
         print(ERROR + json.dumps({"rank": rank, "message": e.message, "hint": e.hint}), flush=True)
         return 1  # torchrun stops the other ranks

@@ -210,16 +210,31 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_one(tokenized, tmp_
 
 @pytest.mark.slow
 def test_two_process_price_head_matches_one_process(tokenized, tmp_path):
-    """train.head regression: the head's gradients are summed too, and rank 0 saves the head."""
-    from safetensors.torch import load_file
+    """train.head regression: the head's gradients are summed too, and rank 0 saves the head.
 
+    The 2-process run goes through `pricefit train --json`: the ranks' output goes to stderr, the
+    result line to stdout.
+    """
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from pricefit.cli import app
     from pricefit.training import train
 
     # head_lm_weight > 0: the digit cross-entropy (shared by label tokens) beside the head's loss (by rows)
     c1 = cfg(head="regression", head_lm_weight=0.5, grad_accum=1, learning_rate=1e-2)
     one, two = tmp_path / "one", tmp_path / "two"
     train(tokenized, one, c1)
-    train(tokenized, two, cfg(head="regression", head_lm_weight=0.5, grad_accum=1, learning_rate=1e-2, num_processes=2))
+    sets = []
+    for k, v in {**c1.model_dump(mode="json"), "num_processes": 2}.items():
+        if v is not None:
+            sets += ["--set", f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}"]
+    r = CliRunner().invoke(app, ["train", "--tokenized", str(tokenized), "--out", str(two), *sets, "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (res["ok"], res["steps"], res["rows"], res["resumed"]) == (True, 4, len(ITEMS), False)
+    assert res["hardware"].startswith("2 x CPU")
+    assert "[rank 0]" in r.stderr  # the ranks' log lines, streamed by the caller
     assert _losses(two) == pytest.approx(_losses(one), rel=LOSS_RTOL)
     h1 = load_file(str(one / "adapter" / "price_head.safetensors"))
     h2 = load_file(str(two / "adapter" / "price_head.safetensors"))
