@@ -52,7 +52,8 @@ from .errors import PricefitError
 
 log = logging.getLogger("pricefit.distributed")
 
-# NVLink SHARP / multicast off: on the lent H200 hosts it hangs or fails NCCL init (device KINDS.md)
+# NVLink multicast off in NCCL, PyTorch and NVSHMEM: on the shared H200 hosts a program that uses it can
+# put the host's GPUs out of service (the device tool's KINDS.md); kept in the ranks' environment
 NVLS_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 PROGRESS = "PRICEFIT_PROGRESS "
 ERROR = "PRICEFIT_ERROR "
@@ -267,7 +268,7 @@ class Dist:
                     p.grad.copy_(g)
         return meta[:len(stats)].tolist()
 
-    def summary(self, plan, hardware: str, peak_src: str, batch_size: int) -> dict:
+    def summary(self, hardware: str, peak_src: str, batch_size: int) -> dict:
         return {
             "num_processes": self.world,
             "hardware": f"{self.world} x {hardware}",

@@ -726,7 +726,7 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
         "warnings": list(plan.warnings),
     }
     if _dist is not None:
-        summary.update(_dist.summary(plan, summary["hardware"], peak_src, cfg.batch_size))
+        summary.update(_dist.summary(summary["hardware"], peak_src, cfg.batch_size))
     with artifacts.atomic_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp / "adapter"))
         if head is not None:
