@@ -183,6 +183,11 @@ class TrainConfig(_Stage):
         0.0, ge=0, le=1,
         description="Reweight training items toward a flat distribution over log-price bins: 0 = as curated, 1 = flat.",
     )
+    num_processes: int = Field(
+        1, ge=1,
+        description="Data-parallel processes (one per GPU of this host; gloo on CPU). Above 1, the train step runs "
+        "`accelerate launch` itself; batch_size is the global micro-batch and must divide by it (docs/PERFORMANCE.md).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -191,6 +196,11 @@ class TrainConfig(_Stage):
         for name, factor in self.oversample.items():
             if factor <= 0:
                 raise ValueError(f"oversample[{name!r}] must be > 0 (1 keeps the slice as it is), got {factor}")
+        if self.batch_size % self.num_processes:
+            raise ValueError(
+                f"batch_size {self.batch_size} does not divide into num_processes {self.num_processes} equal per-process "
+                f"micro-batches; set batch_size to a multiple of {self.num_processes} (the global batch stays batch_size x grad_accum)"
+            )
         return self
 
 

@@ -158,8 +158,11 @@ def _from_pretrained(path: str, **kw):
                             hint="check train.base_model (hub id, local directory or built-in name)") from None
 
 
-def load_model(path: str, cfg: Any, plan: Plan, use_cache: bool | None = None):
+def load_model(path: str, cfg: Any, plan: Plan, use_cache: bool | None = None, device_index: int = 0):
     """Load the causal LM at ``path`` as the plan says (quantized or not), ready for LoRA.
+
+    ``device_index``: the CUDA device of this copy (the local rank of a data-parallel run: each rank
+    loads a whole copy on its own GPU; ``device_map="auto"`` would split one model across them).
 
     4-bit on CPU: the first load quantizes (slow: bitsandbytes' pure-PyTorch CPU quantizer) and
     saves the 4-bit model under ``cache_home()/quantized/<key>/``; later loads read that copy
@@ -169,10 +172,10 @@ def load_model(path: str, cfg: Any, plan: Plan, use_cache: bool | None = None):
     q = bnb_config(cfg, plan)
     if q is None:
         model = _from_pretrained(path, **kw)
-        model.to(plan.device)
+        model.to(f"cuda:{device_index}" if plan.device == "cuda" else plan.device)
         model.config.use_cache = False
         return model
-    kw["device_map"] = {"": 0} if plan.device == "cuda" else {"": "cpu"}
+    kw["device_map"] = {"": device_index} if plan.device == "cuda" else {"": "cpu"}
     if use_cache is None:
         use_cache = plan.device == "cpu" and plan.quantization == "4bit" and os.environ.get("PRICEFIT_QUANT_CACHE", "1") != "0"
     key = quantized_cache_key(path, cfg, plan) if use_cache else None

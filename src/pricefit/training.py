@@ -179,14 +179,14 @@ def collate(rows: dict[str, list], pad_id: int):
 # model
 
 
-def _build_model(cfg, plan, base_path: str):
+def _build_model(cfg, plan, base_path: str, device_index: int = 0):
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     from . import quant
 
     torch.manual_seed(cfg.seed)  # LoRA init draws from the global RNG
-    model = quant.load_model(base_path, cfg, plan)
+    model = quant.load_model(base_path, cfg, plan, device_index=device_index)
     checkpointing = use_checkpointing(cfg, plan)
     if plan.quantization != "none" and plan.device != "cuda":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
@@ -254,12 +254,14 @@ def _loss(model, ids, mask, labels):
     return F.cross_entropy(logits, target[sel]), n
 
 
-def _head_loss(model, head, ids, mask, labels, target, cfg):
+def _head_loss(model, head, ids, mask, labels, target, cfg, share: tuple[float, int] | None = None):
     """Regression head: Huber (or MSE) on the standardized log price, from the pooled prompt state.
 
     The pooled position is the last prompt token (the one before the first label); the completion
     tokens after it cannot change it (causal attention), so the batch is the same as generation's.
     Returns (loss, n_rows). With ``head_lm_weight`` the digit completion's cross-entropy is added.
+    ``share`` (data-parallel ranks): (these rows / the global micro-batch's rows, the global
+    micro-batch's label tokens); the loss is then this rank's part of the global micro-batch's loss.
     """
     import torch
     import torch.nn.functional as F
@@ -279,12 +281,17 @@ def _head_loss(model, head, ids, mask, labels, target, cfg):
             loss = F.huber_loss(z, target, delta=cfg.huber_delta)
         else:
             loss = F.mse_loss(z, target)
+    if share is not None:
+        loss = loss * share[0]
     if cfg.head_lm_weight > 0:
         tgt = labels[:, 1:]
         sel = tgt != -100
         if bool(sel.any()):
             logits = inner.get_output_embeddings()(hidden[:, :-1][sel]).float()
-            loss = loss + cfg.head_lm_weight * F.cross_entropy(logits, tgt[sel])
+            ce = F.cross_entropy(logits, tgt[sel])
+            if share is not None:
+                ce = ce * (int(sel.sum()) / share[1])
+            loss = loss + cfg.head_lm_weight * ce
     return loss, int(ids.shape[0])
 
 
@@ -313,6 +320,8 @@ def _optimizer(cfg, params, plan, head=None):
 
 def checkpoint_key(tokenized_sha256: str, cfg) -> str:
     body = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_IN_KEY}
+    if body.get("num_processes") == 1:  # one process: the key it had before the field existed
+        del body["num_processes"]
     return artifacts.sha256_bytes(artifacts.canonical_json({"tokenized": tokenized_sha256, "config": body}).encode())[:16]
 
 
@@ -320,13 +329,18 @@ def checkpoint_root(out_dir: Path) -> Path:
     return out_dir.with_name(out_dir.name + CKPT_SUFFIX)
 
 
-def _rng_state() -> dict:
+def _rng_state(one_device: bool = False) -> dict:
+    """``one_device`` (a data-parallel rank): the current GPU's state only (get_rng_state_all would
+    open a CUDA context on every GPU from every rank)."""
     import numpy as np
     import torch
 
     st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
+        if one_device:
+            st["cuda_device"] = torch.cuda.get_rng_state()
+        else:
+            st["cuda"] = torch.cuda.get_rng_state_all()
     return st
 
 
@@ -339,9 +353,17 @@ def _set_rng_state(st: dict) -> None:
     torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
+    if "cuda_device" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state(st["cuda_device"])
 
 
-def _save_checkpoint(ckdir: Path, step: int, model, opt, sched, history: list[dict], head=None) -> None:
+def _rng_file(rank: int) -> str:
+    return "rng.pt" if rank == 0 else f"rng-rank{rank}.pt"
+
+
+def _save_checkpoint(ckdir: Path, step: int, model, opt, sched, history: list[dict], head=None,
+                     rank_rngs: list[dict] | None = None) -> None:
+    """``rank_rngs``: every rank's RNG state, from rank 0 of a data-parallel run (the only writer)."""
     import torch
     from peft import get_peft_model_state_dict
 
@@ -350,7 +372,11 @@ def _save_checkpoint(ckdir: Path, step: int, model, opt, sched, history: list[di
         torch.save({k: v.detach().cpu() for k, v in get_peft_model_state_dict(model).items()}, tmp / "adapter.pt")
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         torch.save(sched.state_dict(), tmp / "scheduler.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
+        if rank_rngs is None:
+            torch.save(_rng_state(), tmp / "rng.pt")
+        else:
+            for r, st in enumerate(rank_rngs):
+                torch.save(st, tmp / _rng_file(r))
         if head is not None:
             torch.save({k: v.detach().cpu() for k, v in head.state_dict().items()}, tmp / "head.pt")
         # state.json last: a step directory is complete when it exists (and the rename is atomic anyway)
@@ -365,7 +391,7 @@ def _latest_checkpoint(ckdir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def _load_checkpoint(path: Path, model, opt, sched, head=None) -> tuple[int, list[dict]]:
+def _load_checkpoint(path: Path, model, opt, sched, head=None, rank: int = 0) -> tuple[int, list[dict]]:
     import torch
     from peft import set_peft_model_state_dict
 
@@ -375,7 +401,7 @@ def _load_checkpoint(path: Path, model, opt, sched, head=None) -> tuple[int, lis
     opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     sched.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     state = json.loads((path / "state.json").read_text())
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    _set_rng_state(torch.load(path / _rng_file(rank), weights_only=False))
     return int(state["step"]), list(state["history"])
 
 
@@ -485,12 +511,59 @@ def _merge(base_path: str, adapter_dir: Path, out: Path) -> None:
     merged.save_pretrained(out)
 
 
+def _dist_accumulate(dist, step, cfg, sched, index, train_ds, pad_id, plan, model, head, targets, trainable):
+    """One optimizer step's micro-batches on this rank of a data-parallel run (pricefit.distributed).
+
+    Global micro-batch ``k`` is the one a single process takes; this rank takes ``rows[rank::world]``
+    and scales its loss to its share of that micro-batch's loss (its label tokens / the micro-batch's
+    for the cross-entropy, its rows / the micro-batch's for the head), so the gradients summed over
+    the ranks (one all-reduce after the last micro-batch) are the single process's. Returns
+    (loss_sum, step_tokens, counted) over all ranks, as the one-process loop counts them, and this
+    rank's widest micro-batch.
+    """
+    import torch
+
+    stats = [0.0] * (cfg.grad_accum + 1)  # this rank's part of each micro-batch's loss, then its tokens
+    has_loss = [False] * cfg.grad_accum  # a micro-batch with no label token anywhere is skipped, as in one process
+    seq = 0
+    for a in range(cfg.grad_accum):
+        rows = micro_batch_indices(step * cfg.grad_accum + a, sched, cfg.seed, index)
+        batch = train_ds[rows]
+        n_all = sum(sum(1 for t in lab[1:] if t != -100) for lab in batch["labels"])  # _loss's label positions
+        has_loss[a] = head is not None or n_all > 0
+        mine = list(range(dist.rank, len(rows), dist.world))
+        if not mine:
+            continue
+        ids, mask, labels = collate({c: [batch[c][i] for i in mine] for c in ("input_ids", "attention_mask", "labels")},
+                                    pad_id)
+        seq = max(seq, ids.shape[1])
+        ids, mask, labels = ids.to(plan.device), mask.to(plan.device), labels.to(plan.device)
+        stats[-1] += int(mask.sum())
+        if not has_loss[a]:
+            continue
+        with _autocast(plan):
+            if head is None:
+                loss, n = _loss(model, ids, mask, labels)
+                if loss is not None:
+                    loss = loss * (n / n_all)
+            else:
+                target = torch.tensor([targets[rows[i]] for i in mine], dtype=torch.float32, device=plan.device)
+                loss, _ = _head_loss(model, head, ids, mask, labels, target, cfg, share=(len(mine) / len(rows), n_all))
+        if loss is None:  # none of the micro-batch's label tokens are in this rank's rows
+            continue
+        (loss / cfg.grad_accum).backward()
+        stats[a] = float(loss.detach())
+    totals = dist.all_reduce_step(trainable, stats)
+    loss_sum = sum(x for x, h in zip(totals[:-1], has_loss) if h)
+    return loss_sum, int(round(totals[-1])), sum(has_loss), seq
+
+
 # ----------------------------------------------------------------------------------------------
 # the loop
 
 
 def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, progress: ProgressFn | None = None,
-          slices=None) -> ArtifactRef:
+          slices=None, _dist=None) -> ArtifactRef:
     """Fine-tune ``cfg.base_model`` with LoRA on the tokenized train split; write an adapter artifact.
 
     ``slices``: the declared slices (pricefit.slices.SliceSpec) that ``cfg.oversample`` names.
@@ -500,13 +573,23 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
     Resumes from ``<out_dir>.ckpt/<key>/`` when a run with the same inputs and config was killed.
     ``progress(step, total_steps, loss, tokens_per_s)`` is called after every optimizer step
     (after the checkpoint of that step is written).
+
+    ``cfg.num_processes`` > 1: data-parallel over that many processes, launched here through
+    ``accelerate launch`` (pricefit.distributed); this call waits for them and returns the same
+    artifact. ``_dist`` is set inside those processes only.
     """
+    tokenized_dir, out_dir = Path(tokenized_dir), Path(out_dir)
+    if cfg.num_processes > 1 and _dist is None:
+        from . import distributed
+
+        return distributed.launch(tokenized_dir, out_dir, cfg, progress, slices)
+
     import torch
     from transformers import get_scheduler
 
     from . import models, quant
 
-    tokenized_dir, out_dir = Path(tokenized_dir), Path(out_dir)
+    rank = _dist.rank if _dist is not None else 0
     plan = quant.resolve(cfg)
     train_ds, tok_manifest = _load_split(tokenized_dir, cfg)
     tokenized_sha = artifacts.sha256_file(tokenized_dir / artifacts.MANIFEST)
@@ -523,7 +606,8 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
     if others:
         log.warning("ignoring checkpoints of other inputs/configs in %s: %s", ckroot, ", ".join(others))
 
-    model = _build_model(cfg, plan, base_path)
+    model = (_build_model(cfg, plan, base_path) if _dist is None
+             else _dist.load_in_turn(plan, lambda: _build_model(cfg, plan, base_path, _dist.local_rank)))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     head = head_spec = targets = None
@@ -536,18 +620,23 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
         head_spec = HeadSpec("regression", hidden_size, cfg.head_pool, "log1p", mean, std)
         head = make_head(hidden_size, plan.device)
         targets = [(math.log1p(max(p, 0.0)) - mean) / std for p in prices]
+    if _dist is not None:
+        trainable_params = params + (list(head.parameters()) if head is not None else [])
+        _dist.broadcast_params(trainable_params)
     opt = _optimizer(cfg, params, plan, head)
     lr_sched = get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=sched_plan.warmup_steps,
                              num_training_steps=sched_plan.total_steps)
 
     step, history = 0, []
     latest = _latest_checkpoint(ckdir) if ckdir.exists() else None
+    if _dist is not None:
+        latest = _dist.broadcast_object(latest)  # every rank resumes the checkpoint rank 0 found
     if latest is not None:
-        step, history = _load_checkpoint(latest, model, opt, lr_sched, head)
+        step, history = _load_checkpoint(latest, model, opt, lr_sched, head, rank)
         log.info("resuming from %s (step %d of %d)", latest, step, sched_plan.total_steps)
     else:
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed + rank)  # ranks draw different dropout masks
+        random.seed(cfg.seed + rank)
 
     trainable = sum(p.numel() for p in params) + (sum(p.numel() for p in head.parameters()) if head is not None else 0)
     log.info("training %s: %d items, %d steps, %d trainable params, %s %s on %s",
@@ -555,32 +644,38 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
              plan.compute_dtype, plan.device)
     from .progress import progress_bar  # tqdm on a terminal, a line every 30 s elsewhere
 
-    bar = progress_bar(total=sched_plan.total_steps, initial=step, file=sys.stderr, desc="train", unit="step")
+    bar = progress_bar(total=sched_plan.total_steps, initial=step, file=sys.stderr, desc="train", unit="step",
+                       enabled=rank == 0)
     t_start = time.perf_counter()
     tokens_seen, max_seq = 0, 0
     try:
         while step < sched_plan.total_steps:
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            loss_sum, step_tokens, counted = 0.0, 0, 0
-            for a in range(cfg.grad_accum):
-                k = step * cfg.grad_accum + a
-                rows = micro_batch_indices(k, sched_plan, cfg.seed, index)
-                ids, mask, labels = collate(train_ds[rows], pad_id)
-                max_seq = max(max_seq, ids.shape[1])
-                ids, mask, labels = ids.to(plan.device), mask.to(plan.device), labels.to(plan.device)
-                with _autocast(plan):
-                    if head is None:
-                        loss, n = _loss(model, ids, mask, labels)
-                    else:
-                        target = torch.tensor([targets[r] for r in rows], dtype=torch.float32, device=plan.device)
-                        loss, n = _head_loss(model, head, ids, mask, labels, target, cfg)
-                step_tokens += int(mask.sum())
-                if loss is None:
-                    continue
-                (loss / cfg.grad_accum).backward()
-                loss_sum += float(loss.detach())
-                counted += 1
+            if _dist is not None:
+                loss_sum, step_tokens, counted, seq = _dist_accumulate(
+                    _dist, step, cfg, sched_plan, index, train_ds, pad_id, plan, model, head, targets, trainable_params)
+                max_seq = max(max_seq, seq)
+            else:
+                loss_sum, step_tokens, counted = 0.0, 0, 0
+                for a in range(cfg.grad_accum):
+                    k = step * cfg.grad_accum + a
+                    rows = micro_batch_indices(k, sched_plan, cfg.seed, index)
+                    ids, mask, labels = collate(train_ds[rows], pad_id)
+                    max_seq = max(max_seq, ids.shape[1])
+                    ids, mask, labels = ids.to(plan.device), mask.to(plan.device), labels.to(plan.device)
+                    with _autocast(plan):
+                        if head is None:
+                            loss, n = _loss(model, ids, mask, labels)
+                        else:
+                            target = torch.tensor([targets[r] for r in rows], dtype=torch.float32, device=plan.device)
+                            loss, n = _head_loss(model, head, ids, mask, labels, target, cfg)
+                    step_tokens += int(mask.sum())
+                    if loss is None:
+                        continue
+                    (loss / cfg.grad_accum).backward()
+                    loss_sum += float(loss.detach())
+                    counted += 1
             if counted == 0:
                 raise PricefitError(f"step {step + 1}: no label tokens in the batch (every completion truncated?)",
                                     hint="raise tokenize.max_length so the price completion fits")
@@ -598,12 +693,16 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tps:.0f}")
             if step % cfg.save_steps == 0 and step < sched_plan.total_steps:
-                _save_checkpoint(ckdir, step, model, opt, lr_sched, history, head)
+                rank_rngs = None if _dist is None else _dist.gather_object(_rng_state(one_device=True))
+                if rank == 0:
+                    _save_checkpoint(ckdir, step, model, opt, lr_sched, history, head, rank_rngs)
             if progress is not None:
                 progress(step, sched_plan.total_steps, step_loss, tps)
     finally:
         bar.close()
     runtime = time.perf_counter() - t_start
+    if rank > 0:
+        return None  # rank 0 writes the artifact
 
     peak, peak_src = _peak_gib(plan)
     summary = {
@@ -627,6 +726,8 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
         "quantization": quant.describe(cfg, plan),
         "warnings": list(plan.warnings),
     }
+    if _dist is not None:
+        summary.update(_dist.summary(summary["hardware"], peak_src, cfg.batch_size))
     with artifacts.atomic_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp / "adapter"))
         if head is not None:
