@@ -86,7 +86,8 @@ def test_refresh_recomputes_even_a_byte_identical_step(tmp_path):
     assert names == ["Completed", "Cached"] and CALLS == ["make"]
 
 
-def test_training_slot_limit_is_created_with_one_slot():
+def test_training_slot_limit_is_created_with_the_shared_capacity():
+    """One accelerator, one limit of gpu.CAPACITY slots; a solo holder takes them all and frees them."""
     from prefect.client.orchestration import get_client
 
     from tasks import gpu
@@ -99,7 +100,7 @@ def test_training_slot_limit_is_created_with_one_slot():
     assert hold() == "cpu-train"
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name("cpu-train")
-    assert (limit.limit, limit.active, limit.active_slots) == (1, True, 0)
+    assert (limit.limit, limit.active, limit.active_slots) == (gpu.CAPACITY, True, 0)
 
 
 def _curated_ref(root, texts: list[str]) -> ArtifactRef:

@@ -67,8 +67,10 @@ def test_baselines_compare_promote_cli(curated: Path, tmp_path: Path, monkeypatc
     assert c["ratios"]["tfidf"] == pytest.approx(0.9)
     assert c["skipped"] == {"frontier": "skipped: no API key in OPENAI_API_KEY"}
 
-    p = _json(runner.invoke(app, ["promote", "-e", str(ev), "-w", str(tmp_path / "wd"), "--json"]))
-    assert p["promoted"] is True and p["reason"] == "no champion yet"
+    unguarded = _json(runner.invoke(app, ["promote", "-e", str(ev), "-w", str(tmp_path / "wd0"), "--json"]))
+    assert unguarded["promoted"] is False and unguarded["reason"].startswith("no baselines were given")
+    p = _json(runner.invoke(app, ["promote", "-e", str(ev), "-b", str(bl), "-w", str(tmp_path / "wd"), "--json"]))
+    assert p["promoted"] is True and p["reason"] == "no champion yet; it beats the classical baselines"
 
     # a baseline run on other items is refused by compare with exit code 2 and a hint
     _json(runner.invoke(app, ["baselines", "--data", str(curated), "--out", str(bl), "--include", "constant",

@@ -106,7 +106,7 @@ def test_stage_commands_name_the_set_or_option_as_typed(tmp_path):
     assert e.value.hint == "write --set train.lora_r=3; write --set learning_rate=1"
     with pytest.raises(PricefitError) as e:
         load_stage_config(EvaluateConfig, None, "evaluate", [("mode=gredy", "--mode gredy")])
-    assert e.value.message == "invalid configuration: --mode gredy: evaluate.mode: Input should be 'greedy' or 'expected'"
+    assert e.value.message == "invalid configuration: --mode gredy: evaluate.mode: Input should be 'auto', 'greedy', 'expected' or 'head'"
     # a section given in a profile file: the file is named, keys are shown with their section
     profile = tmp_path / "p.yaml"
     profile.write_text("train:\n  max_step: 3\n")
@@ -382,4 +382,6 @@ def test_train_and_predict_print_only_pricefit_lines_and_progress_when_piped(tin
     p = subprocess.run([sys.executable, "-m", "pricefit", "-v", "predict", "--adapter", str(d / "train"), "--title", "x",
                         "--device", "cpu"], capture_output=True, text=True, env=env, cwd=REPO)
     assert p.returncode == 0, p.stderr
-    assert "Loading weights" in p.stderr  # the Hugging Face progress bar
+    # a library line the default run hides (which one depends on what is cached: the Hugging Face
+    # "Loading weights" bar, or bitsandbytes' kernels warning when the 4-bit copy is read back)
+    assert [line for line in p.stderr.splitlines() if not own.match(line) and line.strip()], p.stderr

@@ -78,6 +78,9 @@ def test_train_cli_rejects_invalid_config_with_exit_2(tmp_path):
 
     from pricefit.cli import app
 
+    from pricefit import artifacts
+
+    artifacts.write_manifest(tmp_path, {"kind": "tokenized"})  # the path check passes; the config is what is wrong
     r = CliRunner().invoke(app, ["train", "--tokenized", str(tmp_path), "--out", str(tmp_path / "o"),
                                  "--set", "train.lora_r=0", "--json"])
     assert r.exit_code == 2

@@ -123,23 +123,39 @@ def promote_cmd(
     workdir: Path = typer.Option(..., "--workdir", "-w", help="Directory of champion.json and promotions.jsonl."),
     margin: float = typer.Option(0.02, "--margin", min=0.0, help="Relative improvement needed to replace the champion (0.02 = 2%)."),
     metric: str = typer.Option("mae", "--metric", help="mae or rmsle (lower is better)."),
+    baselines: Optional[Path] = typer.Option(
+        None, "--baselines", "-b", help="Baselines of the same items: the challenger must beat the best classical one (constant, linear, tfidf)."
+    ),
+    champion_evaluation: Optional[Path] = typer.Option(
+        None, "--champion-evaluation", help="The current champion's adapter evaluated on the same items (`pricefit evaluate`)."
+    ),
+    slice_: Optional[str] = typer.Option(None, "--slice", help="Decide on this named slice of the evaluation's metrics."),
+    no_guard: bool = typer.Option(False, "--no-baseline-guard", help="Promote even without beating the classical baselines."),
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
-    """Champion/challenger: make this adapter the champion only if it beats the current one by --margin.
+    """Champion/challenger: make this adapter the champion only if it beats the best classical baseline
+    (--baselines) and the current champion by --margin.
 
-    Both must have been evaluated on the same items (else refused: re-score the champion first).
-    The decision and its numbers are appended to WORKDIR/promotions.jsonl; a refusal exits 0.
+    The champion must have been scored on the same items: pass its re-scored evaluation with
+    --champion-evaluation (the retrain flow does this every night), else a champion scored on other
+    items is refused. The decision and its numbers are appended to WORKDIR/promotions.jsonl; a refusal exits 0.
 
-    Example:  pricefit promote -e runs/demo/evaluation -w runs/demo --margin 0.02
+    Example:  pricefit promote -e runs/x/eval -b runs/x/baselines -w runs/x --margin 0.02
     """
     check_input(evaluation, "--evaluation", ("evaluation",))
+    check_input(baselines, "--baselines", ("baselines",))
+    check_input(champion_evaluation, "--champion-evaluation", ("evaluation",))
     from .. import tracking
     from ..compare import promote
     from ..config import PromoteConfig, validate_model
 
-    cfg = validate_model(PromoteConfig, {"margin": margin, "metric": metric}, "command-line options")
+    cfg = validate_model(
+        PromoteConfig,
+        {"margin": margin, "metric": metric, "slice": slice_, "require_beat_baselines": not no_guard},
+        "command-line options",
+    )
     tracking.check(tracking.target())
-    rec = promote(evaluation, workdir, cfg)
+    rec = promote(evaluation, workdir, cfg, champion_eval=champion_evaluation, baselines_dir=baselines)
     tracking.register_champion(rec)  # MLFLOW_TRACKING_URI set and promoted: a registered model version
     emit(
         {"ok": True, **rec},
