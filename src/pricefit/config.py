@@ -532,11 +532,26 @@ def load_stage_config(cls: type[BaseModel], config_file: str | None, section: st
     where = "defaults"
     if config_file:
         raw = load_yaml(config_file)
-        data = raw.get(section, raw) if section in raw else raw
+        if section in raw:
+            data = raw[section] or {}
+        elif set(raw) & set(RunConfig.model_fields):  # a run profile without this stage's section
+            data = {}
+        else:  # the stage mapping itself
+            data = raw
         where = config_file
     stripped = _strip_section(overrides, section)
     data = apply_overrides(data, stripped)
     return validate_model(cls, data, where, stripped, prefix=section)
+
+
+def load_slices(config_file: str | os.PathLike | None) -> list[SliceSpec]:
+    """The ``slices:`` of a run profile given to a stage command's --config (none without one)."""
+    if not config_file:
+        return []
+    raw = load_yaml(config_file).get("slices") or []
+    if not isinstance(raw, list):
+        raise PricefitError(f"{config_file}: slices must be a list of slice mappings", hint="see pricefit.slices")
+    return [validate_model(SliceSpec, item, f"{config_file} slices[{i}]") for i, item in enumerate(raw)]
 
 
 def cache_home() -> Path:

@@ -80,7 +80,9 @@ def baselines_cmd(
     if max_items is not None:
         overrides.append((f"max_items={max_items}", f"--max-items {max_items}"))
     cfg = load_stage_config(BaselinesConfig, str(config) if config else None, "baselines", overrides)
-    ref = run_baselines(data, out, cfg)
+    from ..config import load_slices
+
+    ref = run_baselines(data, out, cfg, slices=load_slices(config))
     summary = read_summary(ref.path)
     emit(
         {"ok": True, "out": ref.path, "sha256": ref.sha256, "split": summary["split"], "n": summary["n"],

@@ -36,7 +36,11 @@ def _human_eval(r: dict[str, Any]) -> str:
         f"evaluated {r['n']} items -> {r['out']}\n"
         f"  MAE     ${r['mae']:,.2f}\n  RMSLE   {r['rmsle']:.3f}\n  hit     {hit:.1f}%\n"
         f"  MdAPE   {r['mdape']:.1f}%\n  unparsed {r['n_unparsed']} (scored as $0)\n"
-        f"  report  {r['report']}"
+        + "".join(
+            f"  slice {name}: n={m['n']}" + (f" MAE ${m['mae']:,.2f} hit {m['hit_rate'] * 100:.1f}%" if m.get("n") else "") + "\n"
+            for name, m in (r.get("slices") or {}).items()
+        )
+        + f"  report  {r['report']}"
     )
 
 
@@ -55,7 +59,7 @@ def evaluate_cmd(
     mode: Optional[str] = typer.Option(None, "--mode", help="greedy (parse the generated text) or expected (mean over the price distribution)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Prompts per batch (default 16 on CPU, 128 on CUDA)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML: an evaluate mapping or a run profile (its evaluate: and curate: sections)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML: an evaluate mapping or a run profile (its evaluate:, curate: and slices: sections)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override an evaluate setting, e.g. --set beam=16 (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
@@ -82,11 +86,14 @@ def evaluate_cmd(
     from .. import tracking
 
     cfg = _eval_cfg(config, set_, split=split, max_items=max_items, mode=mode, batch_size=batch_size, device=device)
+    from ..config import load_slices
+
+    slices = load_slices(config)  # a run profile's slices: metrics per slice beside the overall ones
     tracking.check(tracking.target())  # MLFLOW_TRACKING_URI set: fail now, not after scoring
     if data is not None:
-        ref = evaluation.evaluate(data, out, cfg, base_model, adapter)
+        ref = evaluation.evaluate(data, out, cfg, base_model, adapter, slices=slices)
     else:
-        ref = evaluation.evaluate_source(source, out, cfg, base_model, adapter, curate_cfg=_curate_cfg(config))
+        ref = evaluation.evaluate_source(source, out, cfg, base_model, adapter, curate_cfg=_curate_cfg(config), slices=slices)
     tracking.log_evaluation(ref.path)
     metrics = json.loads((ref.dir / "metrics.json").read_text())
     manifest = ref.manifest()
@@ -101,6 +108,7 @@ def evaluate_cmd(
             "split": cfg.split if data is not None else None,
             "items_per_s": manifest.get("items_per_s"),
             "skipped": manifest["rows"]["skipped"],
+            "slices": {name: {k: m.get(k) for k in ("n", "mae", "rmsle", "hit_rate")} for name, m in (metrics.get("slices") or {}).items()},
         },
         as_json,
         _human_eval,

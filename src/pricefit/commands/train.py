@@ -47,7 +47,9 @@ def train_cmd(
 
     cfg = load_stage_config(TrainConfig, str(config) if config else None, "train", set_)  # "train." prefix optional
     tracking.check(tracking.target())  # MLFLOW_TRACKING_URI set: fail now, not after training
-    ref = train(tokenized, out, cfg)
+    from ..config import load_slices
+
+    ref = train(tokenized, out, cfg, slices=load_slices(config))  # the slices train.oversample names
     tracking.log_train(ref.path)
     import json
 
