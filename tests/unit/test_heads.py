@@ -185,3 +185,33 @@ def test_oversample_and_price_balance_shape_the_epoch(tokenized):
     idx = train_index(skewed, cfg(price_balance=1.0))
     cheap = sum(1 for i in idx if prices[i] < 100)
     assert abs(cheap - (len(idx) - cheap)) <= 2 and abs(len(idx) - 16) <= 2
+
+
+@pytest.mark.slow
+def test_scoring_raw_listings_builds_the_prompts_training_built(home, tmp_path):
+    """No train/serve skew: `evaluate --source` (raw listings, as held-out files are scored) gives the
+    same prediction for an item as `evaluate --data` on its tokenized prompt, because the adapter
+    records the curation and tokenization settings and the prompt is cut the same way."""
+    import polars as pl
+
+    from pricefit.config import CurateConfig, EvaluateConfig, TokenizeConfig
+    from pricefit.curation import curate, ingest
+    from pricefit.evaluation import evaluate, evaluate_source
+    from pricefit.tokenization import tokenize
+    from pricefit.training import train
+
+    ccfg = CurateConfig(tokenizer="tiny-random", max_text_tokens=40, min_chars=40)
+    ingest("demo:120", tmp_path / "raw", ccfg)
+    curate(tmp_path / "raw", tmp_path / "curated", ccfg)
+    # a cap below the longest prompts: some texts are cut by the token budget, as in real data
+    tokenize(tmp_path / "curated", tmp_path / "tok", TokenizeConfig(base_model="tiny-random", max_length=56))
+    assert artifacts.read_manifest(tmp_path / "tok")["truncated"] > 0
+    train(tmp_path / "tok", tmp_path / "train", cfg(max_steps=2, save_steps=50))
+    ecfg = EvaluateConfig(device="cpu", batch_size=4)
+    evaluate(tmp_path / "tok", tmp_path / "ev-data", ecfg, adapter_dir=tmp_path / "train")
+    evaluate_source("demo:120", tmp_path / "ev-src", ecfg, adapter_dir=tmp_path / "train")
+    data = pl.read_parquet(tmp_path / "ev-data" / "predictions.parquet")
+    src = pl.read_parquet(tmp_path / "ev-src" / "predictions.parquet")
+    joined = data.join(src, on="item_id", suffix="_src")
+    assert joined.height == data.height > 0
+    assert joined["prediction"].to_list() == pytest.approx(joined["prediction_src"].to_list(), rel=1e-5)
