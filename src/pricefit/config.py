@@ -175,6 +175,11 @@ class TrainConfig(_Stage):
     head_lm_weight: float = Field(
         0.0, ge=0, description="regression: also train the digit completion with this weight (0: the head's loss only)."
     )
+    blend: Literal["none", "tfidf"] = Field(
+        "none",
+        description="regression: blend the head with TF-IDF + ridge in log space, the weight chosen on the validation "
+        "split (pricefit.blend; weight 0 = the head alone).",
+    )
     oversample: dict[str, float] = Field(
         default_factory=dict,
         description="Repeat the training items of a named slice (the profile's slices:) this many times, e.g. {reference: 3}.",
@@ -193,6 +198,8 @@ class TrainConfig(_Stage):
     def _check(self) -> "TrainConfig":
         if self.quant_type == "fp4" and self.quantization != "4bit":
             raise ValueError("quant_type fp4 only applies with quantization: 4bit")
+        if self.blend != "none" and self.head != "regression":
+            raise ValueError("train.blend needs train.head: regression (it blends the price head's predictions)")
         for name, factor in self.oversample.items():
             if factor <= 0:
                 raise ValueError(f"oversample[{name!r}] must be > 0 (1 keeps the slice as it is), got {factor}")

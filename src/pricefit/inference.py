@@ -270,12 +270,15 @@ class PricePredictor:
         self.stop_early = stop_early
         self._digit_cache: tuple[Any, list[str]] | None = None
         # a regression price head saved beside the adapter (train.head: regression)
-        self.head = self.head_spec = None
+        self.head = self.head_spec = self.blend = None
         if adapter_dir is not None:
             from .heads import has_price_head, load_price_head
 
             if has_price_head(adapter_dir):
+                from .blend import load_blend
+
                 self.head, self.head_spec = load_price_head(adapter_dir, self.model.device)
+                self.blend = load_blend(adapter_dir)
         self.lineage = lineage_of(adapter_dir) if adapter_dir else {}
         # transformers 5.24 renamed forward(past_key_values=) to forward(cache=); support both
         import inspect
@@ -411,7 +414,13 @@ class PricePredictor:
             last = torch.full((hidden.shape[0],), hidden.shape[1] - 1, device=hidden.device)
             z = self.head(pool_hidden(hidden, mask, last, self.head_spec.pool)).squeeze(-1)
             prices = to_price(z, self.head_spec).clamp(self.low, self.high).tolist()
-        return [Prediction(value=float(v), raw=f"head {v:.2f}", parsed=True) for v in prices]
+        if self.blend is None:
+            return [Prediction(value=float(v), raw=f"head {v:.2f}", parsed=True) for v in prices]
+        tfidf = self.blend.tfidf(prompts).tolist()
+        mixed = self.blend.combine(prices, prompts).clip(self.low, self.high).tolist()
+        w = self.blend.weight
+        return [Prediction(value=float(m), raw=f"blend {m:.2f} (head {h:.2f}, tfidf {t:.2f}, weight {w:.2f})", parsed=True)
+                for m, h, t in zip(mixed, prices, tfidf)]
 
     # -- expected value over complete prices -----------------------------------------------------
 

@@ -295,6 +295,26 @@ def _head_loss(model, head, ids, mask, labels, target, cfg, share: tuple[float, 
     return loss, int(ids.shape[0])
 
 
+def _fit_blend(tokenized_dir: Path, model, tokenizer, head, head_spec, plan):
+    """train.blend: TF-IDF on the training prompts, its weight against the head chosen on validation."""
+    from datasets import load_from_disk
+
+    from .blend import fit_blend
+    from .inference import PricePredictor
+
+    dd = load_from_disk(str(tokenized_dir / "dataset"))
+    if "validation" not in dd or "prompt" not in dd["validation"].column_names:
+        raise PricefitError("train.blend needs the tokenized validation split with its prompts", hint="re-run `pricefit tokenize`")
+    val = dd["validation"]
+    predictor = PricePredictor(model=model, tokenizer=tokenizer, low=0.0, high=1e9)
+    predictor.head, predictor.head_spec = head.eval(), head_spec
+    head_val = [p.value for p in predictor.predict(val["prompt"], mode="head", prompts=True)]
+    blend = fit_blend(dd["train"]["prompt"], dd["train"]["price"], val["prompt"], val["price"], head_val)
+    log.info("blend: TF-IDF weight %.2f chosen on %d validation items (MAE head $%.2f, TF-IDF $%.2f, blend $%.2f)",
+             blend.weight, len(val), blend.validation["head_mae"], blend.validation["tfidf_mae"], blend.validation["blend_mae"])
+    return blend
+
+
 def _optimizer(cfg, params, plan, head=None):
     import torch
 
@@ -734,6 +754,12 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
             from .heads import save_price_head
 
             save_price_head(tmp / "adapter", head, head_spec)
+        if cfg.blend == "tfidf":
+            blend = _fit_blend(tokenized_dir, model, tokenizer, head, head_spec, plan)
+            from .blend import save_blend
+
+            save_blend(tmp / "adapter", blend)
+            summary["blend"] = {"weight": blend.weight, **blend.validation}
         _write_loss(tmp, history)
         artifacts.write_json_atomic(tmp / "train_summary.json", summary)
         artifacts.write_text_atomic(tmp / "model_card.md", _model_card(cfg, summary))

@@ -215,3 +215,48 @@ def test_scoring_raw_listings_builds_the_prompts_training_built(home, tmp_path):
     joined = data.join(src, on="item_id", suffix="_src")
     assert joined.height == data.height > 0
     assert joined["prediction"].to_list() == pytest.approx(joined["prediction_src"].to_list(), rel=1e-5)
+
+
+def test_choose_weight_takes_the_validation_minimum_and_prefers_the_head_on_ties():
+    from pricefit.blend import choose_weight
+
+    truth = [10.0, 100.0]
+    # the head is exact: weight 0; TF-IDF exact: weight 1; both equally off in log space: any weight ties -> 0
+    assert choose_weight(truth, [20.0, 50.0], truth)[0] == 0.0
+    assert choose_weight([20.0, 50.0], truth, truth)[0] == 1.0
+    w, scores = choose_weight([5.0, 200.0], [20.0, 50.0], truth)
+    assert 0 < w < 1 and scores["blend_mae"] < min(scores["head_mae"], scores["tfidf_mae"])
+    assert scores["head_mae"] == pytest.approx((5 + 100) / 2) and scores["tfidf_mae"] == pytest.approx((10 + 50) / 2)
+
+
+def test_tfidf_blend_is_fit_on_validation_saved_without_pickles_and_applied(tokenized, tmp_path):
+    import numpy as np
+
+    from pricefit.blend import BLEND_ARRAYS, BLEND_CONFIG, GRID, load_blend
+    from pricefit.inference import PricePredictor
+    from pricefit.training import train
+
+    out = tmp_path / "train"
+    train(tokenized, out, cfg(max_steps=4, blend="tfidf"))
+    saved = json.loads((out / "adapter" / BLEND_CONFIG).read_text())
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert saved["weight"] in GRID and summary["blend"]["weight"] == saved["weight"]
+    assert summary["blend"]["blend_mae"] <= min(summary["blend"]["head_mae"], summary["blend"]["tfidf_mae"]) + 1e-9
+    assert set(np.load(out / "adapter" / BLEND_ARRAYS).files) == {"idf", "coef", "intercept"}  # plain arrays
+
+    pred = PricePredictor(adapter_dir=out, device="cpu")
+    blend = load_blend(out)
+    assert pred.blend is not None and blend.weight == saved["weight"]
+    prompts = [PROMPT.replace("{text}", t) for t, _ in ITEMS[:3]]
+    got = pred.predict(prompts, prompts=True, mode="head")
+    pred.blend = None
+    head_only = [p.value for p in pred.predict(prompts, prompts=True, mode="head")]
+    w = blend.weight
+    expected = np.expm1((1 - w) * np.log1p(head_only) + w * np.log1p(blend.tfidf(prompts)))
+    assert [p.value for p in got] == pytest.approx(expected.tolist(), rel=1e-6)
+    assert got[0].raw.startswith("blend ")
+
+
+def test_blend_needs_the_regression_head():
+    with pytest.raises(ValueError, match="train.blend needs train.head: regression"):
+        cfg(head="generate", blend="tfidf")

@@ -17,31 +17,45 @@ ALPHA = 1.0
 MAX_FEATURES = 100_000
 
 
-def fit_predict(
-    train_texts: Sequence[str], train_prices: Sequence[float], test_texts: Sequence[str], alpha: float = ALPHA
-) -> tuple[list[float], dict]:
+def fit(train_texts: Sequence[str], train_prices: Sequence[float], alpha: float = ALPHA):
+    """(vectorizer, ridge, (low, high)): the fitted model and the training price range it clips to."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import Ridge
 
     prices = np.asarray(train_prices, dtype=np.float64)
     if prices.size == 0:
         raise ValueError("the training split is empty: nothing to fit the TF-IDF baseline on")
-    vec = TfidfVectorizer(
-        ngram_range=(1, 2),
-        sublinear_tf=True,
-        strip_accents="unicode",
-        min_df=2 if prices.size >= 1000 else 1,
-        max_features=MAX_FEATURES,
-    )
+    vec = TfidfVectorizer(**vectorizer_params(prices.size))
     x_train = vec.fit_transform([t or "" for t in train_texts])
     model = Ridge(alpha=alpha).fit(x_train, np.log1p(prices))
-    pred = np.expm1(model.predict(vec.transform([t or "" for t in test_texts])))
-    pred = np.clip(pred, prices.min(), prices.max())
+    return vec, model, (float(prices.min()), float(prices.max()))
+
+
+def vectorizer_params(n_rows: int) -> dict:
+    return {
+        "ngram_range": (1, 2),
+        "sublinear_tf": True,
+        "strip_accents": "unicode",
+        "min_df": 2 if n_rows >= 1000 else 1,
+        "max_features": MAX_FEATURES,
+    }
+
+
+def predict(vec, model, clip: tuple[float, float], texts: Sequence[str]) -> np.ndarray:
+    pred = np.expm1(model.predict(vec.transform([t or "" for t in texts])))
+    return np.clip(pred, clip[0], clip[1])
+
+
+def fit_predict(
+    train_texts: Sequence[str], train_prices: Sequence[float], test_texts: Sequence[str], alpha: float = ALPHA
+) -> tuple[list[float], dict]:
+    vec, model, clip = fit(train_texts, train_prices, alpha)
+    pred = predict(vec, model, clip, test_texts)
     info = {
         "vocabulary": len(vec.vocabulary_),
         "alpha": alpha,
         "target": "log1p(price)",
-        "clip": [float(prices.min()), float(prices.max())],
-        "train_rows": int(prices.size),
+        "clip": list(clip),
+        "train_rows": len(train_prices),
     }
     return [float(p) for p in pred], info
