@@ -95,6 +95,14 @@ def quiet_libraries(verbose: int = 0) -> None:
     if verbose:
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub is imported
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # datasets' map/save bars, read at its import
+    if "datasets" in sys.modules:
+        try:
+            import datasets
+
+            datasets.disable_progress_bars()
+        except Exception:  # noqa: BLE001 - bars stay
+            pass
     if "huggingface_hub" in sys.modules:  # already imported: switch them off directly
         try:
             from huggingface_hub.utils import disable_progress_bars
