@@ -17,7 +17,7 @@ import textwrap
 import pytest
 
 from flows.common import RetrainParams
-from pricefit.commands.run import _step_states
+from flows.commands import _step_states
 from tasks import cache, faults
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]

@@ -1,7 +1,9 @@
-"""`pricefit run` and `pricefit sweep`: the Prefect flows, in this process.
+"""`pricefit run`, `pricefit sweep` (and `pricefit serve`, flows/serve.py): the orchestration commands.
 
-Prefect is imported inside the commands (``pricefit --help`` stays fast, and the library itself
-never imports it). Without PREFECT_API_URL the flow runs against Prefect's ephemeral API (a
+They live above the library: pyproject.toml names this module in the ``pricefit.commands`` entry
+point group, and ``pricefit.cli`` imports every module of that group, whose commands register on
+the same typer app as the stage commands. Prefect is imported inside the commands (``pricefit
+--help`` stays fast). Without PREFECT_API_URL the flow runs against Prefect's ephemeral API (a
 temporary local server on the default database, so a later `prefect server start` shows the
 runs); with it, against that server.
 """
@@ -14,8 +16,8 @@ from typing import Any, Optional
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
-from ..errors import ContractError, PricefitError
+from pricefit.cli import JSON_OPTION_HELP, app, check_input, command, emit
+from pricefit.errors import ContractError, PricefitError
 
 
 
@@ -212,3 +214,6 @@ def sweep_cmd(
     out = _finish(state, as_json, _human_sweep)
     if out.get("failed"):  # the table is out; the exit status says not every trial finished
         raise typer.Exit(1)
+
+
+from flows import serve as _serve  # noqa: E402,F401 - registers `pricefit serve` after run and sweep
