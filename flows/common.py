@@ -103,13 +103,6 @@ def resolve_config(params: RetrainParams) -> RunConfig:
         overrides.append(f"workdir={params.workdir}")
     cfg = load_run_config(params.profile, overrides=overrides)
     cfg = cfg.model_copy(update={"source": expand_env(cfg.source), "workdir": str(Path(os.path.expandvars(cfg.workdir)).resolve())})
-    b, e = cfg.baselines, cfg.evaluate
-    if (b.split, b.max_items) != (e.split, e.max_items):
-        raise PricefitError(
-            f"baselines score split={b.split} max_items={b.max_items} but evaluate scores split={e.split} "
-            f"max_items={e.max_items}: the comparison would not be on the same items",
-            hint="set baselines.split/max_items equal to evaluate.split/max_items in the profile",
-        )
     return cfg
 
 
