@@ -101,7 +101,7 @@ STEP_ENTRY: dict[str, tuple[str, ...]] = {
     "champion": ("tasks.evaluation", "pricefit.evaluation"),
     "baselines": ("tasks.baselines", "pricefit.baselines"),
     "compare": ("tasks.compare", "pricefit.compare"),
-    "report": ("tasks.report",),  # the run report is rendered by the task module itself
+    "report": ("tasks.report", "pricefit.report"),
 }
 
 #: The project's own top-level packages: imports into these are followed, all others (the standard
