@@ -10,12 +10,10 @@ from pricefit.artifacts import ArtifactRef, atomic_dir, ref_for, write_manifest,
 from pricefit.report import render_run_report
 
 from . import cache
-from .faults import maybe_fail
 
 
 @task(name="report", task_run_name="report", timeout_seconds=600)
 def report(refs: dict[str, ArtifactRef], decision: dict[str, Any], workdir: str) -> ArtifactRef:
-    maybe_fail("report")
     out = cache.out_dir(workdir, "report", cache.current_key("report", dict(refs=refs, decision=decision, workdir=workdir)))
     with atomic_dir(out) as tmp:
         write_text_atomic(tmp / "report.md", render_run_report(refs, decision))

@@ -83,7 +83,7 @@ def command(func: Callable) -> Callable:
         from .errors import ContractError, PricefitError
 
         setup_logging()
-        as_json = bool(kwargs.get("as_json")) or "--json" in sys.argv
+        as_json = bool(kwargs.get("as_json"))  # every command names its --json option as_json
         try:
             return func(*args, **kwargs)
         except ContractError as e:

@@ -18,7 +18,8 @@ import pytest
 
 from flows.common import RetrainParams
 from flows.commands import _step_states
-from tasks import cache, faults
+import pricefit_faults as faults
+from tasks import cache
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 

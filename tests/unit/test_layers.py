@@ -46,3 +46,15 @@ def test_fresh_editable_install_exposes_the_entry_point(tmp_path):
     plugins, names = out.stdout.splitlines()
     assert plugins == "['flows.commands']"
     assert set(names.split()) == COMMANDS
+
+
+def test_json_errors_follow_the_command_line_given_not_sys_argv(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pricefit.cli import app
+
+    monkeypatch.setattr(sys, "argv", ["pricefit", "train", "--json"])  # the host process's argv is not the command's
+    r = CliRunner().invoke(app, ["train", "--tokenized", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and '"ok": false' not in r.output
+    r = CliRunner().invoke(app, ["train", "--tokenized", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--json"])
+    assert r.exit_code == 2 and '"ok": false' in r.output
