@@ -62,7 +62,7 @@ from pydantic import BaseModel
 
 from prefect.cache_policies import CachePolicy
 
-from pricefit.artifacts import MANIFEST, ArtifactRef, canonical_json, sha256_file
+from pricefit.artifacts import ArtifactRef, canonical_json, sha256_file, verify
 from pricefit import endpoints
 from pricefit.config import BaselinesConfig
 
@@ -327,15 +327,6 @@ def refs_in(value: Any) -> list[ArtifactRef]:
     return []
 
 
-def intact(ref: ArtifactRef) -> bool:
-    """Cheap check that a cached reference still points at the same finished artifact."""
-    m = ref.dir / MANIFEST
-    if not m.exists() or sha256_file(m) != ref.sha256:
-        return False
-    files = json.loads(m.read_text()).get("files", {})
-    return all((ref.dir / rel).exists() for rel in files)
-
-
 def _drop_stale_record(records_dir: str | None, key: str) -> None:
     """Delete the cache record of ``key`` when an artifact it references is gone or was replaced."""
     if not records_dir:
@@ -350,7 +341,7 @@ def _drop_stale_record(records_dir: str | None, key: str) -> None:
             result = json.loads(result)
     except (OSError, ValueError):
         return  # Prefect treats an unreadable record as a miss already
-    stale = [r for r in refs_in(result) if not intact(r)]
+    stale = [r for r in refs_in(result) if not verify(r, hashes=False)]
     if stale:
         log.warning("cache record %s… points at a missing or changed artifact (%s); recomputing", key[:12], stale[0].path)
         record.unlink(missing_ok=True)

@@ -22,7 +22,6 @@ from .parsing import DEFAULT_MAX_PRICE, DEFAULT_MIN_PRICE
 from .slices import SliceSpec
 
 # Reference product-pricer prompt, split into the part the model reads and the part it must write.
-DEFAULT_QUESTION = "How much does this cost to the nearest dollar?"
 DEFAULT_PROMPT_TEMPLATE = "How much does this cost to the nearest dollar?\n\n{text}\n\nPrice is $"
 DEFAULT_COMPLETION_TEMPLATE = "{price}.00"
 

@@ -47,3 +47,17 @@ def test_markdown_table_aligns_and_escapes():
 def test_comparison_and_run_report_tables_come_from_report():
     offenders = [rel for rel in ("src/pricefit/compare.py", "tasks/report.py") if re.search(r"\|---", (ROOT / rel).read_text())]
     assert offenders == []
+
+
+def test_one_intactness_check_for_the_cache_and_the_tests(tmp_path):
+    from pricefit.artifacts import atomic_dir, ref_for, verify, write_manifest
+
+    with atomic_dir(tmp_path / "a") as tmp:
+        (tmp / "x.txt").write_text("1")
+        write_manifest(tmp, {"kind": "t"})
+    ref = ref_for(tmp_path / "a", "t")
+    assert verify(ref) and verify(ref, hashes=False)
+    (tmp_path / "a" / "x.txt").write_text("2")  # edited in place: the cache's cheap check still passes
+    assert not verify(ref) and verify(ref, hashes=False)
+    (tmp_path / "a" / "x.txt").unlink()
+    assert not verify(ref, hashes=False)
