@@ -18,6 +18,7 @@ import typer
 
 from pricefit.cli import JSON_OPTION_HELP, app, check_input, command, emit
 from pricefit.errors import ContractError, PricefitError
+from tasks import steps
 
 
 
@@ -36,9 +37,7 @@ def _step_states(flow_run_id: Any) -> dict[str, str]:
             prev = found.get(step)
             if prev is None or (started and prev[0] and started > prev[0]):
                 found[step] = (started, tr.state.name)
-    from tasks.cache import STEPS  # the DAG order, defined once beside the cache policy
-
-    order = {s: i for i, s in enumerate(STEPS)}
+    order = {s: i for i, s in enumerate(steps.NAMES)}  # the DAG order of the step registry
     return {s: found[s][1] for s in sorted(found, key=lambda s: order.get(s, 99))}
 
 
@@ -128,7 +127,7 @@ def _params(profile: str, overrides: list[str] | None, source: str | None, workd
 
 PROFILE_HELP = "Profile name in deployments/profiles (demo, shared-cpu, gpu-8b) or a path to a profile YAML."
 SET_HELP = "Override a setting: --set train.learning_rate=2e-4 (repeatable)."
-REFRESH_HELP = "Recompute STEP and every step after it even when cached: ingest, curate, tokenize, train, evaluate, baselines, compare, report."
+REFRESH_HELP = steps.REFRESH_HELP  # the refreshable steps of the registry (tasks/steps.py)
 
 
 @app.command(
