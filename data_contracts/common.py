@@ -5,7 +5,6 @@ Everything here returns plain pandas frames (the GX boundary) or pre-checked rep
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -125,17 +124,3 @@ def one_row(name: str, values: dict[str, Any], checks: list, id_columns: list[st
     import pandas as pd
 
     return Batch(name=name, frame=pd.DataFrame([values]), expectations=checks, id_columns=id_columns or [])
-
-
-def read_jsonl_reasons(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    out = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    out.append(str(json.loads(line).get("reason")))
-                except (json.JSONDecodeError, AttributeError):
-                    out.append("<unreadable quarantine line>")
-    return out

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from pricefit import tracking
 from pricefit.config import RunConfig, load_run_config
 from pricefit.errors import PricefitError
+from tasks import steps
 
 # ------------------------------------------------------------------------------------------------
 # logging: pricefit's own records reach the run's Prefect logs (the UI's Logs tab,
@@ -51,7 +52,7 @@ def setup_run_logging() -> None:
             logger.addHandler(handler)
 
 
-RefreshStep = Literal["none", "ingest", "curate", "tokenize", "train", "evaluate", "champion", "baselines", "compare", "report"]
+RefreshStep = Literal[("none", *steps.REFRESHABLE)]  # the step registry's refreshable steps (tasks/steps.py)
 
 
 class RetrainParams(BaseModel):
@@ -103,13 +104,6 @@ def resolve_config(params: RetrainParams) -> RunConfig:
         overrides.append(f"workdir={params.workdir}")
     cfg = load_run_config(params.profile, overrides=overrides)
     cfg = cfg.model_copy(update={"source": expand_env(cfg.source), "workdir": str(Path(os.path.expandvars(cfg.workdir)).resolve())})
-    b, e = cfg.baselines, cfg.evaluate
-    if (b.split, b.max_items) != (e.split, e.max_items):
-        raise PricefitError(
-            f"baselines score split={b.split} max_items={b.max_items} but evaluate scores split={e.split} "
-            f"max_items={e.max_items}: the comparison would not be on the same items",
-            hint="set baselines.split/max_items equal to evaluate.split/max_items in the profile",
-        )
     return cfg
 
 
@@ -145,9 +139,11 @@ class Steps:
         self.tracking = tracking.target(cfg.tracking, cfg.workdir)  # None: off (README "Experiment tracking")
         tracking.check(self.tracking)
 
-    def run(self, step: str, task: Any, *args: Any) -> Any:
+    def run(self, step: str, *args: Any) -> Any:
+        """Run the registered task of ``step`` (tasks/steps.py) on ``args``, cached; publish its UI artifacts."""
         from tasks import cache, ui
 
+        task = steps.BY_NAME[step].load_task()
         bound = cache.configured(task, step, self.workdir, refresh=step in self.refresh, tags=self.tags)
         state = bound(*args, return_state=True)
         self.states[step] = state.name
@@ -167,69 +163,53 @@ class Steps:
     # one method per step, in DAG order ------------------------------------------------------------
 
     def ingest(self):
-        from tasks.ingest import ingest, ingest_options
+        from tasks.ingest import ingest_options
 
-        return self.run("ingest", ingest, self.cfg.source, ingest_options(self.cfg.curate), self.workdir)
+        return self.run("ingest", self.cfg.source, ingest_options(self.cfg.curate), self.workdir)
 
     def contract(self, stage: str, ref):
-        from tasks.contract import contract
-
-        return self.run(f"contract_{stage}", contract, stage, ref)
+        return self.run(f"contract_{stage}", stage, ref)
 
     def curate(self, raw):
-        from tasks.curate import curate
-
-        return self.run("curate", curate, raw, self.cfg.curate, self.workdir)
+        return self.run("curate", raw, self.cfg.curate, self.workdir)
 
     def tokenize(self, curated):
-        from tasks.tokenize_data import tokenize
-
-        return self.run("tokenize", tokenize, curated, self.cfg.tokenize, self.workdir)
+        return self.run("tokenize", curated, self.cfg.tokenize, self.workdir)
 
     def train(self, tokenized, train_cfg=None):
-        from tasks.train import train
-
         cfg = train_cfg or self.cfg.train
         oversampled = [s for s in self.cfg.slices if s.name in cfg.oversample]
-        return self.track(tracking.log_train, self.run("train", train, tokenized, cfg, self.workdir, oversampled))
+        return self.track(tracking.log_train, self.run("train", tokenized, cfg, self.workdir, oversampled))
 
     def evaluate(self, adapter, tokenized):
-        from tasks.evaluation import evaluate
-
         return self.track(tracking.log_evaluation,
-                          self.run("evaluate", evaluate, adapter, tokenized, self.cfg.evaluate, self.workdir, self.cfg.slices))
+                          self.run("evaluate", adapter, tokenized, self.cfg.evaluate, self.workdir, self.cfg.slices))
 
     def champion(self, tokenized, challenger):
         """The current champion's adapter re-scored on today's held-out items; None without one to judge."""
         from pricefit.compare import current_champion
-        from tasks.evaluation import champion
 
         champ = current_champion(self.workdir)
         if champ is not None and champ.get("adapter_sha256") == challenger_sha(challenger):
             champ = None  # the challenger is the champion: nothing else to judge
-        return self.run("champion", champion, None if champ is None else champ["adapter"],
+        return self.run("champion", None if champ is None else champ["adapter"],
                         None if champ is None else champ["adapter_sha256"], tokenized, self.cfg.evaluate,
                         self.workdir, self.cfg.slices)
 
     def baselines(self, curated):
-        from tasks.baselines import baselines
-
-        return self.run("baselines", baselines, curated, self.cfg.baselines, self.workdir, self.cfg.slices)
+        return self.run("baselines", curated, self.cfg.baselines, self.workdir, self.cfg.slices)
 
     def compare(self, evaluation, baselines, champion=None):
         from pricefit.compare import current_champion
-        from tasks.compare import compare
 
         champ = current_champion(self.workdir)
-        out = self.run("compare", compare, evaluation, baselines, self.cfg.promote, self.workdir, champion,
+        out = self.run("compare", evaluation, baselines, self.cfg.promote, self.workdir, champion,
                        None if champ is None else champ.get("adapter_sha256"))
         self.track(tracking.register_champion, out["decision"])
         return out
 
     def report(self, decision, **refs):
-        from tasks.report import report
-
-        return self.run("report", report, refs, decision, self.workdir)
+        return self.run("report", refs, decision, self.workdir)
 
     def prepared_data(self):
         """ingest -> contract -> curate -> contract -> tokenize -> contract (every flow starts here)."""

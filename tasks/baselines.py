@@ -7,7 +7,6 @@ from pricefit.config import BaselinesConfig
 from pricefit.slices import SliceSpec
 
 from . import cache
-from .faults import maybe_fail
 
 
 @task(
@@ -22,7 +21,6 @@ def baselines(curated: ArtifactRef, cfg: BaselinesConfig, workdir: str, slices: 
     """Constant, linear, TF-IDF, base model and frontier model on the same held-out items."""
     from pricefit.baselines import run_baselines
 
-    maybe_fail("baselines")
     inputs = dict(curated=curated, cfg=cfg, workdir=workdir, slices=list(slices or []))
     out = cache.out_dir(workdir, "baselines", cache.current_key("baselines", inputs))
     return run_baselines(curated.path, out, cfg, slices=slices)

@@ -62,53 +62,31 @@ from pydantic import BaseModel
 
 from prefect.cache_policies import CachePolicy
 
-from pricefit.artifacts import MANIFEST, ArtifactRef, canonical_json, sha256_file
+from pricefit.artifacts import ArtifactRef, canonical_json, sha256_file, verify
 from pricefit import endpoints
 from pricefit.config import BaselinesConfig
 
+from . import steps
+
 log = logging.getLogger("pricefit.tasks")
 
-#: Steps in DAG order; ``--refresh STEP`` refreshes the step and everything after it.
-STEPS: tuple[str, ...] = (
-    "ingest",
-    "contract_raw",
-    "curate",
-    "contract_curated",
-    "tokenize",
-    "contract_tokenized",
-    "train",
-    "evaluate",
-    "champion",
-    "baselines",
-    "compare",
-    "report",
-)
-#: What a user may name in ``--refresh`` (contracts follow their step).
-REFRESHABLE: tuple[str, ...] = tuple(s for s in STEPS if not s.startswith("contract_"))
-
-#: Where each step's code starts: its task wrapper module and the module of the library function
-#: it calls. Everything else a step runs is found from these by following their imports (below);
-#: ``configured`` refuses a project task bound to a step whose wrapper is not the one named here.
-STEP_ENTRY: dict[str, tuple[str, ...]] = {
-    "ingest": ("tasks.ingest", "pricefit.curation"),
-    "contract_raw": ("tasks.contract", "data_contracts"),
-    "curate": ("tasks.curate", "pricefit.curation"),
-    "contract_curated": ("tasks.contract", "data_contracts"),
-    "tokenize": ("tasks.tokenize_data", "pricefit.tokenization"),
-    "contract_tokenized": ("tasks.contract", "data_contracts"),
-    "train": ("tasks.train", "pricefit.training"),
-    "evaluate": ("tasks.evaluation", "pricefit.evaluation"),
-    "champion": ("tasks.evaluation", "pricefit.evaluation"),
-    "baselines": ("tasks.baselines", "pricefit.baselines"),
-    "compare": ("tasks.compare", "pricefit.compare"),
-    "report": ("tasks.report",),  # the run report is rendered by the task module itself
-}
+#: Steps in DAG order, what ``--refresh`` may name, and where each step's code starts (its task
+#: module and its library module; everything else it runs is found by following their imports):
+#: all from the step registry (tasks/steps.py). ``configured`` refuses a project task bound to a
+#: step whose task module is not the registered one.
+STEPS: tuple[str, ...] = steps.NAMES
+REFRESHABLE: tuple[str, ...] = steps.REFRESHABLE
+STEP_ENTRY: dict[str, tuple[str, ...]] = {s.name: (s.task_module, s.library) for s in steps.REGISTRY}
 
 #: The project's own top-level packages: imports into these are followed, all others (the standard
 #: library, third-party packages) are not.
 PROJECT_PACKAGES: tuple[str, ...] = ("pricefit", "tasks", "flows", "data_contracts")
 
 _DYNAMIC_IMPORTS = {"import_module", "__import__"}
+
+#: Declarations, not code a step runs: the registry (a step's entry is in its key through
+#: STEP_ENTRY's modules; editing another step's entry must not invalidate this one).
+NOT_STEP_CODE = frozenset({"tasks.steps"})
 
 
 def _package_dir(top: str) -> Path | None:
@@ -226,7 +204,7 @@ def dependency_closure(entries: Iterable[str]) -> tuple[str, ...]:
     todo = [p for e in entries for p in _with_parents(e)]
     while todo:
         name = todo.pop()
-        if name in seen or name.split(".")[0] not in PROJECT_PACKAGES:
+        if name in seen or name.split(".")[0] not in PROJECT_PACKAGES or name in NOT_STEP_CODE:
             continue
         path = module_file(name)
         if path is None:  # an attribute (``from pkg import function``) or a module that is not there
@@ -327,15 +305,6 @@ def refs_in(value: Any) -> list[ArtifactRef]:
     return []
 
 
-def intact(ref: ArtifactRef) -> bool:
-    """Cheap check that a cached reference still points at the same finished artifact."""
-    m = ref.dir / MANIFEST
-    if not m.exists() or sha256_file(m) != ref.sha256:
-        return False
-    files = json.loads(m.read_text()).get("files", {})
-    return all((ref.dir / rel).exists() for rel in files)
-
-
 def _drop_stale_record(records_dir: str | None, key: str) -> None:
     """Delete the cache record of ``key`` when an artifact it references is gone or was replaced."""
     if not records_dir:
@@ -350,7 +319,7 @@ def _drop_stale_record(records_dir: str | None, key: str) -> None:
             result = json.loads(result)
     except (OSError, ValueError):
         return  # Prefect treats an unreadable record as a miss already
-    stale = [r for r in refs_in(result) if not intact(r)]
+    stale = [r for r in refs_in(result) if not verify(r, hashes=False)]
     if stale:
         log.warning("cache record %s… points at a missing or changed artifact (%s); recomputing", key[:12], stale[0].path)
         record.unlink(missing_ok=True)
@@ -452,7 +421,7 @@ def configured(task: Any, step: str, workdir: str | os.PathLike, refresh: bool =
 
         raise PricefitError(
             f"step {step!r} runs a task from {module}, but its cache key hashes the code of {STEP_ENTRY[step][0]}",
-            hint=f"set STEP_ENTRY[{step!r}] in tasks/cache.py to the task's module",
+            hint=f"register the task of step {step!r} in tasks/steps.py",
         )
     root = Path(workdir).resolve()
     (root / ".prefect-results").mkdir(parents=True, exist_ok=True)

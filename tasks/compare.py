@@ -8,7 +8,6 @@ from pricefit.artifacts import ArtifactRef
 from pricefit.config import PromoteConfig
 
 from . import cache
-from .faults import maybe_fail
 
 
 @task(name="compare", task_run_name="compare and promote on {cfg.metric}", timeout_seconds=900)
@@ -23,7 +22,6 @@ def compare(evaluation: ArtifactRef, baselines: ArtifactRef, cfg: PromoteConfig,
     """
     from pricefit import compare as cmp
 
-    maybe_fail("compare")
     inputs = dict(evaluation=evaluation, baselines=baselines, cfg=cfg, workdir=workdir, champion=champion,
                   champion_sha256=champion_sha256)
     key = cache.current_key("compare", inputs)

@@ -6,8 +6,6 @@ from prefect import task
 
 from pricefit.artifacts import ArtifactRef
 
-from .faults import maybe_fail
-
 
 @task(name="contract", task_run_name="contract {stage}", timeout_seconds=1800)
 def contract(stage: str, ref: ArtifactRef) -> dict[str, Any]:
@@ -17,7 +15,6 @@ def contract(stage: str, ref: ArtifactRef) -> dict[str, Any]:
     import data_contracts
     from pricefit.errors import ContractError
 
-    maybe_fail(f"contract_{stage}")
     verdict = ref.manifest().get("contract")
     if isinstance(verdict, dict) and "success" in verdict:
         # raw and curated are checked by their stage before the rename (bad rows moved out there);

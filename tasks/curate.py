@@ -6,7 +6,6 @@ from pricefit.artifacts import ArtifactRef
 from pricefit.config import CurateConfig
 
 from . import cache
-from .faults import maybe_fail
 
 
 @task(name="curate", task_run_name="curate {raw.rows} rows (tokenizer {cfg.tokenizer})", timeout_seconds=3 * 3600)
@@ -15,7 +14,6 @@ def curate(raw: ArtifactRef, cfg: CurateConfig, workdir: str) -> ArtifactRef:
     import data_contracts
     from pricefit import curation
 
-    maybe_fail("curate")
     out = cache.out_dir(workdir, "curate", cache.current_key("curate", dict(raw=raw, cfg=cfg, workdir=workdir)))
     # the curated contract runs before the rename and its verdict is in the manifest: a run killed
     # after the rename never leaves an unchecked artifact (curation.read_split refuses a failed one)

@@ -11,7 +11,6 @@ from pricefit.config import EvaluateConfig
 from pricefit.slices import SliceSpec
 
 from . import cache, gpu
-from .faults import maybe_fail
 
 
 @task(name="evaluate", task_run_name="evaluate on {cfg.split} (max {cfg.max_items} items)", timeout_seconds=6 * 3600)
@@ -20,7 +19,6 @@ def evaluate(adapter: ArtifactRef, tokenized: ArtifactRef, cfg: EvaluateConfig, 
     """Score the fine-tuned adapter on the held-out split: predictions, metrics (overall and per slice), report.md, plots."""
     from pricefit import evaluation
 
-    maybe_fail("evaluate")
     inputs = dict(adapter=adapter, tokenized=tokenized, cfg=cfg, workdir=workdir, slices=list(slices or []))
     out = cache.out_dir(workdir, "evaluate", cache.current_key("evaluate", inputs))
     on_gpu = gpu.resolve_device(cfg.device) == "cuda"
@@ -37,7 +35,6 @@ def champion(adapter_path: str | None, adapter_sha256: str | None, tokenized: Ar
     """
     from pricefit import evaluation
 
-    maybe_fail("champion")
     if adapter_path is None:
         return None
     inputs = dict(adapter_path=adapter_path, adapter_sha256=adapter_sha256, tokenized=tokenized, cfg=cfg, workdir=workdir,

@@ -16,7 +16,7 @@ down, unless a sweep asks for it), ``gpu`` for physical GPU 0 and ``gpu:N`` for 
 A sweep worker process is pinned to one GPU by :func:`pin_worker` (CUDA_VISIBLE_DEVICES set and
 CUDA initialized before any task runs), so inside it ``cuda`` means that GPU.
 
-Test hook (like tasks/faults.py, read only when set): ``PRICEFIT_SLOT_BARRIER=DIR:N[:TIMEOUT]``
+Test hook (read only when set): ``PRICEFIT_SLOT_BARRIER=DIR:N[:TIMEOUT]``
 makes every step that takes a slot wait, once inside it, until N holders have entered (a file
 each in DIR), or raise after TIMEOUT seconds (default 300). A test uses it to prove that N
 trials hold their slots at the same time; it never enters a cache key.

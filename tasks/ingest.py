@@ -7,7 +7,6 @@ from prefect import task
 from pricefit.artifacts import ArtifactRef
 
 from . import cache
-from .faults import maybe_fail
 
 
 @task(
@@ -25,7 +24,6 @@ def ingest(source: str, options: dict[str, Any], workdir: str) -> ArtifactRef:
 
     import data_contracts
 
-    maybe_fail("ingest")
     out = cache.out_dir(workdir, "ingest", cache.current_key("ingest", dict(source=source, options=options, workdir=workdir)))
     cfg = CurateConfig(**options)
     # the raw contract runs on the directory before it is moved into place (bad rows quarantined)

@@ -8,7 +8,6 @@ from pricefit.artifacts import ArtifactRef
 from pricefit.config import TokenizeConfig
 
 from . import cache
-from .faults import maybe_fail
 
 
 @task(name="tokenize", task_run_name="tokenize for {cfg.base_model}", timeout_seconds=3 * 3600)
@@ -16,6 +15,5 @@ def tokenize(curated: ArtifactRef, cfg: TokenizeConfig, workdir: str) -> Artifac
     """Prompt + completion per item, tokenized for the base model (loss only on the price tokens)."""
     from pricefit import tokenization
 
-    maybe_fail("tokenize")
     out = cache.out_dir(workdir, "tokenize", cache.current_key("tokenize", dict(curated=curated, cfg=cfg, workdir=workdir)))
     return tokenization.tokenize(curated.path, out, cfg)

@@ -7,7 +7,6 @@ from pricefit.config import TrainConfig
 from pricefit.slices import SliceSpec
 
 from . import cache, gpu, ui
-from .faults import maybe_fail
 
 
 @task(
@@ -19,7 +18,6 @@ def train(tokenized: ArtifactRef, cfg: TrainConfig, workdir: str, slices: list[S
     """QLoRA fine-tune, holding the accelerator's concurrency slot; a progress artifact moves with the steps."""
     from pricefit import training
 
-    maybe_fail("train")
     key_inputs = dict(tokenized=tokenized, cfg=cfg, workdir=workdir)
     if slices:  # only the slices that train.oversample names reach train (the flow passes just those)
         key_inputs["slices"] = slices

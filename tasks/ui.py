@@ -56,54 +56,81 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def publish(step: str, result: Any) -> None:
-    """Create the UI artifacts of one finished (or cached) step."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    """Create the UI artifacts of one finished (or cached) step: its publisher in the step registry."""
+    from .steps import BY_NAME
 
-    if step in ("ingest", "curate"):
-        m = result.manifest()
-        _safe(
-            create_table_artifact,
-            table=accounting_rows(m),
-            key="data-manifest" if step == "curate" else "raw-manifest",
-            description=f"{step}: where every input row of {m.get('source')} went ({result.path})",
-        )
-    elif step.startswith("contract_"):
-        ok = "passed" if result.get("success") else "FAILED"
-        docs = result.get("data_docs")
-        link = f"[Data Docs]({Path(docs).as_uri()})  `{docs}`" if docs else "(no Data Docs)"
-        md = (
-            f"### {result['stage']} contract {ok}\n\n{result.get('checked')} checks, {result.get('failed')} failed, "
-            f"{result.get('skipped')} skipped.\n\n{link}\n\nReport: `{result.get('report_path')}`"
-        )
-        _safe(create_markdown_artifact, markdown=md, key=f"contract-{result['stage']}", description=f"{result['stage']} data contract")
-    elif step == "train":
-        d = result.dir
-        summary = _read_json(d / "train_summary.json")
-        rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, (dict, list)))
-        md = f"### Training loss\n\n{image_md(d / 'loss.png', 'loss curve')}\n\n| field | value |\n|---|---|\n{rows}\n"
-        _safe(create_markdown_artifact, markdown=md, key="loss-curve", description=f"adapter {result.path}")
-    elif step == "evaluate":
-        d = result.dir
-        report = (d / "report.md").read_text() if (d / "report.md").exists() else "(no report.md)"
-        _safe(create_markdown_artifact, markdown=report, key="evaluation-report", description=f"evaluation {result.path}")
-        _safe(
-            create_markdown_artifact,
-            markdown=f"### Predicted vs true price\n\n{image_md(d / 'scatter.png', 'scatter plot')}",
-            key="scatter-plot",
-            description="held-out predictions",
-        )
-    elif step == "compare":
-        ref, decision = result["comparison"], result["decision"]
-        md = (ref.dir / "comparison.md").read_text() if (ref.dir / "comparison.md").exists() else ""
-        verdict = "promoted to champion" if decision.get("promoted") else "not promoted"
-        md += f"\n\n**Promotion:** {verdict}: {decision.get('reason')}\n"
-        _safe(create_markdown_artifact, markdown=md, key="comparison-table", description=f"comparison {ref.path}")
-    elif step == "report":
-        md = f"### Run report\n\n`{result.path}`\n"
-        page = result.dir / "report.md"
-        if page.exists():
-            md = page.read_text()
-        _safe(create_markdown_artifact, markdown=md, key="run-report", description=f"report {result.path}")
+    name = BY_NAME[step].publish if step in BY_NAME else None
+    if name:
+        globals()[name](step, result)
+
+
+def publish_accounting(step: str, result: Any) -> None:
+    from prefect.artifacts import create_table_artifact
+
+    m = result.manifest()
+    _safe(
+        create_table_artifact,
+        table=accounting_rows(m),
+        key="data-manifest" if step == "curate" else "raw-manifest",
+        description=f"{step}: where every input row of {m.get('source')} went ({result.path})",
+    )
+
+
+def publish_contract(step: str, result: Any) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    ok = "passed" if result.get("success") else "FAILED"
+    docs = result.get("data_docs")
+    link = f"[Data Docs]({Path(docs).as_uri()})  `{docs}`" if docs else "(no Data Docs)"
+    md = (
+        f"### {result['stage']} contract {ok}\n\n{result.get('checked')} checks, {result.get('failed')} failed, "
+        f"{result.get('skipped')} skipped.\n\n{link}\n\nReport: `{result.get('report_path')}`"
+    )
+    _safe(create_markdown_artifact, markdown=md, key=f"contract-{result['stage']}", description=f"{result['stage']} data contract")
+
+
+def publish_train(step: str, result: Any) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    d = result.dir
+    summary = _read_json(d / "train_summary.json")
+    rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, (dict, list)))
+    md = f"### Training loss\n\n{image_md(d / 'loss.png', 'loss curve')}\n\n| field | value |\n|---|---|\n{rows}\n"
+    _safe(create_markdown_artifact, markdown=md, key="loss-curve", description=f"adapter {result.path}")
+
+
+def publish_evaluation(step: str, result: Any) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    d = result.dir
+    report = (d / "report.md").read_text() if (d / "report.md").exists() else "(no report.md)"
+    _safe(create_markdown_artifact, markdown=report, key="evaluation-report", description=f"evaluation {result.path}")
+    _safe(
+        create_markdown_artifact,
+        markdown=f"### Predicted vs true price\n\n{image_md(d / 'scatter.png', 'scatter plot')}",
+        key="scatter-plot",
+        description="held-out predictions",
+    )
+
+
+def publish_comparison(step: str, result: Any) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    ref, decision = result["comparison"], result["decision"]
+    md = (ref.dir / "comparison.md").read_text() if (ref.dir / "comparison.md").exists() else ""
+    verdict = "promoted to champion" if decision.get("promoted") else "not promoted"
+    md += f"\n\n**Promotion:** {verdict}: {decision.get('reason')}\n"
+    _safe(create_markdown_artifact, markdown=md, key="comparison-table", description=f"comparison {ref.path}")
+
+
+def publish_report(step: str, result: Any) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    md = f"### Run report\n\n`{result.path}`\n"
+    page = result.dir / "report.md"
+    if page.exists():
+        md = page.read_text()
+    _safe(create_markdown_artifact, markdown=md, key="run-report", description=f"report {result.path}")
 
 
 class Progress:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# the orchestration commands (run, sweep, serve) join `pricefit` through the "pricefit.commands"
+# entry point; a shared venv installed before pyproject.toml declared it names them here instead
+os.environ.setdefault("PRICEFIT_COMMANDS", "flows.commands")
 
 import pytest
 

@@ -83,7 +83,7 @@ def command(func: Callable) -> Callable:
         from .errors import ContractError, PricefitError
 
         setup_logging()
-        as_json = bool(kwargs.get("as_json")) or "--json" in sys.argv
+        as_json = bool(kwargs.get("as_json"))  # every command names its --json option as_json
         try:
             return func(*args, **kwargs)
         except ContractError as e:
@@ -204,7 +204,27 @@ def main() -> None:
     app(prog_name="pricefit")
 
 
+PLUGIN_GROUP = "pricefit.commands"  # entry point group: modules whose commands join this app
+PLUGIN_ENV = "PRICEFIT_COMMANDS"  # comma-separated module names, for an install whose entry points are stale
+
+
+def plugin_modules() -> list[str]:
+    """Modules that add commands to :data:`app`: the ``pricefit.commands`` entry points, then PRICEFIT_COMMANDS.
+
+    The library names no orchestration module: pyproject.toml declares the entry point
+    (``orchestration = "flows.commands"``), so a package above the library adds its commands
+    (``run``, ``sweep``, ``serve``) without the library importing it.
+    """
+    import os
+    from importlib.metadata import entry_points
+
+    names = [ep.value.split(":", 1)[0] for ep in entry_points(group=PLUGIN_GROUP)]
+    names += [n.strip() for n in os.environ.get(PLUGIN_ENV, "").split(",") if n.strip()]
+    return list(dict.fromkeys(names))
+
+
 def _register() -> None:
+    """The stage commands (``pricefit.commands.*``), then the plugins' (each registers on import)."""
     import importlib
     import pkgutil
 
@@ -212,6 +232,11 @@ def _register() -> None:
 
     for mod in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
         importlib.import_module(f"{commands.__name__}.{mod}")
+    for name in plugin_modules():
+        try:
+            importlib.import_module(name)
+        except ImportError as e:  # the stage commands still work; say why the others are missing
+            sys.stderr.write(f"pricefit: commands of {name!r} not loaded ({type(e).__name__}: {e})\n")
 
 
 _register()

@@ -34,6 +34,7 @@ from typing import Any, Iterable, Mapping
 from .artifacts import ArtifactRef, atomic_dir, read_manifest, ref_for, write_json_atomic, write_manifest, write_text_atomic
 from .config import PromoteConfig
 from .errors import PricefitError
+from .report import fmt, markdown_table
 
 log = logging.getLogger("pricefit.compare")
 
@@ -144,8 +145,6 @@ def build_comparison(
 
 def _fmt(v: Any, kind: str) -> str:
     """Table cell: the evaluation report's formats, a dash for a missing value, ratios to 3 places."""
-    from .report import fmt
-
     if v is None:
         return "—"
     return f"{v:.3f}" if kind == "ratio" else fmt(kind, v)
@@ -161,24 +160,24 @@ def to_markdown(table: dict[str, Any]) -> str:
         f"The fine-tuned model ranks **{table['fine_tuned_rank']} of {table['models_ranked']}**. "
         f"Ratio = fine-tuned {metric} / that model's {metric}.",
         "",
-        "| rank | model | n | unparsed | MAE | RMSLE | hit rate | MdAPE | ratio |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in table["rows"]:
-        name = f"**{r['model']}**" if r["model"] == table["fine_tuned"] else r["model"]
-        lines.append(
-            f"| {r['rank']} | {name} | {r['n']} | {r['n_unparsed']} | {_fmt(r['mae'], 'mae')} | "
-            f"{_fmt(r['rmsle'], 'rmsle')} | {_fmt(r['hit_rate'], 'hit_rate')} | {_fmt(r['mdape'], 'mdape')} | "
-            f"{_fmt(r['fine_tuned_ratio'], 'ratio')} |"
-        )
+
+    def bold(name: str) -> str:
+        return f"**{name}**" if name == table["fine_tuned"] else name
+
+    def cells(r: dict[str, Any]) -> list[str]:
+        return [_fmt(r.get(k), k) for k in ("mae", "rmsle", "hit_rate", "mdape")]
+
+    lines += markdown_table(
+        ["rank", "model", "n", "unparsed", "MAE", "RMSLE", "hit rate", "MdAPE", "ratio"],
+        ([r["rank"], bold(r["model"]), r["n"], r["n_unparsed"], *cells(r), _fmt(r["fine_tuned_ratio"], "ratio")]
+         for r in table["rows"]),
+        align="rlrrrrrrr",
+    )
     for sl, rows in (table.get("slices") or {}).items():
         n = next((r["n"] for r in rows.values() if r.get("n") is not None), 0)
-        lines += ["", f"Slice **{sl}** ({n} of the {table['n_items']} items):", "",
-                  "| model | MAE | RMSLE | hit rate | MdAPE |", "|---|---:|---:|---:|---:|"]
-        for name, r in rows.items():
-            label = f"**{name}**" if name == table["fine_tuned"] else name
-            lines.append(f"| {label} | {_fmt(r.get('mae'), 'mae')} | {_fmt(r.get('rmsle'), 'rmsle')} | "
-                         f"{_fmt(r.get('hit_rate'), 'hit_rate')} | {_fmt(r.get('mdape'), 'mdape')} |")
+        lines += ["", f"Slice **{sl}** ({n} of the {table['n_items']} items):", ""]
+        lines += markdown_table(["model", "MAE", "RMSLE", "hit rate", "MdAPE"], ([bold(name), *cells(r)] for name, r in rows.items()))
     if table["skipped"]:
         lines += ["", "Not compared:"]
         lines += [f"- {name}: {why}" for name, why in table["skipped"].items()]

@@ -18,10 +18,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import PricefitError
+from .parsing import DEFAULT_MAX_PRICE, DEFAULT_MIN_PRICE
 from .slices import SliceSpec
 
 # Reference product-pricer prompt, split into the part the model reads and the part it must write.
-DEFAULT_QUESTION = "How much does this cost to the nearest dollar?"
 DEFAULT_PROMPT_TEMPLATE = "How much does this cost to the nearest dollar?\n\n{text}\n\nPrice is $"
 DEFAULT_COMPLETION_TEMPLATE = "{price}.00"
 
@@ -229,8 +229,8 @@ class EvaluateConfig(_Stage):
         "auto", description="auto: bfloat16 on CUDA, float32 on CPU."
     )
     beam: int = Field(8, ge=1, description="expected mode: digit hypotheses kept per item.")
-    min_price: float = Field(0.0, ge=0, description="Parsed predictions are clipped to [min_price, max_price].")
-    max_price: float = Field(10_000.0, gt=0, description="Upper clip of parsed predictions (USD).")
+    min_price: float = Field(DEFAULT_MIN_PRICE, ge=0, description="Parsed predictions are clipped to [min_price, max_price].")
+    max_price: float = Field(DEFAULT_MAX_PRICE, gt=0, description="Upper clip of parsed predictions (USD).")
 
     @model_validator(mode="after")
     def _check(self) -> "EvaluateConfig":
@@ -283,10 +283,19 @@ class PromoteConfig(_Stage):
     )
 
 
+# where each stage names the base model: a profile writes it once, as the top-level base_model
+BASE_MODEL_FIELDS = (("curate", "tokenizer"), ("tokenize", "base_model"), ("train", "base_model"), ("baselines", "base_model"))
+
+
 class RunConfig(_Stage):
     """Everything one retrain run needs."""
 
     profile: str = Field("demo", description="Name of the profile this config came from.")
+    base_model: str | None = Field(
+        None,
+        description="The base model, named once: fills curate.tokenizer, tokenize.base_model, train.base_model and "
+        "baselines.base_model where those are not set (they must all agree). None: the stages' own values.",
+    )
     source: str = Field("demo:600", description="Listings source: demo[:N], file/glob, hf:Cat1,Cat2, csv:...")
     workdir: str = Field(
         default_factory=lambda: os.environ.get("PRICEFIT_WORKDIR", "runs"),
@@ -303,6 +312,49 @@ class RunConfig(_Stage):
     )
 
     tracking: Literal["auto", "mlflow", "off"] = Field("auto", description="MLflow tracking (pricefit.tracking): auto = when MLFLOW_TRACKING_URI is set.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_base_model(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("base_model"):
+            return data
+        data = dict(data)
+        for section, key in BASE_MODEL_FIELDS:
+            sec = data.get(section)
+            if sec is None or isinstance(sec, dict):
+                sec = dict(sec or {})
+                sec.setdefault(key, data["base_model"])
+                data[section] = sec
+        return data
+
+    @model_validator(mode="after")
+    def _check_written_once(self) -> "RunConfig":
+        """The settings two sections share hold one value: the base model, the held-out items, the clip range."""
+        named = {f"{section}.{key}": getattr(getattr(self, section), key) for section, key in BASE_MODEL_FIELDS}
+        if self.base_model:
+            named = {"base_model": self.base_model, **named}
+        (first, value), *rest = named.items()
+        for other, v in rest:
+            if v != value:
+                raise ValueError(
+                    f"{first} is {value!r} but {other} is {v!r}: every stage must use one base model; "
+                    "write it once as the top-level base_model and remove the per-section values"
+                )
+        self.__dict__["base_model"] = value  # (validate_assignment would re-run this validator)
+        b, e = self.baselines, self.evaluate
+        if (b.split, b.max_items) != (e.split, e.max_items):
+            raise ValueError(
+                f"baselines score split={b.split} max_items={b.max_items} but evaluate scores split={e.split} "
+                f"max_items={e.max_items}: the comparison would not be on the same items; "
+                "set baselines.split/max_items equal to evaluate.split/max_items"
+            )
+        if (e.min_price, e.max_price) != (DEFAULT_MIN_PRICE, DEFAULT_MAX_PRICE):
+            raise ValueError(
+                f"evaluate clips predictions to [{e.min_price}, {e.max_price}] but the language-model baselines clip "
+                f"theirs to [{DEFAULT_MIN_PRICE}, {DEFAULT_MAX_PRICE}] (pricefit.parsing): the comparison would not be fair; "
+                "leave evaluate.min_price/max_price at that range in a run profile"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_slices(self) -> "RunConfig":

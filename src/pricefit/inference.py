@@ -152,36 +152,23 @@ def load_model(
     double_quant: bool = True,
 ) -> tuple[Any, Any, str]:
     """Load (model in eval mode, tokenizer, device) once; the adapter, when given, on top."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    from types import SimpleNamespace
+
+    from . import quant
 
     dev = pick_device(device)
     if compute_dtype == "auto":
-        dtype = torch.bfloat16 if dev == "cuda" else torch.float32
-    else:
-        dtype = getattr(torch, compute_dtype)
+        compute_dtype = "bfloat16" if dev == "cuda" else "float32"
     path, tokenizer = _resolve(base_model)
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if quantization != "none":
-        from transformers import BitsAndBytesConfig
-
-        if quantization == "4bit":
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type=quant_type,
-                bnb_4bit_use_double_quant=double_quant,
-                bnb_4bit_compute_dtype=dtype,
-            )
-        else:
-            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    kwargs: dict[str, Any] = {"dtype": quant.torch_dtype(compute_dtype)}
+    q = quant.bnb_config(SimpleNamespace(quant_type=quant_type, double_quant=double_quant),
+                         quant.Plan(device=dev, compute_dtype=compute_dtype, quantization=quantization))
+    if q is not None:
+        kwargs["quantization_config"] = q
         kwargs["device_map"] = {"": dev}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as e:
-        raise PricefitError(
-            f"cannot load base model {base_model!r}: {e}",
-            hint="use a built-in name (smollm2-135m, tiny-random), a local directory, or a hub id you can reach",
-        ) from None
+    model = quant.from_pretrained(
+        path, name=base_model,
+        hint="use a built-in name (smollm2-135m, tiny-random), a local directory, or a hub id you can reach", **kwargs)
     if quantization == "none":
         model.to(dev)
     if adapter_dir is not None:

@@ -43,12 +43,11 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Iterable
 
 from .errors import PricefitError
 
 GIB = 1024**3
-Method = Literal["full", "lora", "qlora", "qlora-dq"]
 METHODS: tuple[str, ...] = ("full", "lora", "qlora", "qlora-dq")
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 NF4_BLOCK = 64

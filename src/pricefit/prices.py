@@ -28,7 +28,6 @@ PRICE_MISSING = "price_missing"
 PRICE_UNPARSEABLE = "price_unparseable"
 PRICE_RANGE = "price_range"
 PRICE_NEGATIVE = "price_negative"
-REASONS = (PRICE_MISSING, PRICE_UNPARSEABLE, PRICE_RANGE, PRICE_NEGATIVE)
 # parse reason -> curation drop reason (the documented set in docs/ARCHITECTURE.md)
 DROP_REASON = {
     PRICE_MISSING: "price_missing",

@@ -145,7 +145,10 @@ def quantized_cache_key(path: str, cfg: Any, plan: Plan) -> str | None:
     return sha256_bytes(canonical_json(body).encode())[:16]
 
 
-def _from_pretrained(path: str, **kw):
+def from_pretrained(path: str, *, name: str | None = None,
+                    hint: str = "check train.base_model (hub id, local directory or built-in name)", **kw):
+    """``AutoModelForCausalLM.from_pretrained`` (training and inference both load through here): an
+    unreachable hub id fails at once, a load error names the model (``name``, default ``path``) and ``hint``."""
     from transformers import AutoModelForCausalLM
 
     from .models import check_hub_model
@@ -154,8 +157,7 @@ def _from_pretrained(path: str, **kw):
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kw)
     except OSError as e:
-        raise PricefitError(f"cannot load base model {path!r}: {e}",
-                            hint="check train.base_model (hub id, local directory or built-in name)") from None
+        raise PricefitError(f"cannot load base model {name or path!r}: {e}", hint=hint) from None
 
 
 def load_model(path: str, cfg: Any, plan: Plan, use_cache: bool | None = None, device_index: int = 0):
@@ -171,7 +173,7 @@ def load_model(path: str, cfg: Any, plan: Plan, use_cache: bool | None = None, d
     kw: dict[str, Any] = {"dtype": torch_dtype(plan.compute_dtype)}
     q = bnb_config(cfg, plan)
     if q is None:
-        model = _from_pretrained(path, **kw)
+        model = from_pretrained(path, **kw)
         model.to(f"cuda:{device_index}" if plan.device == "cuda" else plan.device)
         model.config.use_cache = False
         return model
@@ -182,10 +184,10 @@ def load_model(path: str, cfg: Any, plan: Plan, use_cache: bool | None = None, d
     cached = cache_home() / "quantized" / key if key else None
     if cached is not None and (cached / "config.json").is_file():
         log.info("loading pre-quantized 4-bit copy %s", cached)
-        model = _from_pretrained(str(cached), **kw)
+        model = from_pretrained(str(cached), **kw)
     else:
         t0 = time.perf_counter()
-        model = _from_pretrained(path, quantization_config=q, **kw)
+        model = from_pretrained(path, quantization_config=q, **kw)
         log.info("quantized %s to %s in %.1f s", path, plan.quantization, time.perf_counter() - t0)
         if cached is not None:
             with atomic_dir(cached) as tmp:

@@ -2,10 +2,13 @@
 
 Reusable pieces for anyone who reports metrics (baselines, comparison):
 
+- :func:`markdown_table(header, rows, align)`: the one Markdown table writer (every table of
+  pricefit's reports, the comparison and the run report goes through it).
 - :func:`render_metrics_table(rows)`: one Markdown row per model (``name`` + metrics dicts).
 - :func:`render_breakdown(metrics, "by_category" | "by_band")`: one row per group.
 - :func:`worst_items(rows, k)`: the items with the largest absolute error.
 - :func:`render_evaluation_report(...)` / :func:`write_evaluation_report(...)`: the whole report.
+- :func:`render_run_report(refs, decision)`: the retrain flow's run report.
 """
 
 from __future__ import annotations
@@ -50,16 +53,20 @@ def _cell(s: Any) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> list[str]:
+    """The lines of one Markdown table; ``align`` holds ``l`` or ``r`` per column (default: the first
+    left, the rest right); cells are escaped (``|``, newlines)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
+             "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
 def render_metrics_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = DEFAULT_COLUMNS, key: str = "name") -> str:
     """Markdown table, one row per mapping (``rows[i][key]`` names it; other keys are metrics)."""
-    head = [key, *columns]
-    lines = [
-        "| " + " | ".join(_HEADERS.get(c, c) for c in head) + " |",
-        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|",
-    ]
-    for r in rows:
-        lines.append("| " + " | ".join([_cell(r.get(key, "")), *(_cell(fmt(c, r.get(c))) for c in columns)]) + " |")
-    return "\n".join(lines)
+    header = [_HEADERS.get(c, c) for c in (key, *columns)]
+    return "\n".join(markdown_table(header, ([r.get(key, ""), *(fmt(c, r.get(c)) for c in columns)] for r in rows)))
 
 
 def render_breakdown(metrics: Mapping[str, Any], by: str = "by_category", columns: Sequence[str] = DEFAULT_COLUMNS) -> str:
@@ -147,3 +154,30 @@ def write_evaluation_report(
     md = write_text_atomic(d / "report.md", render_evaluation_report(metrics, meta, worst, title=title) + "\n")
     js = write_json_atomic(d / "report.json", {"meta": dict(meta), "metrics": dict(metrics), "worst": list(worst)})
     return md, js
+
+
+def render_run_report(refs: Mapping[str, Any], decision: Mapping[str, Any] | None = None) -> str:
+    """The run report (Markdown): the comparison, the promotion decision, the data accounting and
+    where every artifact is (``refs``: step name -> ArtifactRef)."""
+    import json
+
+    lines = ["# pricefit run report", ""]
+    comparison = refs.get("comparison")
+    if comparison and (comparison.dir / "comparison.md").exists():
+        lines += [(comparison.dir / "comparison.md").read_text().rstrip(), ""]
+    if decision:
+        lines += [f"**Promotion:** {'promoted' if decision.get('promoted') else 'not promoted'}: {decision.get('reason')}", ""]
+    curated = refs.get("curated")
+    if curated:
+        m = curated.manifest()
+        lines += [f"Data: {m.get('rows_read')} rows read from `{m.get('source')}`; kept {m.get('kept')}; dropped {m.get('dropped')}; "
+                  f"quarantined {m.get('quarantined')}.", ""]
+    adapter = refs.get("adapter")
+    if adapter and (adapter.dir / "train_summary.json").exists():
+        s = json.loads((adapter.dir / "train_summary.json").read_text())
+        lines += [f"Training: {s.get('steps')} steps in {s.get('runtime_s')} s on {s.get('hardware')}.", ""]
+    lines += markdown_table(["artifact", "path"], ([k, f"`{r.path}`"] for k, r in refs.items()), align="ll")
+    evaluation = refs.get("evaluation")
+    if evaluation:
+        lines += ["", f"Evaluation report: `{evaluation.dir / 'report.md'}`"]
+    return "\n".join(lines) + "\n"

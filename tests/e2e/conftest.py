@@ -341,6 +341,9 @@ def _serve_argv(profile: Path | None) -> list[str]:
     return argv
 
 
+FAULTINJECT = str(Path(__file__).resolve().parents[1] / "faultinject")
+
+
 class Served:
     """The `pricefit serve` process of the session (restartable with another environment)."""
 
@@ -348,13 +351,16 @@ class Served:
         self.server, self.api, self.workdir = server, api, workdir
         self.toy = TOY
         self.profile = None if TOY else write_tiny_profile(workdir / "e2e-tiny.yaml")
-        self.fault_file = workdir / "fault-steps.txt"  # tasks/faults.py: PRICEFIT_FAULT_FILE
+        self.fault_file = workdir / "fault-steps.txt"  # tests/faultinject/pricefit_faults.py: PRICEFIT_FAULT_FILE
         self.proc: ManagedProcess | None = None
         self.starts = 0
 
     def start(self, extra_env: dict[str, str] | None = None) -> dict[str, dict]:
         self.stop()
-        env = {"PRICEFIT_WORKDIR": str(self.workdir / "runs"), "PRICEFIT_FAULT_FILE": str(self.fault_file), **(extra_env or {})}
+        # tests/faultinject on PYTHONPATH: its sitecustomize wraps the step tasks of the served flow runs in the fault switch
+        pythonpath = os.pathsep.join(filter(None, [FAULTINJECT, os.environ.get("PYTHONPATH")]))
+        env = {"PRICEFIT_WORKDIR": str(self.workdir / "runs"), "PRICEFIT_FAULT_FILE": str(self.fault_file),
+               "PYTHONPATH": pythonpath, **(extra_env or {})}
         self.starts += 1
         self.proc = self.server.spawn(f"pricefit-serve-{self.starts}", _serve_argv(self.profile), env)
         return self.api.wait_for_deployments(FLOW, SERVED, self.proc)

@@ -4,7 +4,7 @@
 session's server; the test then talks only to the server's REST API, like the UI: it creates a
 flow run from the `retrain-manual` deployment, waits for Completed and reads the artifacts back.
 
-The retry scenario: the test-only fault switch (tasks/faults.py: the file named by
+The retry scenario: the test-only fault switch (tests/faultinject/pricefit_faults.py: the file named by
 PRICEFIT_FAULT_FILE lists "evaluate") makes a run fail in evaluation; the file is deleted (the fix)
 and the SAME flow run is retried the way the UI's Retry button and `prefect flow-run retry` do
 (forced back to a scheduled state; the serving process picks it up). Per task run: the steps

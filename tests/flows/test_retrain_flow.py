@@ -17,8 +17,9 @@ import textwrap
 import pytest
 
 from flows.common import RetrainParams
-from pricefit.commands.run import _step_states
-from tasks import cache, faults
+from flows.commands import _step_states
+import pricefit_faults as faults
+from tasks import cache
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pricefit.commands import run as run_cmd
+from flows import commands as run_cmd
 
 
 def test_human_summary_lists_steps_comparison_report_and_ui(tmp_path):

@@ -22,23 +22,12 @@ from typing import Any
 from ..artifacts import ArtifactRef, atomic_dir, read_manifest, ref_for, sha256_file, write_json_atomic, write_manifest
 from ..config import BaselinesConfig
 from ..errors import PricefitError
+from ..evaluation import load_heldout, masks_for
 from ..parsing import DEFAULT_MAX_PRICE, DEFAULT_MIN_PRICE
 
 log = logging.getLogger("pricefit.baselines")
 
 ALL_BASELINES = ("constant", "linear", "tfidf", "base_model", "frontier")
-
-
-def load_held_out(curated_dir: str | Path, split: str = "test", max_items: int | None = None):
-    """The held-out frame every model is scored on (first ``max_items`` rows of ``split``)."""
-    from ..curation import read_split
-
-    df = read_split(curated_dir, split)
-    if max_items is not None:
-        df = df.head(max_items)
-    if df.height == 0:
-        raise PricefitError(f"the {split} split of {curated_dir} is empty", hint="curate more items")
-    return df
 
 
 def _write_one(out: Path, name: str, test, preds: list[float | None], raws: list[str], info: dict[str, Any],
@@ -60,8 +49,6 @@ def _write_one(out: Path, name: str, test, preds: list[float | None], raws: list
         }
     )
     frame.write_parquet(d / "predictions.parquet")
-    from ..evaluation import masks_for
-
     metrics = compute_metrics(test["price"].to_list(), preds, test["category"].to_list(), slices=masks_for(slices, test))
     metrics["model"] = name
     metrics["info"] = info
@@ -88,7 +75,9 @@ def run_baselines(
     cfg = cfg or BaselinesConfig()
     curated = Path(curated_dir)
     train = read_split(curated, "train")
-    test = load_held_out(curated, cfg.split, cfg.max_items)
+    test, _ = load_heldout(curated, cfg.split, cfg.max_items)  # the items evaluate scores, read the same way
+    if test.height == 0:
+        raise PricefitError(f"the {cfg.split} split of {curated} is empty", hint="curate more items")
     prices = [float(p) for p in train["price"].to_list()]
     if not prices:
         raise PricefitError(f"the train split of {curated} is empty", hint="curate more items")

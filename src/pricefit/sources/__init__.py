@@ -30,9 +30,6 @@ from typing import Any, Callable, Iterator, Mapping
 
 from ..errors import PricefitError
 
-QUARANTINE_REASONS = ("invalid_json", "invalid_utf8", "not_an_object", "csv_bad_row")
-
-
 @dataclass(slots=True)
 class Record:
     """One parsed listing: ``data`` in the item-metadata layout, with where it came from."""

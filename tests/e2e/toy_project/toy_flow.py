@@ -1,7 +1,7 @@
 """A stand-in for flows/retrain.py with the same step names, for developing the server/browser tests.
 
 Seconds instead of minutes: each step is a cached task (inputs key, persisted result), evaluate
-honours the same PRICEFIT_FAULT_FILE switch as tasks/faults.py, and the UI gets a table and a
+honours the same PRICEFIT_FAULT_FILE switch as tests/faultinject/pricefit_faults.py, and the UI gets a table and a
 Markdown artifact. Used only when PRICEFIT_E2E_TOY=1.
 """
 

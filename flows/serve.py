@@ -10,8 +10,8 @@ deployments/prefect.yaml is the one source of truth for names, entrypoints, para
 schedules; this command reads it the way ``prefect deploy`` does (``{{ $ENV }}`` placeholders
 filled from the environment) and ignores what only a worker needs (work pool, pull steps).
 
-Prefect is imported inside the functions: ``pricefit --help`` stays fast and the library itself
-never imports Prefect.
+Prefect is imported inside the functions: ``pricefit --help`` stays fast. Registered on the
+``pricefit`` app by flows/commands.py (the ``pricefit.commands`` entry point).
 """
 
 from __future__ import annotations
@@ -25,18 +25,18 @@ from typing import Any
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
-from ..errors import PricefitError
+from pricefit.cli import JSON_OPTION_HELP, app, check_input, command, emit
+from pricefit.errors import PricefitError
 
 log = logging.getLogger("pricefit.serve")
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
 
 
 def load_deployment_specs(prefect_file: Path) -> list[dict[str, Any]]:
     """The ``deployments:`` list of a prefect.yaml, with ``{{ $ENV }}`` placeholders filled."""
-    from ..config import load_yaml
+    from pricefit.config import load_yaml
 
     data = load_yaml(prefect_file)
     specs = data.get("deployments")
@@ -245,7 +245,7 @@ def serve(
         except Exception:  # noqa: BLE001 - ZoneInfoNotFoundError, ValueError
             raise PricefitError(f"unknown timezone {timezone!r}", hint="use an IANA name such as UTC or Europe/Berlin") from None
     if profile:
-        from ..config import load_run_config
+        from pricefit.config import load_run_config
 
         load_run_config(profile)  # fail here, not in the first scheduled run
     api = ui = None

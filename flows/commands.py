@@ -1,7 +1,9 @@
-"""`pricefit run` and `pricefit sweep`: the Prefect flows, in this process.
+"""`pricefit run`, `pricefit sweep` (and `pricefit serve`, flows/serve.py): the orchestration commands.
 
-Prefect is imported inside the commands (``pricefit --help`` stays fast, and the library itself
-never imports it). Without PREFECT_API_URL the flow runs against Prefect's ephemeral API (a
+They live above the library: pyproject.toml names this module in the ``pricefit.commands`` entry
+point group, and ``pricefit.cli`` imports every module of that group, whose commands register on
+the same typer app as the stage commands. Prefect is imported inside the commands (``pricefit
+--help`` stays fast). Without PREFECT_API_URL the flow runs against Prefect's ephemeral API (a
 temporary local server on the default database, so a later `prefect server start` shows the
 runs); with it, against that server.
 """
@@ -14,8 +16,9 @@ from typing import Any, Optional
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
-from ..errors import ContractError, PricefitError
+from pricefit.cli import JSON_OPTION_HELP, app, check_input, command, emit
+from pricefit.errors import ContractError, PricefitError
+from tasks import steps
 
 
 
@@ -34,9 +37,7 @@ def _step_states(flow_run_id: Any) -> dict[str, str]:
             prev = found.get(step)
             if prev is None or (started and prev[0] and started > prev[0]):
                 found[step] = (started, tr.state.name)
-    from tasks.cache import STEPS  # the DAG order, defined once beside the cache policy
-
-    order = {s: i for i, s in enumerate(STEPS)}
+    order = {s: i for i, s in enumerate(steps.NAMES)}  # the DAG order of the step registry
     return {s: found[s][1] for s in sorted(found, key=lambda s: order.get(s, 99))}
 
 
@@ -126,7 +127,7 @@ def _params(profile: str, overrides: list[str] | None, source: str | None, workd
 
 PROFILE_HELP = "Profile name in deployments/profiles (demo, shared-cpu, gpu-8b) or a path to a profile YAML."
 SET_HELP = "Override a setting: --set train.learning_rate=2e-4 (repeatable)."
-REFRESH_HELP = "Recompute STEP and every step after it even when cached: ingest, curate, tokenize, train, evaluate, baselines, compare, report."
+REFRESH_HELP = steps.REFRESH_HELP  # the refreshable steps of the registry (tasks/steps.py)
 
 
 @app.command(
@@ -212,3 +213,6 @@ def sweep_cmd(
     out = _finish(state, as_json, _human_sweep)
     if out.get("failed"):  # the table is out; the exit status says not every trial finished
         raise typer.Exit(1)
+
+
+from flows import serve as _serve  # noqa: E402,F401 - registers `pricefit serve` after run and sweep
