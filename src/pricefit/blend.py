@@ -37,7 +37,7 @@ class TfidfBlend:
     validation: dict[str, float]
 
     def tfidf(self, prompts: Sequence[str]) -> np.ndarray:
-        from .baselines.tfidf import predict
+        from .tfidf_model import predict
 
         return predict(self.vectorizer, self.ridge, self.clip, prompts)
 
@@ -60,7 +60,7 @@ def choose_weight(head: Sequence[float], tfidf: Sequence[float], truth: Sequence
 
 def fit_blend(train_prompts: Sequence[str], train_prices: Sequence[float], val_prompts: Sequence[str],
               val_prices: Sequence[float], val_head: Sequence[float]) -> TfidfBlend:
-    from .baselines.tfidf import fit, predict
+    from .tfidf_model import fit, predict
 
     if not len(val_prompts):
         raise PricefitError("train.blend needs validation items to choose its weight on, and the validation split is empty",

@@ -93,6 +93,23 @@ def to_price(z, spec: HeadSpec):
     return torch.expm1(z.double() * spec.std + spec.mean).clamp(min=0.0)
 
 
+def head_prices(model, head, spec: HeadSpec, input_ids, attention_mask):
+    """Dollar prices (float64 tensor) of LEFT-padded prompts: one forward pass, the pooled final state.
+
+    Positions are counted from each row's first real token, as in (right-padded) training.
+    """
+    import torch
+
+    pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = getattr(inner, "model", None) or inner.get_decoder()
+    with torch.inference_mode():
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False).last_hidden_state
+        last = torch.full((hidden.shape[0],), hidden.shape[1] - 1, device=hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):  # the head in float32, as in training
+            return to_price(head(pool_hidden(hidden, attention_mask, last, spec.pool)).squeeze(-1), spec)
+
+
 def save_price_head(directory: str | Path, head, spec: HeadSpec) -> None:
     from safetensors.torch import save_file
 

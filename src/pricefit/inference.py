@@ -387,20 +387,11 @@ class PricePredictor:
 
     def _head_batch(self, prompts: list[str]) -> list[Prediction]:
         """One forward pass of the prompt; the head reads the pooled final hidden state."""
-        import torch
-
-        from .heads import pool_hidden, to_price
+        from .heads import head_prices
 
         enc = self._encode(prompts)
-        mask = enc["attention_mask"]
-        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: positions as in training
-        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        decoder = getattr(inner, "model", None) or inner.get_decoder()
-        with torch.inference_mode():
-            hidden = decoder(**enc, position_ids=pos, use_cache=False).last_hidden_state
-            last = torch.full((hidden.shape[0],), hidden.shape[1] - 1, device=hidden.device)
-            z = self.head(pool_hidden(hidden, mask, last, self.head_spec.pool)).squeeze(-1)
-            prices = to_price(z, self.head_spec).clamp(self.low, self.high).tolist()
+        prices = head_prices(self.model, self.head, self.head_spec, enc["input_ids"], enc["attention_mask"])
+        prices = prices.clamp(self.low, self.high).tolist()
         if self.blend is None:
             return [Prediction(value=float(v), raw=f"head {v:.2f}", parsed=True) for v in prices]
         tfidf = self.blend.tfidf(prompts).tolist()

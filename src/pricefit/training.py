@@ -300,15 +300,27 @@ def _fit_blend(tokenized_dir: Path, model, tokenizer, head, head_spec, plan):
     from datasets import load_from_disk
 
     from .blend import fit_blend
-    from .inference import PricePredictor
+    from .heads import head_prices
 
     dd = load_from_disk(str(tokenized_dir / "dataset"))
     if "validation" not in dd or "prompt" not in dd["validation"].column_names:
         raise PricefitError("train.blend needs the tokenized validation split with its prompts", hint="re-run `pricefit tokenize`")
     val = dd["validation"]
-    predictor = PricePredictor(model=model, tokenizer=tokenizer, low=0.0, high=1e9)
-    predictor.head, predictor.head_spec = head.eval(), head_spec
-    head_val = [p.value for p in predictor.predict(val["prompt"], mode="head", prompts=True)]
+    model.eval()
+    head.eval()
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    head_val: list[float] = []
+    try:
+        prompts = val["prompt"]
+        for i in range(0, len(prompts), 64):
+            enc = tokenizer(prompts[i:i + 64], return_tensors="pt", padding=True)
+            with _autocast(plan):
+                out = head_prices(model, head, head_spec, enc["input_ids"].to(plan.device), enc["attention_mask"].to(plan.device))
+            head_val += out.tolist()
+    finally:
+        tokenizer.padding_side = side
     blend = fit_blend(dd["train"]["prompt"], dd["train"]["price"], val["prompt"], val["price"], head_val)
     log.info("blend: TF-IDF weight %.2f chosen on %d validation items (MAE head $%.2f, TF-IDF $%.2f, blend $%.2f)",
              blend.weight, len(val), blend.validation["head_mae"], blend.validation["tfidf_mae"], blend.validation["blend_mae"])
