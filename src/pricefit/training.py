@@ -411,16 +411,62 @@ def _save_checkpoint(ckdir: Path, step: int, model, opt, sched, history: list[di
                 torch.save(st, tmp / _rng_file(r))
         if head is not None:
             torch.save({k: v.detach().cpu() for k, v in head.state_dict().items()}, tmp / "head.pt")
-        # state.json last: a step directory is complete when it exists (and the rename is atomic anyway)
-        artifacts.write_json_atomic(tmp / "state.json", {"step": step, "history": history})
-    for old in ckdir.glob("step-*"):
-        if old != final and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
+        # every file on disk (fsync) and its sha256 in state.json, written last: a step directory is
+        # complete when state.json exists, and intact when every file still has its recorded hash
+        files = {f.name: artifacts.sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+        for f in tmp.iterdir():
+            _fsync(f)
+        artifacts.write_json_atomic(tmp / "state.json", {"step": step, "history": history, "files": files})
+        _fsync(tmp / "state.json")
+    _fsync(ckdir)
+    # keep the previous checkpoint too: if the newest is damaged (a disk fault, a copy cut short),
+    # the run resumes from the one before instead of starting over
+    for old in sorted(p for p in ckdir.glob("step-*") if p.is_dir())[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+KEEP_CHECKPOINTS = 2
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint directory cannot be resumed from (None: it is intact)."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+        int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"state.json unreadable ({e})"
+    for name, digest in (state.get("files") or {}).items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if artifacts.sha256_file(f) != digest:
+            return f"{name} does not match its recorded sha256 ({f.stat().st_size} bytes)"
+    return None
 
 
 def _latest_checkpoint(ckdir: Path) -> Path | None:
-    done = sorted(p for p in ckdir.glob("step-*") if (p / "state.json").is_file())
-    return done[-1] if done else None
+    """The newest intact checkpoint; damaged ones are skipped with a warning and set aside."""
+    done = sorted((p for p in ckdir.glob("step-*") if (p / "state.json").is_file()), reverse=True)
+    for p in done:
+        problem = checkpoint_problem(p)
+        if problem is None:
+            return p
+        aside = p.with_name(f"damaged-{p.name}")
+        shutil.rmtree(aside, ignore_errors=True)
+        p.rename(aside)
+        log.warning("checkpoint %s is damaged (%s): skipped and moved to %s; resuming from the previous good one "
+                    "if there is one", p, problem, aside.name)
+    if done:
+        log.warning("no intact checkpoint left in %s: training starts from step 0", ckdir)
+    return None
 
 
 def _load_checkpoint(path: Path, model, opt, sched, head=None, rank: int = 0) -> tuple[int, list[dict]]:

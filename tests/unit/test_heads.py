@@ -260,3 +260,39 @@ def test_tfidf_blend_is_fit_on_validation_saved_without_pickles_and_applied(toke
 def test_blend_needs_the_regression_head():
     with pytest.raises(ValueError, match="train.blend needs train.head: regression"):
         cfg(head="generate", blend="tfidf")
+
+
+def test_a_damaged_checkpoint_is_skipped_for_the_previous_good_one(tokenized, tmp_path, caplog):
+    """Issue 10 finding 7: a 0-byte optimizer.pt in the last checkpoint blocked every restart."""
+    from safetensors.torch import load_file
+
+    from pricefit.training import checkpoint_root, train
+
+    c = cfg(max_steps=6, save_steps=2)
+    whole = tmp_path / "whole"
+    train(tokenized, whole, c)
+
+    class Kill(Exception):
+        pass
+
+    def stop_at_5(step, total, loss, tps):
+        if step == 5:
+            raise Kill
+
+    out = tmp_path / "run"
+    with pytest.raises(Kill):
+        train(tokenized, out, c, progress=stop_at_5)
+    steps = sorted(checkpoint_root(out).glob("*/step-*"))
+    assert [p.name for p in steps] == ["step-0000002", "step-0000004"]  # the last two are kept
+    (steps[-1] / "optimizer.pt").write_bytes(b"")  # the damage
+    with caplog.at_level("WARNING", logger="pricefit.training"):
+        train(tokenized, out, c)
+    assert any("checkpoint" in r.message and "optimizer.pt does not match its recorded sha256 (0 bytes)" in r.message
+               and "resuming from the previous good one" in r.message for r in caplog.records)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed"] is True
+    # resumed from step 2 and ended where an uninterrupted run ends
+    a = load_file(str(whole / "adapter" / "price_head.safetensors"))
+    b = load_file(str(out / "adapter" / "price_head.safetensors"))
+    assert torch.equal(a["weight"], b["weight"])
+    assert json.loads((whole / "train_summary.json").read_text())["final_loss"] == summary["final_loss"]
