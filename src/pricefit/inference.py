@@ -95,20 +95,27 @@ def find_adapter(adapter_dir: str | Path) -> Path:
     )
 
 
-def base_model_of(adapter_dir: str | Path) -> str | None:
-    """The base model an adapter was trained on: from the train manifest, else adapter_config.json."""
+def _train_manifests(adapter_dir: str | Path) -> list[dict[str, Any]]:
+    """The readable manifests of an adapter directory and of the train output above it."""
     d = Path(adapter_dir)
+    out = []
     for man in (d / "manifest.json", d.parent / "manifest.json"):
         if man.exists():
             try:
-                m = json.loads(man.read_text())
+                out.append(json.loads(man.read_text()))
             except ValueError:
                 continue
-            name = m.get("base_model") or (m.get("config") or {}).get("base_model")
-            if name:
-                return str(name)
+    return out
+
+
+def base_model_of(adapter_dir: str | Path) -> str | None:
+    """The base model an adapter was trained on: from the train manifest, else adapter_config.json."""
+    for m in _train_manifests(adapter_dir):
+        name = m.get("base_model") or (m.get("config") or {}).get("base_model")
+        if name:
+            return str(name)
     try:
-        cfg = json.loads((find_adapter(d) / "adapter_config.json").read_text())
+        cfg = json.loads((find_adapter(adapter_dir) / "adapter_config.json").read_text())
         return cfg.get("base_model_name_or_path") or None
     except (PricefitError, ValueError):
         return None
@@ -116,15 +123,9 @@ def base_model_of(adapter_dir: str | Path) -> str | None:
 
 def lineage_of(adapter_dir: str | Path) -> dict[str, Any]:
     """How an adapter's prompts were built: ``tokenize_config`` and ``curate_config`` from its train manifest."""
-    d = Path(adapter_dir)
-    for man in (d / "manifest.json", d.parent / "manifest.json"):
-        if man.exists():
-            try:
-                m = json.loads(man.read_text())
-            except ValueError:
-                continue
-            if m.get("kind") == "adapter":
-                return {k: m.get(k) for k in ("tokenize_config", "curate_config", "head") if m.get(k) is not None}
+    for m in _train_manifests(adapter_dir):
+        if m.get("kind") == "adapter":
+            return {k: m.get(k) for k in ("tokenize_config", "curate_config", "head") if m.get(k) is not None}
     return {}
 
 

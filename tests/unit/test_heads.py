@@ -139,6 +139,22 @@ def test_a_hugging_face_user_reloads_the_head_without_pricefit(trained):
     assert math.expm1(z * spec["std"] + spec["mean"]) == pytest.approx(expected, rel=0.15)
 
 
+class _Kill(Exception):
+    pass
+
+
+def _killed_at(step_to_kill: int, tokenized, out, c) -> None:
+    """Train until just after step ``step_to_kill`` (its checkpoint written, if any), then die."""
+    from pricefit.training import train
+
+    def stop(step, total, loss, tps):
+        if step == step_to_kill:
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        train(tokenized, out, c, progress=stop)
+
+
 def test_killed_head_run_resumes_to_the_same_head(tokenized, tmp_path):
     from safetensors.torch import load_file
 
@@ -147,17 +163,8 @@ def test_killed_head_run_resumes_to_the_same_head(tokenized, tmp_path):
     c = cfg(max_steps=6, save_steps=2)
     whole = tmp_path / "whole"
     train(tokenized, whole, c)
-
-    class Kill(Exception):
-        pass
-
-    def stop_at_3(step, total, loss, tps):
-        if step == 3:
-            raise Kill
-
     resumed = tmp_path / "resumed"
-    with pytest.raises(Kill):
-        train(tokenized, resumed, c, progress=stop_at_3)
+    _killed_at(3, tokenized, resumed, c)
     train(tokenized, resumed, c)
     assert json.loads((resumed / "train_summary.json").read_text())["resumed"] is True
     a = load_file(str(whole / "adapter" / "price_head.safetensors"))
@@ -271,17 +278,8 @@ def test_a_damaged_checkpoint_is_skipped_for_the_previous_good_one(tokenized, tm
     c = cfg(max_steps=6, save_steps=2)
     whole = tmp_path / "whole"
     train(tokenized, whole, c)
-
-    class Kill(Exception):
-        pass
-
-    def stop_at_5(step, total, loss, tps):
-        if step == 5:
-            raise Kill
-
     out = tmp_path / "run"
-    with pytest.raises(Kill):
-        train(tokenized, out, c, progress=stop_at_5)
+    _killed_at(5, tokenized, out, c)
     steps = sorted(checkpoint_root(out).glob("*/step-*"))
     assert [p.name for p in steps] == ["step-0000002", "step-0000004"]  # the last two are kept
     (steps[-1] / "optimizer.pt").write_bytes(b"")  # the damage
