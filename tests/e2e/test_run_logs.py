@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def test_pricefit_lines_of_a_flow_run_are_in_its_prefect_logs(prefect_server, tm
     flow_run_id, state = next(line.split()[1:] for line in p.stdout.splitlines() if line.startswith("FLOW_RUN_ID"))
     assert state == "COMPLETED", p.stderr[-4000:]
     # the records pricefit.curation logs in the ingest and curate tasks, with their numbers
-    expect = ["ingest: 80 rows read", "curate: kept {'train': "]
+    expect = ["ingest: 80 rows read", "curate: kept {", "'train': 60"]
     logs = _flow_run_logs(prefect_server, flow_run_id, expect)
     assert all(e in logs for e in expect), logs[-4000:]
     # no "attempted to send logs to the API without a flow run id" warnings on the console
@@ -91,7 +92,9 @@ def test_served_run_logs_hold_pricefit_lines(served, prefect_api, prefect_server
     if served.toy:
         pytest.skip("the toy flow (PRICEFIT_E2E_TOY=1) logs no pricefit lines")
     dep = prefect_api.deployment(FLOW, "retrain-manual")
-    fr = prefect_api.create_flow_run(dep["id"])
+    # a workdir of its own: other tests run the same deployment, and a fully Cached run logs no training
+    params = {"params": {**(dep.get("parameters") or {}).get("params", {}), "workdir": str(Path(tempfile.mkdtemp()) / "runs")}}
+    fr = prefect_api.create_flow_run(dep["id"], parameters=params)
     done = prefect_api.wait_terminal(fr["id"], served.proc, float(os.environ.get("PRICEFIT_E2E_RUN_TIMEOUT", "420")))
     assert done["state"]["type"] == "COMPLETED", prefect_api.logs(fr["id"])
     expect = ["ingest: 80 rows read", "training tiny-random:", "train: done, 2/2 steps", "evaluate: n=4 mae="]

@@ -298,19 +298,31 @@ def test_progress_lines_at_start_every_interval_and_at_the_end():
     assert lines[-1] == "train: done, 100/100 steps (100%), loss 0.1000, 512 tokens/s, 0.50 steps/s, elapsed 3:20"
 
 
-def test_progress_start_line_resume_and_a_stopped_run(caplog):
+def test_progress_start_line_resume_and_a_stopped_run():
     import logging
 
     from pricefit.progress import LineProgress
 
+    # a handler of its own on the progress logger: each record once, whatever handlers earlier tests
+    # of the session attached to the loggers above it (Prefect's, in the flow tests)
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = seen.append
+    logger = logging.getLogger("pricefit.progress")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
     clock = FakeClock()
-    with caplog.at_level(logging.INFO, logger="pricefit.progress"):
+    try:
         with pytest.raises(RuntimeError):
             with LineProgress(50, "predict (greedy)", unit="item", initial=10, interval_s=30, clock=clock) as bar:
                 clock.t += 10
                 bar.update(16)
                 raise RuntimeError("out of memory")
-    assert [r.getMessage() for r in caplog.records if r.name == "pricefit.progress"] == [
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert [r.getMessage() for r in seen] == [
         "predict (greedy): resuming at 10/50 items (20%)",
         "predict (greedy): stopped at 26/50 items (52%), 1.60 items/s, elapsed 0:10",
     ]
