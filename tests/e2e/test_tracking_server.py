@@ -161,6 +161,7 @@ def test_stage_commands_log_runs_and_register_the_champion(tracked, tmp_path):
     assert local.read_bytes() == (adapter / "manifest.json").read_bytes()
 
     evaluation = _cli(["evaluate", "--adapter", str(adapter), "--data", str(cur), "--out", str(ev), "--config", str(profile), "--json"])
+    assert evaluation["mode"] == "greedy"  # --mode auto, resolved for an adapter without a price head
     (erun,) = _runs(client, "evaluate")
     metrics = json.loads((ev / "metrics.json").read_text())
     assert erun.data.metrics["mae"] == pytest.approx(metrics["mae"]) and erun.data.metrics["mae"] == pytest.approx(evaluation["mae"])

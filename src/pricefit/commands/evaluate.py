@@ -104,7 +104,7 @@ def evaluate_cmd(
             "sha256": ref.sha256,
             "report": str(ref.dir / "report.md"),
             **{k: metrics[k] for k in ("n", "n_unparsed", "mae", "rmsle", "hit_rate", "mdape")},
-            "mode": cfg.mode,
+            "mode": manifest.get("mode", cfg.mode),  # the mode it ran in (auto resolved)
             "split": cfg.split if data is not None else None,
             "items_per_s": manifest.get("items_per_s"),
             "skipped": manifest["rows"]["skipped"],
