@@ -29,15 +29,6 @@ NVLS = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHM
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    if not os.environ.get("PRICEFIT_HOME"):
-        mp.setenv("PRICEFIT_HOME", str(tmp_path_factory.mktemp("home")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def tokenized(home, tmp_path_factory) -> Path:
     from datasets import Dataset, DatasetDict
 

@@ -25,17 +25,6 @@ ITEMS = [(f"Widget {w} {c} {c} {c}", p) for c, p in (("red", 12.0), ("blue", 340
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    import os
-
-    mp = pytest.MonkeyPatch()
-    if not os.environ.get("PRICEFIT_HOME"):
-        mp.setenv("PRICEFIT_HOME", str(tmp_path_factory.mktemp("home")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def tokenized(home, tmp_path_factory) -> Path:
     from datasets import Dataset, DatasetDict
 

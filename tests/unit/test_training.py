@@ -26,18 +26,6 @@ ITEMS = [(f"Widget model {i} in {c} with {w} parts", p) for i, (c, w, p) in enum
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    # share the built-in model cache when the developer has one; else build tiny-random here
-    import os
-
-    if not os.environ.get("PRICEFIT_HOME"):
-        mp.setenv("PRICEFIT_HOME", str(tmp_path_factory.mktemp("home")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def tokenized(home, tmp_path_factory) -> Path:
     from datasets import Dataset, DatasetDict
 
