@@ -37,6 +37,8 @@ TRIALS: dict[str, dict] = {
     "head-lr1e-3": {"learning_rate": 1e-3},
     "head-lm": {"head_lm_weight": 0.5},
     "head-ep5": {"epochs": 5},
+    "head-hlr10": {"head_lr_scale": 10.0},
+    "head-drop0": {"lora_dropout": 0.0},
     "head-mse": {"head_loss": "mse"},
     "head-r16": {"lora_r": 16, "lora_alpha": 32},
     "generate": {"head": "generate", "learning_rate": 1e-3, "epochs": 2},
@@ -135,7 +137,15 @@ def main() -> None:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), TOKENIZERS_PARALLELISM="false")
     running: dict[tuple[str, int], subprocess.Popen] = {}
     rows, failed = [], []
-    queue = list(jobs)
+    queue = []
+    for n, s in jobs:  # a trial finished by an earlier (timed-out) call is reported, not rerun
+        row_file = work / f"{n}-s{s}" / "row.json"
+        if row_file.exists():
+            rows.append(json.loads(row_file.read_text()))
+        else:
+            queue.append((n, s))
+    if rows:
+        save(a, rows, work, [(r["trial"], r["seed"]) for r in rows])
     while queue or running:
         while queue and len(running) < a.jobs:
             n, s = queue.pop(0)
