@@ -136,6 +136,7 @@ class Steps:
         self.refresh = cache.refresh_set(refresh)
         self.tags = {f"profile:{cfg.profile}", f"model:{cfg.train.base_model}"}
         self.states: dict[str, str] = {}
+        self.outputs: dict[str, Any] = {}  # step -> its result, what a registered library step takes
         self.tracking = tracking.target(cfg.tracking, cfg.workdir)  # None: off (README "Experiment tracking")
         tracking.check(self.tracking)
 
@@ -149,7 +150,16 @@ class Steps:
         self.states[step] = state.name
         result = state.result()  # raises the step's error: the flow run fails at this step
         ui.publish(step, result)
+        self.outputs[step] = result
+        self.run_ready()
         return result
+
+    def run_ready(self) -> None:
+        """Run every registered library step (tasks/steps.py ``library_step``) whose inputs are done."""
+        for s in steps.ready(self.outputs):
+            if s.name not in self.outputs:  # an earlier one in this loop may have run it already
+                cfg = getattr(self.cfg, s.config) if s.config else None
+                self.run(s.name, s.name, [self.outputs[i] for i in s.inputs], cfg, self.workdir)
 
     def track(self, log_fn: Any, result: Any) -> Any:
         """Log a step's output to MLflow when tracking is on (a cached step too: logged once)."""

@@ -76,7 +76,7 @@ log = logging.getLogger("pricefit.tasks")
 #: step whose task module is not the registered one.
 STEPS: tuple[str, ...] = steps.NAMES
 REFRESHABLE: tuple[str, ...] = steps.REFRESHABLE
-STEP_ENTRY: dict[str, tuple[str, ...]] = {s.name: (s.task_module, s.library) for s in steps.REGISTRY}
+STEP_ENTRY: dict[str, tuple[str, ...]] = {s.name: (s.task_module, s.library_module) for s in steps.REGISTRY}
 
 #: The project's own top-level packages: imports into these are followed, all others (the standard
 #: library, third-party packages) are not.
