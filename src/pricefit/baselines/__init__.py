@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..artifacts import ArtifactRef, atomic_dir, read_manifest, ref_for, sha256_file, write_json_atomic, write_manifest
 from ..config import BaselinesConfig
@@ -63,10 +63,14 @@ def run_baselines(
     *,
     progress: bool = True,
     slices: list[Any] | None = None,
+    price_frontier: Callable[..., Any] | None = None,
 ) -> ArtifactRef:
     """Run every baseline in ``cfg.include`` on the held-out items; returns the ``baselines`` ref.
 
     ``slices``: named slices (pricefit.slices.SliceSpec) whose metrics each baseline reports too.
+    ``price_frontier``: what sends the frontier requests (default :func:`frontier.price_texts`,
+    same arguments); the baselines task passes one with retries of its own around just those
+    requests, so an outage repeats no other baseline.
     """
     from ..compare import item_set_sha256
     from ..curation import read_split
@@ -122,7 +126,7 @@ def run_baselines(
                         hint="raise baselines.frontier.max_items, or lower baselines.max_items and evaluate.max_items "
                         "together so every model sees the same items",
                     )
-                run = frontier.price_texts(texts, cfg.frontier, price_range=llm_range, progress=progress)
+                run = (price_frontier or frontier.price_texts)(texts, cfg.frontier, price_range=llm_range, progress=progress)
                 preds = [r.prediction for r in run.items]
                 raws = [r.raw for r in run.items]
                 info = {"model": cfg.frontier.model, "host": run.usage["host"], "prompt": frontier.messages_for("{text}")}
