@@ -31,6 +31,7 @@ from typing import Any
 
 from .artifacts import atomic_dir, canonical_json, sha256_bytes
 from .config import cache_home
+from .devices import resolve_device
 from .errors import PricefitError
 
 log = logging.getLogger("pricefit.quant")
@@ -58,20 +59,10 @@ def bitsandbytes_available() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def resolve(cfg: Any, *, has_cuda: bool | None = None, has_bnb: bool | None = None) -> Plan:
     """Resolve device/dtype of a TrainConfig and reject impossible or pathological combinations."""
-    has_cuda = cuda_available() if has_cuda is None else has_cuda
     has_bnb = bitsandbytes_available() if has_bnb is None else has_bnb
-    if cfg.device == "cuda" and not has_cuda:
-        raise PricefitError("device: cuda was requested but no CUDA GPU is visible",
-                            hint="set train.device=auto (or cpu), or run on a machine with a CUDA build of torch")
-    device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and has_cuda) else "cpu"
+    device = resolve_device(cfg.device, setting="train.device", has_cuda=has_cuda)
     dtype = cfg.compute_dtype
     if dtype == "auto":
         dtype = "bfloat16" if device == "cuda" else "float32"
