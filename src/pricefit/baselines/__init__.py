@@ -23,6 +23,7 @@ from ..artifacts import ArtifactRef, atomic_dir, read_manifest, ref_for, sha256_
 from ..config import BaselinesConfig
 from ..errors import PricefitError
 from ..evaluation import load_heldout, masks_for
+from ..items import item_set_sha256
 from ..parsing import DEFAULT_MAX_PRICE, DEFAULT_MIN_PRICE
 
 log = logging.getLogger("pricefit.baselines")
@@ -72,7 +73,6 @@ def run_baselines(
     same arguments); the baselines task passes one with retries of its own around just those
     requests, so an outage repeats no other baseline.
     """
-    from ..compare import item_set_sha256
     from ..curation import read_split
     from . import constant, frontier, linear, tfidf
 
