@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping
 
 from .artifacts import ArtifactRef, atomic_dir, read_manifest, ref_for, write_json_atomic, write_manifest, write_text_atomic
 from .baselines import read_summary
-from .config import PromoteConfig
+from .config import CLASSICAL_BASELINES, PromoteConfig
 from .errors import PricefitError
 from .items import item_set_sha256
 from .report import fmt, markdown_table
@@ -279,8 +279,6 @@ def _where(cfg: PromoteConfig) -> str:
 
 def baseline_guard(challenger_value: float, baselines_dir: str | Path | None, cfg: PromoteConfig, item_sha: str) -> str | None:
     """None when the challenger beats every classical baseline on the decision metric/slice, else why not."""
-    from .config import CLASSICAL_BASELINES
-
     if not cfg.require_beat_baselines:
         return None
     if baselines_dir is None:

@@ -33,6 +33,7 @@ from .artifacts import atomic_dir, canonical_json, sha256_bytes
 from .config import cache_home
 from .devices import resolve_device
 from .errors import PricefitError
+from .models import check_hub_model
 
 log = logging.getLogger("pricefit.quant")
 
@@ -141,8 +142,6 @@ def from_pretrained(path: str, *, name: str | None = None,
     """``AutoModelForCausalLM.from_pretrained`` (training and inference both load through here): an
     unreachable hub id fails at once, a load error names the model (``name``, default ``path``) and ``hint``."""
     from transformers import AutoModelForCausalLM
-
-    from .models import check_hub_model
 
     check_hub_model(path)
     try:
