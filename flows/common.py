@@ -11,7 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from pricefit import tracking
+from pricefit import logs, tracking
+from pricefit.artifacts import sha256_dir
+from pricefit.compare import current_champion
 from pricefit.config import RunConfig, load_run_config
 from pricefit.errors import PricefitError
 from tasks import steps
@@ -42,8 +44,6 @@ def setup_run_logging() -> None:
     the deployment, `python flows/retrain.py`): the ``pricefit`` logger gets the handlers of
     Prefect's ``prefect.extra`` logger, as PREFECT_LOGGING_EXTRA_LOGGERS would have done. Idempotent.
     """
-    from pricefit import logs
-
     prefect_logging_env()
     logs.setup(logs.verbosity())
     logger = logging.getLogger("pricefit")
@@ -119,8 +119,6 @@ def run_name(prefix: str) -> str:
 
 def challenger_sha(adapter_ref) -> str | None:
     """sha256 of an adapter directory (what champion.json records as adapter_sha256)."""
-    from pricefit.artifacts import sha256_dir
-
     return sha256_dir(adapter_ref.path)
 
 
@@ -128,7 +126,7 @@ class Steps:
     """Runs one step task bound to the run's workdir/cache, records its state, publishes its UI artifacts."""
 
     def __init__(self, cfg: RunConfig, refresh: str | None = None):
-        from tasks import cache
+        from tasks import cache  # deferred: imports prefect, which must come after prefect_logging_env()
 
         setup_run_logging()
         self.cfg = cfg
@@ -136,12 +134,13 @@ class Steps:
         self.refresh = cache.refresh_set(refresh)
         self.tags = {f"profile:{cfg.profile}", f"model:{cfg.train.base_model}"}
         self.states: dict[str, str] = {}
+        self.outputs: dict[str, Any] = {}  # step -> its result, what a registered library step takes
         self.tracking = tracking.target(cfg.tracking, cfg.workdir)  # None: off (README "Experiment tracking")
         tracking.check(self.tracking)
 
     def run(self, step: str, *args: Any) -> Any:
         """Run the registered task of ``step`` (tasks/steps.py) on ``args``, cached; publish its UI artifacts."""
-        from tasks import cache, ui
+        from tasks import cache, ui  # deferred: imports prefect, which must come after prefect_logging_env()
 
         task = steps.BY_NAME[step].load_task()
         bound = cache.configured(task, step, self.workdir, refresh=step in self.refresh, tags=self.tags)
@@ -149,7 +148,16 @@ class Steps:
         self.states[step] = state.name
         result = state.result()  # raises the step's error: the flow run fails at this step
         ui.publish(step, result)
+        self.outputs[step] = result
+        self.run_ready()
         return result
+
+    def run_ready(self) -> None:
+        """Run every registered library step (tasks/steps.py ``library_step``) whose inputs are done."""
+        for s in steps.ready(self.outputs):
+            if s.name not in self.outputs:  # an earlier one in this loop may have run it already
+                cfg = getattr(self.cfg, s.config) if s.config else None
+                self.run(s.name, s.name, [self.outputs[i] for i in s.inputs], cfg, self.workdir)
 
     def track(self, log_fn: Any, result: Any) -> Any:
         """Log a step's output to MLflow when tracking is on (a cached step too: logged once)."""
@@ -163,7 +171,7 @@ class Steps:
     # one method per step, in DAG order ------------------------------------------------------------
 
     def ingest(self):
-        from tasks.ingest import ingest_options
+        from tasks.ingest import ingest_options  # deferred: imports prefect, which must come after prefect_logging_env()
 
         return self.run("ingest", self.cfg.source, ingest_options(self.cfg.curate), self.workdir)
 
@@ -187,8 +195,6 @@ class Steps:
 
     def champion(self, tokenized, challenger):
         """The current champion's adapter re-scored on today's held-out items; None without one to judge."""
-        from pricefit.compare import current_champion
-
         champ = current_champion(self.workdir)
         if champ is not None and champ.get("adapter_sha256") == challenger_sha(challenger):
             champ = None  # the challenger is the champion: nothing else to judge
@@ -200,8 +206,6 @@ class Steps:
         return self.run("baselines", curated, self.cfg.baselines, self.workdir, self.cfg.slices)
 
     def compare(self, evaluation, baselines, champion=None):
-        from pricefit.compare import current_champion
-
         champ = current_champion(self.workdir)
         out = self.run("compare", evaluation, baselines, self.cfg.promote, self.workdir, champion,
                        None if champ is None else champ.get("adapter_sha256"))

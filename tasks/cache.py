@@ -58,13 +58,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel
 
-from prefect.cache_policies import CachePolicy
-
-from pricefit.artifacts import ArtifactRef, canonical_json, sha256_file, verify
 from pricefit import endpoints
+from pricefit.artifacts import ArtifactRef, canonical_json, sha256_file, verify
 from pricefit.config import BaselinesConfig
+from pricefit.errors import PricefitError
 
 from . import steps
 
@@ -76,7 +76,7 @@ log = logging.getLogger("pricefit.tasks")
 #: step whose task module is not the registered one.
 STEPS: tuple[str, ...] = steps.NAMES
 REFRESHABLE: tuple[str, ...] = steps.REFRESHABLE
-STEP_ENTRY: dict[str, tuple[str, ...]] = {s.name: (s.task_module, s.library) for s in steps.REGISTRY}
+STEP_ENTRY: dict[str, tuple[str, ...]] = {s.name: (s.task_module, s.library_module) for s in steps.REGISTRY}
 
 #: The project's own top-level packages: imports into these are followed, all others (the standard
 #: library, third-party packages) are not.
@@ -417,8 +417,6 @@ def configured(task: Any, step: str, workdir: str | os.PathLike, refresh: bool =
 
     module = getattr(getattr(task, "fn", None), "__module__", "") or ""
     if module.split(".")[0] == "tasks" and step in STEP_ENTRY and module != STEP_ENTRY[step][0]:
-        from pricefit.errors import PricefitError
-
         raise PricefitError(
             f"step {step!r} runs a task from {module}, but its cache key hashes the code of {STEP_ENTRY[step][0]}",
             hint=f"register the task of step {step!r} in tasks/steps.py",
@@ -440,7 +438,5 @@ def refresh_set(step: str | None) -> set[str]:
     if not step or step == "none":
         return set()
     if step not in REFRESHABLE:
-        from pricefit.errors import PricefitError
-
         raise PricefitError(f"--refresh {step!r} is not a step", hint=f"choose one of: {', '.join(REFRESHABLE)}")
     return set(STEPS[STEPS.index(step) :])

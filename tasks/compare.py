@@ -4,6 +4,7 @@ from typing import Any
 
 from prefect import task
 
+from pricefit import compare as cmp
 from pricefit.artifacts import ArtifactRef
 from pricefit.config import PromoteConfig
 
@@ -20,8 +21,6 @@ def compare(evaluation: ArtifactRef, baselines: ArtifactRef, cfg: PromoteConfig,
     and appended to promotions.jsonl once; a new champion changes the key, so a rerun after a
     promotion decides again ("already the champion") instead of replaying "no champion yet".
     """
-    from pricefit import compare as cmp
-
     inputs = dict(evaluation=evaluation, baselines=baselines, cfg=cfg, workdir=workdir, champion=champion,
                   champion_sha256=champion_sha256)
     key = cache.current_key("compare", inputs)

@@ -4,16 +4,15 @@ from typing import Any
 
 from prefect import task
 
+import data_contracts
 from pricefit.artifacts import ArtifactRef
+from pricefit.errors import ContractError
 
 
 @task(name="contract", task_run_name="contract {stage}", timeout_seconds=1800)
 def contract(stage: str, ref: ArtifactRef) -> dict[str, Any]:
     """Validate a stage artifact against its great-expectations contract (raises ContractError on failure)."""
     import json
-
-    import data_contracts
-    from pricefit.errors import ContractError
 
     verdict = ref.manifest().get("contract")
     if isinstance(verdict, dict) and "success" in verdict:

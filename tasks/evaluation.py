@@ -6,6 +6,7 @@ import contextlib
 
 from prefect import task
 
+from pricefit import evaluation
 from pricefit.artifacts import ArtifactRef
 from pricefit.config import EvaluateConfig
 from pricefit.slices import SliceSpec
@@ -17,8 +18,6 @@ from . import cache, gpu
 def evaluate(adapter: ArtifactRef, tokenized: ArtifactRef, cfg: EvaluateConfig, workdir: str,
              slices: list[SliceSpec] | None = None) -> ArtifactRef:
     """Score the fine-tuned adapter on the held-out split: predictions, metrics (overall and per slice), report.md, plots."""
-    from pricefit import evaluation
-
     inputs = dict(adapter=adapter, tokenized=tokenized, cfg=cfg, workdir=workdir, slices=list(slices or []))
     out = cache.out_dir(workdir, "evaluate", cache.current_key("evaluate", inputs))
     on_gpu = gpu.resolve_device(cfg.device) == "cuda"
@@ -33,8 +32,6 @@ def champion(adapter_path: str | None, adapter_sha256: str | None, tokenized: Ar
 
     None when there is no other champion to judge (none yet, or the challenger is the champion).
     """
-    from pricefit import evaluation
-
     if adapter_path is None:
         return None
     inputs = dict(adapter_path=adapter_path, adapter_sha256=adapter_sha256, tokenized=tokenized, cfg=cfg, workdir=workdir,

@@ -34,6 +34,8 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+from pricefit import devices
+
 log = logging.getLogger("pricefit.tasks")
 
 #: Slots of one accelerator's limit (7!: divisible by 1..10, 12, 14, 15, 16, ...).
@@ -51,11 +53,8 @@ _holds_lock = threading.Lock()
 
 
 def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """The device a step will use (pricefit.devices); ``cuda`` unchecked: the step itself refuses it."""
+    return devices.resolve_device(device, check=False)
 
 
 def physical_device() -> str:

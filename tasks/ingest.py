@@ -4,7 +4,11 @@ from typing import Any
 
 from prefect import task
 
+import data_contracts
+from pricefit import curation
 from pricefit.artifacts import ArtifactRef
+from pricefit.config import CurateConfig
+from pricefit.curation import _csv_options
 
 from . import cache
 
@@ -19,11 +23,6 @@ from . import cache
 )
 def ingest(source: str, options: dict[str, Any], workdir: str) -> ArtifactRef:
     """Read the listings source into the raw artifact (options: the CSV mapping from CurateConfig)."""
-    from pricefit import curation
-    from pricefit.config import CurateConfig
-
-    import data_contracts
-
     out = cache.out_dir(workdir, "ingest", cache.current_key("ingest", dict(source=source, options=options, workdir=workdir)))
     cfg = CurateConfig(**options)
     # the raw contract runs on the directory before it is moved into place (bad rows quarantined)
@@ -32,6 +31,4 @@ def ingest(source: str, options: dict[str, Any], workdir: str) -> ArtifactRef:
 
 def ingest_options(cfg: Any) -> dict[str, Any]:
     """The part of CurateConfig that ingest reads (so a curation rule change does not re-ingest)."""
-    from pricefit.curation import _csv_options
-
     return {**_csv_options(cfg), "max_bad_row_fraction": cfg.max_bad_row_fraction}

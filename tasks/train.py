@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from prefect import task
 
+from pricefit import training
 from pricefit.artifacts import ArtifactRef
 from pricefit.config import TrainConfig
 from pricefit.slices import SliceSpec
@@ -16,8 +17,6 @@ from . import cache, gpu, ui
 )
 def train(tokenized: ArtifactRef, cfg: TrainConfig, workdir: str, slices: list[SliceSpec] | None = None) -> ArtifactRef:
     """QLoRA fine-tune, holding the accelerator's concurrency slot; a progress artifact moves with the steps."""
-    from pricefit import training
-
     key_inputs = dict(tokenized=tokenized, cfg=cfg, workdir=workdir)
     if slices:  # only the slices that train.oversample names reach train (the flow passes just those)
         key_inputs["slices"] = slices

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .steps import BY_NAME
+
 log = logging.getLogger("pricefit.tasks")
 
 MAX_EMBED_BYTES = 1_500_000
@@ -57,8 +59,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def publish(step: str, result: Any) -> None:
     """Create the UI artifacts of one finished (or cached) step: its publisher in the step registry."""
-    from .steps import BY_NAME
-
     name = BY_NAME[step].publish if step in BY_NAME else None
     if name:
         globals()[name](step, result)

@@ -29,6 +29,8 @@ from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict
 
+from .errors import PricefitError
+
 MANIFEST = "manifest.json"
 #: Directories of reports *about* an artifact (contract results, GX Data Docs): kept beside the
 #: data, never hashed into its manifest (they carry timestamps and would make every rerun differ).
@@ -231,8 +233,6 @@ def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> Pa
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     p = Path(directory) / MANIFEST
     if not p.exists():
-        from .errors import PricefitError
-
         raise PricefitError(
             f"{directory} has no {MANIFEST}: it is not a finished pricefit artifact",
             hint="point at the output directory of a completed stage, or rerun that stage",

@@ -21,7 +21,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .artifacts import atomic_path, write_json_atomic
 from .errors import PricefitError
+from .tfidf_model import fit, predict
 
 BLEND_CONFIG = "tfidf_blend.json"
 BLEND_ARRAYS = "tfidf_blend.npz"
@@ -37,8 +39,6 @@ class TfidfBlend:
     validation: dict[str, float]
 
     def tfidf(self, prompts: Sequence[str]) -> np.ndarray:
-        from .tfidf_model import predict
-
         return predict(self.vectorizer, self.ridge, self.clip, prompts)
 
     def combine(self, head: Sequence[float], prompts: Sequence[str]) -> np.ndarray:
@@ -60,8 +60,6 @@ def choose_weight(head: Sequence[float], tfidf: Sequence[float], truth: Sequence
 
 def fit_blend(train_prompts: Sequence[str], train_prices: Sequence[float], val_prompts: Sequence[str],
               val_prices: Sequence[float], val_head: Sequence[float]) -> TfidfBlend:
-    from .tfidf_model import fit, predict
-
     if not len(val_prompts):
         raise PricefitError("train.blend needs validation items to choose its weight on, and the validation split is empty",
                             hint="set curate.validation_fraction above 0, or train.blend: none")
@@ -71,8 +69,6 @@ def fit_blend(train_prompts: Sequence[str], train_prices: Sequence[float], val_p
 
 
 def save_blend(directory: str | Path, blend: TfidfBlend) -> None:
-    from .artifacts import atomic_path, write_json_atomic
-
     d = Path(directory)
     vec = blend.vectorizer
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vec.get_params().items()

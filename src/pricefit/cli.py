@@ -18,6 +18,9 @@ from typing import Any, Callable
 
 import typer
 
+from . import commands, logs
+from .errors import ContractError, PricefitError
+
 app = typer.Typer(
     name="pricefit",
     help=(
@@ -53,8 +56,6 @@ def setup_logging(verbose: int | None = None) -> None:
     """pricefit's records at INFO on stderr (DEBUG with -v); library chatter kept out (pricefit.logs)."""
     import os
 
-    from . import logs
-
     if verbose is None:  # -v, or PRICEFIT_VERBOSE (what `pricefit -v serve` hands its flow runs)
         verbose = _STATE["verbose"] or int(os.environ.get("PRICEFIT_VERBOSE") or 0)
     logs.setup(verbose)
@@ -80,8 +81,6 @@ def command(func: Callable) -> Callable:
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from .errors import ContractError, PricefitError
-
         setup_logging()
         as_json = bool(kwargs.get("as_json"))  # every command names its --json option as_json
         try:
@@ -146,8 +145,6 @@ def check_input(path: Any, option: str, kinds: tuple[str, ...] = (), *, file: bo
     artifact whose manifest kind is one of them (or hold one of :data:`BARE_LAYOUTS` of those
     kinds: a bare PEFT adapter folder passes as an adapter). The error names the option, what the path is and what was expected.
     """
-    from .errors import PricefitError
-
     if path is None:
         return None
     p = Path(path)
@@ -187,11 +184,9 @@ def check_input(path: Any, option: str, kinds: tuple[str, ...] = (), *, file: bo
 
 def check_source(spec: str | None, option: str) -> None:
     """A listings source given as files or a glob: check that they exist at once (reads nothing)."""
-    from .errors import PricefitError
-
     if not spec or spec.strip() == "demo" or spec.startswith(("demo:", "hf:")):
         return
-    from .sources import expand_paths
+    from .sources import expand_paths  # deferred: only a command given a --source file needs it (not `pricefit --help`)
 
     try:
         expand_paths(spec[4:] if spec.startswith("csv:") else spec)
@@ -227,8 +222,6 @@ def _register() -> None:
     """The stage commands (``pricefit.commands.*``), then the plugins' (each registers on import)."""
     import importlib
     import pkgutil
-
-    from . import commands
 
     for mod in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
         importlib.import_module(f"{commands.__name__}.{mod}")

@@ -22,7 +22,6 @@ and its numbers is appended to ``<workdir>/promotions.jsonl``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -32,8 +31,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .artifacts import ArtifactRef, atomic_dir, read_manifest, ref_for, write_json_atomic, write_manifest, write_text_atomic
-from .config import PromoteConfig
+from .baselines import read_summary
+from .config import CLASSICAL_BASELINES, PromoteConfig
 from .errors import PricefitError
+from .items import item_set_sha256
 from .report import fmt, markdown_table
 
 log = logging.getLogger("pricefit.compare")
@@ -43,11 +44,6 @@ METRICS = ("mae", "rmsle", "hit_rate", "mdape")
 LOWER_IS_BETTER = {"mae": True, "rmsle": True, "mdape": True, "hit_rate": False}
 # a float at the margin boundary ("exactly 2% better") must count as meeting it
 _EPS = 1e-12
-
-
-def item_set_sha256(item_ids: Iterable[str]) -> str:
-    """Identity of a set of items (order-independent)."""
-    return hashlib.sha256("\n".join(sorted(str(i) for i in item_ids)).encode()).hexdigest()
 
 
 def _read_item_ids(directory: Path) -> list[str]:
@@ -200,8 +196,6 @@ def compare(
     eval_dir: str | Path, baselines_dir: str | Path, out_dir: str | Path, metric: str = "mae"
 ) -> ArtifactRef:
     """Comparison table of the evaluation in ``eval_dir`` against every baseline in ``baselines_dir``."""
-    from .baselines import read_summary
-
     ev, bl = Path(eval_dir), Path(baselines_dir)
     models = {FINE_TUNED: _read_metrics(ev)}
     items = {FINE_TUNED: _read_item_ids(ev)}
@@ -285,15 +279,11 @@ def _where(cfg: PromoteConfig) -> str:
 
 def baseline_guard(challenger_value: float, baselines_dir: str | Path | None, cfg: PromoteConfig, item_sha: str) -> str | None:
     """None when the challenger beats every classical baseline on the decision metric/slice, else why not."""
-    from .config import CLASSICAL_BASELINES
-
     if not cfg.require_beat_baselines:
         return None
     if baselines_dir is None:
         return ("no baselines were given to check the challenger against (pass the baselines artifact, or set "
                 "promote.require_beat_baselines: false)")
-    from .baselines import read_summary
-
     bl = Path(baselines_dir)
     summary = read_summary(bl)
     if summary.get("items_sha256") not in (None, item_sha):

@@ -1,6 +1,7 @@
 """Typed configuration: one pydantic model per stage, and RunConfig that holds them all.
 
-Profiles are YAML files (deployments/profiles/*.yaml) that fill a RunConfig; command-line
+Profiles are YAML files (deployments/profiles/*.yaml, or the folder in PRICEFIT_PROFILES:
+:func:`profiles_dir`) that fill a RunConfig; command-line
 ``--set key.sub=value`` overrides apply on top. Impossible combinations fail here, once, with a
 message that says what to change.
 
@@ -534,16 +535,44 @@ def validate_model(
         ) from None
 
 
+PROFILES_ENV = "PRICEFIT_PROFILES"
+PROFILES_SUBDIR = Path("deployments") / "profiles"
+
+
+def find_profiles_dir(start: Path) -> Path | None:
+    """The ``deployments/profiles`` folder of the project that holds ``start``: the nearest one in
+    ``start`` or a folder above it (a checkout, whatever its layout), or None (an installed wheel)."""
+    for folder in (start, *start.parents):
+        if (folder / PROFILES_SUBDIR).is_dir():
+            return folder / PROFILES_SUBDIR
+    return None
+
+
 def profiles_dir() -> Path:
-    env = os.environ.get("PRICEFIT_PROFILES")
+    """Where a profile named without a path is read from, the one lookup: ``$PRICEFIT_PROFILES``
+    when set, else the ``deployments/profiles`` of the checkout this package is imported from."""
+    env = os.environ.get(PROFILES_ENV)
     if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "deployments" / "profiles"
+        d = Path(os.path.expanduser(env))
+        if not d.is_dir():
+            raise PricefitError(f"{PROFILES_ENV}={env} is not a folder", hint=f"point {PROFILES_ENV} at a folder of profile YAML files")
+        return d
+    d = find_profiles_dir(Path(__file__).resolve().parent)
+    if d is None:
+        raise PricefitError(
+            f"no profiles folder: pricefit is not imported from a checkout with {PROFILES_SUBDIR}/",
+            hint=f"export {PROFILES_ENV}=/path/to/deployments/profiles, or pass the profile as a path to its YAML file",
+        )
+    return d
 
 
 def list_profiles() -> list[str]:
-    d = profiles_dir()
-    return sorted(p.stem for p in d.glob("*.yaml")) if d.exists() else []
+    """The profile names in :func:`profiles_dir` ([] when there is no such folder)."""
+    try:
+        d = profiles_dir()
+    except PricefitError:
+        return []
+    return sorted(p.stem for p in d.glob("*.yaml"))
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:

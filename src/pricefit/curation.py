@@ -43,8 +43,8 @@ import hashlib
 import json
 import logging
 import math
-import re
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -56,7 +56,9 @@ import polars as pl
 from . import artifacts
 from .config import CurateConfig
 from .errors import ContractError, PricefitError
+from .models import load_tokenizer
 from .prices import DROP_REASON, parse_price
+from .sources import Quarantined, resolve
 
 log = logging.getLogger("pricefit.curation")
 
@@ -187,8 +189,6 @@ def _csv_options(cfg: CurateConfig) -> dict[str, Any]:
 def _raw_chunks(src: Any, source: str, quarantine: list[dict[str, Any]]) -> Iterator[pl.DataFrame]:
     """The parsed rows of ``src`` as frames of at most INGEST_CHUNK rows (quarantined lines go to
     ``quarantine``); sets ``src.synthetic`` when a record says it is synthetic."""
-    from .sources import Quarantined
-
     cols: dict[str, list[Any]] = {k: [] for k in RAW_SCHEMA}
     synthetic = src.synthetic
     with _progress(src.size_hint, f"reading {source}") as bar:
@@ -218,8 +218,6 @@ def read_source(source: str, cfg: CurateConfig) -> tuple[pl.DataFrame, list[dict
 
     Holds every row in memory (for scoring a few listings); :func:`ingest` streams instead.
     """
-    from .sources import resolve
-
     src = resolve(source, **_csv_options(cfg))
     quarantine: list[dict[str, Any]] = []
     chunks = list(_raw_chunks(src, source, quarantine)) or [pl.DataFrame(schema=RAW_SCHEMA)]
@@ -231,8 +229,6 @@ def _stream_raw(source: str, cfg: CurateConfig, path: Path) -> tuple[int, list[d
     """Parse ``source`` into raw.parquet at ``path`` one chunk at a time (a part file each, then one
     streaming sink), so no more than INGEST_CHUNK rows are ever in memory. Returns (parsed rows,
     quarantine rows, resolved Source)."""
-    from .sources import resolve
-
     src = resolve(source, **_csv_options(cfg))
     quarantine: list[dict[str, Any]] = []
     parts_dir = path.parent / f".{path.name}.parts"
@@ -415,7 +411,6 @@ def truncate_to_tokens(texts: list[str], tokenizer: Any, max_tokens: int, batch_
 def resolve_tokenizer(cfg: CurateConfig, tokenizer: Any = None) -> Any:
     if tokenizer is not None:
         return tokenizer
-    from .models import load_tokenizer
 
     return load_tokenizer(cfg.tokenizer)
 

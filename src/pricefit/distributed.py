@@ -48,7 +48,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from . import artifacts, models, quant, training
+from .config import TrainConfig
 from .errors import PricefitError
+from .slices import SliceSpec
 
 log = logging.getLogger("pricefit.distributed")
 
@@ -106,8 +109,6 @@ def launch_command(spec: Path, cfg) -> list[str]:
 
 def launch(tokenized_dir: Path, out_dir: Path, cfg, progress: Callable | None = None, slices=None):
     """Run ``training.train`` in ``cfg.num_processes`` processes; wait; return rank 0's artifact."""
-    from . import artifacts, models, quant, training
-
     plan = quant.resolve(cfg)
     check(cfg, plan)
     # the errors one process would give, here, before N processes start
@@ -294,10 +295,6 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
     import torch
     import torch.distributed as td
-
-    from . import quant, training
-    from .config import TrainConfig
-    from .slices import SliceSpec
 
     cfg = TrainConfig.model_validate(spec["cfg"])
     slices = [SliceSpec.model_validate(s) for s in spec["slices"]] if spec.get("slices") else None

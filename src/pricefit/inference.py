@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 from .config import DEFAULT_PROMPT_TEMPLATE
+from .devices import resolve_device
 from .errors import PricefitError
 from .parsing import DEFAULT_MAX_PRICE, DEFAULT_MIN_PRICE, number_is_final, parse_price_output
 
@@ -71,16 +72,6 @@ class Prediction:
 
 # ----------------------------------------------------------------------------------------------
 # loading
-
-
-def pick_device(device: str = "auto") -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PricefitError("device 'cuda' was asked for but torch sees no CUDA GPU", hint="use --device cpu or auto")
-    return device
 
 
 def find_adapter(adapter_dir: str | Path) -> Path:
@@ -157,7 +148,7 @@ def load_model(
 
     from . import quant
 
-    dev = pick_device(device)
+    dev = resolve_device(device, setting="evaluate.device")
     if compute_dtype == "auto":
         compute_dtype = "bfloat16" if dev == "cuda" else "float32"
     path, tokenizer = _resolve(base_model)

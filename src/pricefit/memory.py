@@ -160,7 +160,7 @@ def load_shape(model: str) -> ModelShape:
     if (path / "config.json").is_file():
         return shape_from_config(json.loads((path / "config.json").read_text()), model)
     try:  # pricefit's own built-in models (tiny-random, smollm2-135m) resolve to a local directory
-        from . import models  # noqa: PLC0415
+        from . import models  # deferred: optional here (without its dependencies the estimate falls through to the next lookup)
 
         if model in models.builtin_models():
             rpath = Path(models.resolve_model(model))

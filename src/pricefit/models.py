@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .artifacts import sha256_file, write_json_atomic
-from .config import cache_home
+from .config import DEFAULT_PROMPT_TEMPLATE, cache_home
 from .errors import PricefitError
+from .sources.hub import check_reachable
 
 log = logging.getLogger("pricefit.models")
 
@@ -110,7 +111,6 @@ def check_hub_model(resolved: str) -> None:
             return
     except Exception:  # noqa: BLE001 - an unusual repo id or cache layout: let the probe decide
         pass
-    from .sources.hub import check_reachable
 
     try:
         check_reachable()
@@ -271,8 +271,6 @@ def tokenizer_sha256(name: str) -> str:
 def _tiny_corpus() -> list[str]:
     """A fixed, seeded corpus of listing-like text (plus the prompt wording and prices) for the BPE."""
     import random
-
-    from .config import DEFAULT_PROMPT_TEMPLATE
 
     rng = random.Random(TINY_SEED)
     adjectives = (

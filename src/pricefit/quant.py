@@ -31,7 +31,9 @@ from typing import Any
 
 from .artifacts import atomic_dir, canonical_json, sha256_bytes
 from .config import cache_home
+from .devices import resolve_device
 from .errors import PricefitError
+from .models import check_hub_model
 
 log = logging.getLogger("pricefit.quant")
 
@@ -58,20 +60,10 @@ def bitsandbytes_available() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def resolve(cfg: Any, *, has_cuda: bool | None = None, has_bnb: bool | None = None) -> Plan:
     """Resolve device/dtype of a TrainConfig and reject impossible or pathological combinations."""
-    has_cuda = cuda_available() if has_cuda is None else has_cuda
     has_bnb = bitsandbytes_available() if has_bnb is None else has_bnb
-    if cfg.device == "cuda" and not has_cuda:
-        raise PricefitError("device: cuda was requested but no CUDA GPU is visible",
-                            hint="set train.device=auto (or cpu), or run on a machine with a CUDA build of torch")
-    device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and has_cuda) else "cpu"
+    device = resolve_device(cfg.device, setting="train.device", has_cuda=has_cuda)
     dtype = cfg.compute_dtype
     if dtype == "auto":
         dtype = "bfloat16" if device == "cuda" else "float32"
@@ -150,8 +142,6 @@ def from_pretrained(path: str, *, name: str | None = None,
     """``AutoModelForCausalLM.from_pretrained`` (training and inference both load through here): an
     unreachable hub id fails at once, a load error names the model (``name``, default ``path``) and ``hint``."""
     from transformers import AutoModelForCausalLM
-
-    from .models import check_hub_model
 
     check_hub_model(path)
     try:

@@ -30,7 +30,9 @@ from typing import Any
 
 from .artifacts import ArtifactRef, atomic_dir, canonical_json, read_manifest, ref_for, sha256_file, write_manifest
 from .config import TokenizeConfig
+from .curation import read_split
 from .errors import PricefitError
+from .models import load_tokenizer, model_info
 
 log = logging.getLogger("pricefit.tokenization")
 
@@ -184,8 +186,6 @@ def _read_split(curated_dir: Path, split: str):
     """A curated split as an Arrow table of INPUT_COLUMNS, checked by curation.read_split."""
     import polars as pl
 
-    from .curation import read_split
-
     frame = read_split(curated_dir, split, columns=INPUT_COLUMNS).select(INPUT_COLUMNS)
     return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
 
@@ -193,8 +193,6 @@ def _read_split(curated_dir: Path, split: str):
 def tokenize(curated_dir: str | Path, out_dir: str | Path, cfg: TokenizeConfig) -> ArtifactRef:
     """Curated splits -> ``out_dir/dataset`` (DatasetDict.save_to_disk) + manifest; kind "tokenized"."""
     import datasets
-
-    from .models import load_tokenizer, model_info
 
     curated_dir = Path(curated_dir)
     tables = {split: _read_split(curated_dir, split) for split in SPLITS}  # bad input fails before any work

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from .artifacts import sha256_file
 from .errors import PricefitError
 
 log = logging.getLogger("pricefit.tracking")
@@ -266,8 +267,6 @@ def _adapter_root(path: str | os.PathLike) -> Path:
 
 
 def _sha(directory: Path) -> str | None:
-    from .artifacts import sha256_file
-
     m = directory / "manifest.json"
     return sha256_file(m) if m.exists() else None
 

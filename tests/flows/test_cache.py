@@ -192,8 +192,8 @@ def test_editing_a_real_source_file_changes_exactly_the_dependent_steps_keys(tmp
         report.write_text(text.replace('title: str = "Evaluation"', 'title: str = "Held-out evaluation"'))  # the heading
         assert report.read_text() != text
         # evaluation writes the report (for the challenger and the re-scored champion); compare formats
-        # its table with report.fmt; baselines imports
-        # compare (item_set_sha256), whose function-local import of report counts; report renders the run report
+        # its table with report.fmt; baselines imports evaluation (load_heldout), whose function-local
+        # import of report counts; report renders the run report
         assert changed() == {"evaluate", "champion", "baselines", "compare", "report"}
 
         _edit(project / "tasks/curate.py", "\n# a change to the task wrapper\n")

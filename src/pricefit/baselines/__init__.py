@@ -17,13 +17,17 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..artifacts import ArtifactRef, atomic_dir, read_manifest, ref_for, sha256_file, write_json_atomic, write_manifest
 from ..config import BaselinesConfig
+from ..curation import read_split
 from ..errors import PricefitError
 from ..evaluation import load_heldout, masks_for
+from ..items import item_set_sha256
+from ..metrics import compute_metrics
 from ..parsing import DEFAULT_MAX_PRICE, DEFAULT_MIN_PRICE
+from . import base_model, constant, frontier, linear, tfidf
 
 log = logging.getLogger("pricefit.baselines")
 
@@ -33,8 +37,6 @@ ALL_BASELINES = ("constant", "linear", "tfidf", "base_model", "frontier")
 def _write_one(out: Path, name: str, test, preds: list[float | None], raws: list[str], info: dict[str, Any],
                slices: list[Any] | None = None) -> dict:
     import polars as pl
-
-    from ..metrics import compute_metrics
 
     d = out / name
     d.mkdir(parents=True, exist_ok=True)
@@ -63,15 +65,15 @@ def run_baselines(
     *,
     progress: bool = True,
     slices: list[Any] | None = None,
+    price_frontier: Callable[..., Any] | None = None,
 ) -> ArtifactRef:
     """Run every baseline in ``cfg.include`` on the held-out items; returns the ``baselines`` ref.
 
     ``slices``: named slices (pricefit.slices.SliceSpec) whose metrics each baseline reports too.
+    ``price_frontier``: what sends the frontier requests (default :func:`frontier.price_texts`,
+    same arguments); the baselines task passes one with retries of its own around just those
+    requests, so an outage repeats no other baseline.
     """
-    from ..compare import item_set_sha256
-    from ..curation import read_split
-    from . import constant, frontier, linear, tfidf
-
     cfg = cfg or BaselinesConfig()
     curated = Path(curated_dir)
     train = read_split(curated, "train")
@@ -101,8 +103,6 @@ def run_baselines(
             elif name == "tfidf":
                 preds, info = tfidf.fit_predict(train["text"].to_list(), prices, test["text"].to_list())
             elif name == "base_model":
-                from . import base_model
-
                 preds, raws, info = base_model.predict(
                     cfg.base_model, test["text"].to_list(), price_range=llm_range, progress=progress
                 )
@@ -122,7 +122,7 @@ def run_baselines(
                         hint="raise baselines.frontier.max_items, or lower baselines.max_items and evaluate.max_items "
                         "together so every model sees the same items",
                     )
-                run = frontier.price_texts(texts, cfg.frontier, price_range=llm_range, progress=progress)
+                run = (price_frontier or frontier.price_texts)(texts, cfg.frontier, price_range=llm_range, progress=progress)
                 preds = [r.prediction for r in run.items]
                 raws = [r.raw for r in run.items]
                 info = {"model": cfg.frontier.model, "host": run.usage["host"], "prompt": frontier.messages_for("{text}")}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from ..inference import PricePredictor
+
 
 def predict(
     base_model: str,
@@ -22,8 +24,6 @@ def predict(
 
     ``batch_size`` None: the predictor's default for the device (as ``pricefit evaluate``).
     """
-    from ..inference import PricePredictor
-
     kwargs = {}
     if price_range is not None:
         kwargs = {"low": price_range[0], "high": price_range[1]}

@@ -11,9 +11,10 @@ other and clipped.
 
 Operational rules:
 - bounded concurrency (``asyncio.Semaphore(cfg.concurrency)`` around each request);
-- our own retries (the SDK's are switched off so they can be counted): 408/409/429/5xx, timeouts
-  and connection errors, exponential backoff with jitter, ``Retry-After`` honoured (capped at
-  ``cfg.backoff_max_s``); 401/403 stop the run at once with a hint;
+- retries by tenacity (the SDK's are switched off so they can be counted): 408/409/429/5xx,
+  timeouts and connection errors, up to ``cfg.max_retries`` per request, exponential backoff with
+  jitter, ``Retry-After`` honoured (capped at ``cfg.backoff_max_s``); 401/403 stop the run at once
+  with a hint; an endpoint that answers nothing raises :class:`FrontierUnavailable` early;
 - a per-item cache on disk, ``cache_home()/frontier/<model>/<sha256>.json``, keyed by model, the
   endpoint's host and the exact request (messages, max_tokens, seed); written atomically; only
   well-formed replies are cached, so a rerun retries the malformed ones and costs nothing else;
@@ -39,7 +40,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import sys
 import threading
@@ -47,6 +47,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+
+import tenacity
 
 from ..artifacts import canonical_json, write_json_atomic
 from ..config import FrontierConfig, cache_home
@@ -191,6 +193,10 @@ def cache_key(cfg: FrontierConfig, host: str, text: str) -> str:
 # ---------------------------------------------------------------------------------------------- results
 
 
+class FrontierUnavailable(PricefitError):
+    """The endpoint failed several items in a row without one answer (down or unreachable)."""
+
+
 class FrontierIncomplete(PricefitError):
     """Some requests got no answer after their retries; ``run`` holds every item (the failed ones
     with ``status="failed"``). Raised after the others are answered and saved in the reply cache."""
@@ -239,13 +245,6 @@ def _retry_after_s(headers: Any) -> float | None:
     return None
 
 
-def _backoff_s(cfg: FrontierConfig, attempt: int, retry_after: float | None) -> float:
-    if retry_after is not None:
-        return min(retry_after, cfg.backoff_max_s)
-    ceiling = min(cfg.backoff_max_s, cfg.backoff_base_s * (2**attempt))
-    return random.uniform(ceiling / 2, ceiling)  # "equal jitter": spread clients apart, keep growth
-
-
 def _count(v: Any) -> int:
     """A token count from a reply that may be missing or malformed (then 0)."""
     try:
@@ -290,6 +289,75 @@ class _Stats:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
+class _Retryable(Exception):
+    """One attempt that may succeed when repeated (408/409/429/5xx, a timeout, a connection error)."""
+
+    def __init__(self, error: str, retry_after: float | None = None):
+        super().__init__(error)
+        self.error, self.retry_after = error, retry_after
+
+
+class _Refused(Exception):
+    """One attempt the endpoint refused for good (another 4xx): the item fails without a retry."""
+
+    def __init__(self, error: str):
+        super().__init__(error)
+        self.error = error
+
+
+async def _attempt(client: Any, body: dict[str, Any], cfg: FrontierConfig, sem: asyncio.Semaphore, stats: _Stats,
+                   redact: Redactor, host: str) -> str:
+    """One request (the SDK's own retries are off: tenacity repeats this); the reply body as text."""
+    import openai  # deferred: the SDK (and httpx) load only when the frontier model is called
+
+    async with sem:
+        stats.requests += 1
+        try:
+            raw = await client.chat.completions.with_raw_response.create(**body)
+            return raw.text
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            raise PricefitError(
+                f"the endpoint {host} rejected the API key (HTTP {e.status_code}): {redact(e.message)}",
+                hint=f"check {cfg.api_key_env} and baselines.frontier.base_url / OPENAI_BASE_URL",
+            ) from None
+        except openai.APIStatusError as e:
+            code = e.status_code
+            stats.error(f"http_{code}")
+            error = f"HTTP {code}: {redact(e.message)}"
+            if code not in RETRYABLE_STATUS and code < 500:
+                raise _Refused(error) from None
+            raise _Retryable(error, _retry_after_s(e.response.headers)) from None
+        except openai.APITimeoutError:
+            stats.error("timeout")
+            raise _Retryable(f"timeout after {cfg.timeout_s} s") from None
+        except openai.APIConnectionError as e:
+            stats.error("connection")
+            raise _Retryable(f"connection error: {redact(e.message)}") from None
+
+
+def _wait(cfg: FrontierConfig) -> Any:
+    """tenacity's wait: the server's ``Retry-After`` when it sent one (capped at backoff_max_s), else
+    exponential backoff with "equal jitter": uniform(ceiling/2, ceiling), ceiling = base * 2**retry
+    capped at backoff_max_s (spreads clients apart and keeps the growth)."""
+    half = dict(multiplier=cfg.backoff_base_s / 2, max=cfg.backoff_max_s / 2)
+    exponential = tenacity.wait_exponential(**half) + tenacity.wait_random_exponential(**half)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome is not None else None
+        retry_after = getattr(error, "retry_after", None)
+        return min(retry_after, cfg.backoff_max_s) if retry_after is not None else exponential(state)
+
+    return wait
+
+
+def _backoff_s(cfg: FrontierConfig, attempt: int, retry_after: float | None) -> float:
+    """The delay before retry ``attempt + 1`` (``attempt``: 0 for the first retry), as :func:`_wait` gives it."""
+    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
+    state.attempt_number = attempt + 1
+    state.set_exception((_Retryable, _Retryable("", retry_after), None))
+    return _wait(cfg)(state)
+
+
 async def _price_one(
     client: Any,
     text: str,
@@ -301,8 +369,6 @@ async def _price_one(
     cache_file: Path | None,
     host: str,
 ) -> ItemResult:
-    import openai
-
     if cache_file is not None and cache_file.exists():
         try:
             cached = json.loads(cache_file.read_text())
@@ -312,60 +378,41 @@ async def _price_one(
         except (OSError, ValueError, KeyError, TypeError):
             log.warning("ignoring unreadable cache file %s", cache_file.name)
 
-    body = request_body(cfg, text)
-    last_error = "no attempt made"
-    for attempt in range(cfg.max_retries + 1):
-        retry_after = None
-        async with sem:
-            stats.requests += 1
-            try:
-                raw = await client.chat.completions.with_raw_response.create(**body)
-                payload = raw.text
-            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-                raise PricefitError(
-                    f"the endpoint {host} rejected the API key (HTTP {e.status_code}): {redact(e.message)}",
-                    hint=f"check {cfg.api_key_env} and baselines.frontier.base_url / OPENAI_BASE_URL",
-                ) from None
-            except openai.APIStatusError as e:
-                code = e.status_code
-                last_error = f"HTTP {code}: {redact(e.message)}"
-                stats.error(f"http_{code}")
-                if code not in RETRYABLE_STATUS and code < 500:
-                    return ItemResult(status="failed", error=last_error)
-                retry_after = _retry_after_s(e.response.headers)
-            except openai.APITimeoutError:
-                last_error = f"timeout after {cfg.timeout_s} s"
-                stats.error("timeout")
-            except openai.APIConnectionError as e:
-                last_error = f"connection error: {redact(e.message)}"
-                stats.error("connection")
-            else:
-                stats.answered += 1
-                stats.failed_in_a_row = 0
-                res = _parse_body(payload, redact, price_range)
-                if cache_file is not None and res.status in ("ok", "no_number"):
-                    # the reply as received (key scrubbed), never the request headers
-                    write_json_atomic(
-                        cache_file,
-                        {"model": cfg.model, "host": host, "response": json.loads(redact(payload))},
-                    )
-                return res
-        if attempt < cfg.max_retries:
-            stats.retries += 1
-            delay = _backoff_s(cfg, attempt, retry_after)
-            log.info("frontier: %s; retry %d/%d in %.2f s", last_error, attempt + 1, cfg.max_retries, delay)
-            await asyncio.sleep(delay)
-    error = f"gave up after {cfg.max_retries + 1} attempts; last: {last_error}"
-    log.warning("frontier: %s", error)
-    stats.failed_in_a_row += 1
-    if stats.answered == 0 and stats.failed_in_a_row >= max(3, cfg.concurrency):
-        # the endpoint is down or unreachable: stop instead of waiting out every item's retries
-        raise PricefitError(
-            f"the frontier endpoint {host} failed {stats.failed_in_a_row} items in a row without one answer; "
-            f"last error: {last_error}",
-            hint="check baselines.frontier.base_url / OPENAI_BASE_URL and the network, or drop frontier from --include",
-        )
-    return ItemResult(status="failed", error=error)
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        stats.retries += 1
+        log.info("frontier: %s; retry %d/%d in %.2f s", state.outcome.exception().error, state.attempt_number,
+                 cfg.max_retries, state.upcoming_sleep)
+
+    retrying = tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(cfg.max_retries + 1),
+        wait=_wait(cfg),
+        retry=tenacity.retry_if_exception_type(_Retryable),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    try:
+        payload = await retrying(_attempt, client, request_body(cfg, text), cfg, sem, stats, redact, host)
+    except _Refused as e:
+        return ItemResult(status="failed", error=e.error)
+    except _Retryable as e:
+        error = f"gave up after {cfg.max_retries + 1} attempts; last: {e.error}"
+        log.warning("frontier: %s", error)
+        stats.failed_in_a_row += 1
+        if stats.answered == 0 and stats.failed_in_a_row >= max(3, cfg.concurrency):
+            # the endpoint is down or unreachable: stop instead of waiting out every item's retries
+            raise FrontierUnavailable(
+                f"the frontier endpoint {host} failed {stats.failed_in_a_row} items in a row without one answer; "
+                f"last error: {e.error}",
+                hint="check baselines.frontier.base_url / OPENAI_BASE_URL and the network, or drop frontier from --include",
+            ) from None
+        return ItemResult(status="failed", error=error)
+    stats.answered += 1
+    stats.failed_in_a_row = 0
+    res = _parse_body(payload, redact, price_range)
+    if cache_file is not None and res.status in ("ok", "no_number"):
+        # the reply as received (key scrubbed), never the request headers
+        write_json_atomic(cache_file, {"model": cfg.model, "host": host, "response": json.loads(redact(payload))})
+    return res
 
 
 async def aprice_texts(

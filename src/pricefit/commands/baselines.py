@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 
 from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
+from ..errors import PricefitError
 
 BASELINE_NAMES = ("constant", "linear", "tfidf", "base_model", "frontier")
 
@@ -62,9 +63,8 @@ def baselines_cmd(
     """
     check_input(data, "--data", ("curated",))
     check_input(config, "--config", file=True)
-    from ..baselines import read_summary, run_baselines
-    from ..config import BaselinesConfig, load_stage_config
-    from ..errors import PricefitError
+    from ..baselines import read_summary, run_baselines  # deferred: keeps `pricefit --help` fast (loads polars, numpy, pydantic, yaml, tenacity)
+    from ..config import BaselinesConfig, load_stage_config  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
 
     overrides: list = list(set_ or [])  # "baselines." prefix optional
     if include:
@@ -80,7 +80,7 @@ def baselines_cmd(
     if max_items is not None:
         overrides.append((f"max_items={max_items}", f"--max-items {max_items}"))
     cfg = load_stage_config(BaselinesConfig, str(config) if config else None, "baselines", overrides)
-    from ..config import load_slices
+    from ..config import load_slices  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
 
     ref = run_baselines(data, out, cfg, slices=load_slices(config))
     summary = read_summary(ref.path)
@@ -111,7 +111,7 @@ def compare_cmd(
     check_input(baselines, "--baselines", ("baselines",))
     import json
 
-    from ..compare import compare, to_markdown
+    from ..compare import compare, to_markdown  # deferred: keeps `pricefit --help` fast (loads polars, numpy, pydantic, yaml, tenacity)
 
     ref = compare(evaluation, baselines, out, metric=metric)
     table = json.loads((Path(ref.path) / "comparison.json").read_text())
@@ -147,9 +147,9 @@ def promote_cmd(
     check_input(evaluation, "--evaluation", ("evaluation",))
     check_input(baselines, "--baselines", ("baselines",))
     check_input(champion_evaluation, "--champion-evaluation", ("evaluation",))
-    from .. import tracking
-    from ..compare import promote
-    from ..config import PromoteConfig, validate_model
+    from .. import tracking  # deferred: keeps `pricefit --help` fast (loads pydantic)
+    from ..compare import promote  # deferred: keeps `pricefit --help` fast (loads polars, numpy, pydantic, yaml, tenacity)
+    from ..config import PromoteConfig, validate_model  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
 
     cfg = validate_model(
         PromoteConfig,

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import typer
 
 from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
+from ..errors import ContractError
 
 
 def _skipped(building: Path, final: Path) -> dict[str, Any]:
@@ -60,9 +61,8 @@ def curate_cmd(
     Example:  pricefit curate --source demo --out runs/demo/curated
     """
     check_input(config, "--config", file=True)
-    from .. import artifacts, curation
-    from ..config import CurateConfig, load_stage_config
-    from ..errors import ContractError
+    from .. import artifacts, curation  # deferred: keeps `pricefit --help` fast (loads polars, numpy, pydantic, yaml)
+    from ..config import CurateConfig, load_stage_config  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
 
     cfg = load_stage_config(CurateConfig, str(config) if config else None, "curate", set_)  # "curate." prefix optional
     out = Path(out)
@@ -70,7 +70,7 @@ def curate_cmd(
         contracts = "skipped (--no-contracts)"
         raw_check = curated_check = _skipped
     else:
-        import data_contracts
+        import data_contracts  # deferred: keeps `pricefit --help` fast (a module pricefit --help does not load)
 
         contracts = "raw, curated passed"
         raw_check = _shown_at(data_contracts.stage_contract("raw", cfg.max_bad_row_fraction), out / "raw")

@@ -10,13 +10,14 @@ from typing import Any, Optional
 import typer
 
 from ..cli import JSON_OPTION_HELP, app, check_input, check_source, command, emit
+from ..errors import PricefitError
 
 _ADAPTER_HELP = "Output directory of `pricefit train` (or its adapter/ folder). Leave out to score the base model alone."
 _BASE_HELP = "Base model: built-in name (smollm2-135m, tiny-random), local directory or hub id. Default: the one the adapter was trained on."
 
 
 def _eval_cfg(config: Optional[Path], set_: Optional[list[str]], **explicit: Any):
-    from ..config import EvaluateConfig, load_stage_config
+    from ..config import EvaluateConfig, load_stage_config  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
 
     overrides: list = list(set_ or [])  # "evaluate." prefix optional
     overrides += [(f"{k}={v}", f"--{k.replace('_', '-')} {v}") for k, v in explicit.items() if v is not None]
@@ -25,7 +26,7 @@ def _eval_cfg(config: Optional[Path], set_: Optional[list[str]], **explicit: Any
 
 def _curate_cfg(config: Optional[Path]):
     """The --config file's curate rules; None without one (the adapter's recorded rules then apply)."""
-    from ..config import CurateConfig, load_stage_config
+    from ..config import CurateConfig, load_stage_config  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
 
     return load_stage_config(CurateConfig, str(config), "curate") if config else None
 
@@ -72,8 +73,6 @@ def evaluate_cmd(
 
       pricefit evaluate --adapter runs/demo/train --source new_listings.jsonl.gz --out runs/new/eval
     """
-    from ..errors import PricefitError
-
     if (data is None) == (source is None):
         raise PricefitError("give exactly one of --data and --source", hint="--data <curated or tokenized dir> or --source <listings>")
     if adapter is None and base_model is None:
@@ -82,11 +81,11 @@ def evaluate_cmd(
     check_input(data, "--data", ("curated", "tokenized"))
     check_source(source, "--source")
     check_input(config, "--config", file=True)
-    from .. import evaluation
-    from .. import tracking
+    from .. import evaluation  # deferred: keeps `pricefit --help` fast (loads polars, pydantic, yaml)
+    from .. import tracking  # deferred: keeps `pricefit --help` fast (loads pydantic)
 
     cfg = _eval_cfg(config, set_, split=split, max_items=max_items, mode=mode, batch_size=batch_size, device=device)
-    from ..config import load_slices
+    from ..config import load_slices  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
 
     slices = load_slices(config)  # a run profile's slices: metrics per slice beside the overall ones
     tracking.check(tracking.target())  # MLFLOW_TRACKING_URI set: fail now, not after scoring
@@ -116,8 +115,6 @@ def evaluate_cmd(
 
 
 def _read_listings(json_listing: str) -> list[dict[str, Any]]:
-    from ..errors import PricefitError
-
     text = sys.stdin.read() if json_listing == "-" else Path(json_listing).read_text() if Path(json_listing).exists() else None
     if text is None:
         raise PricefitError(f"--json-listing {json_listing}: no such file", hint="give a JSON file, or - to read stdin")
@@ -156,8 +153,6 @@ def predict_cmd(
 
       echo '{"title": "Kettle", "description": ["1.7 L", "steel"]}' | pricefit predict --adapter runs/demo/train --json-listing -
     """
-    from ..errors import PricefitError
-
     given = [x is not None for x in (json_listing, title, file)]
     if sum(given) != 1:
         raise PricefitError("give exactly one of --json-listing, --title (with --description) and --file")
@@ -170,7 +165,7 @@ def predict_cmd(
     if json_listing not in (None, "-"):
         check_input(json_listing, "--json-listing", file=True)
     check_source(file, "--file")
-    from .. import evaluation
+    from .. import evaluation  # deferred: keeps `pricefit --help` fast (loads polars, pydantic, yaml)
 
     cfg = _eval_cfg(config, None, mode=mode, batch_size=batch_size, device=device)
     if file is not None:
@@ -182,7 +177,7 @@ def predict_cmd(
     predictor = evaluation.make_predictor(cfg, base_model, adapter)
     rows = evaluation.predict_listings(listings, predictor, cfg, _curate_cfg(config))
     if out is not None:
-        from ..artifacts import write_text_atomic
+        from ..artifacts import write_text_atomic  # deferred: keeps `pricefit --help` fast (loads pydantic)
 
         write_text_atomic(out, "".join(json.dumps(r, default=str) + "\n" for r in rows))
     public = [{k: r[k] for k in ("item_id", "title", "prediction", "raw", "parsed", "skipped")} for r in rows]

