@@ -53,6 +53,11 @@ def _load_split(tokenized_dir: Path, cfg) -> tuple[Any, dict]:
     from datasets import load_from_disk
 
     manifest = artifacts.read_manifest(tokenized_dir)
+    verdict = manifest.get("contract")  # recorded before the rename by `pricefit tokenize`; absent: library use
+    if isinstance(verdict, dict) and verdict.get("success") is not True:
+        raise PricefitError(f"{tokenized_dir}: its tokenized data contract did not pass ({verdict.get('failed', '?')} "
+                            f"check(s) failed; report: {tokenized_dir / 'contracts' / 'tokenized.json'})",
+                            hint="fix the curated data or the tokenize settings the report names, then re-run `pricefit tokenize`")
     ds_dir = tokenized_dir / "dataset"
     if not ds_dir.exists():
         raise PricefitError(f"{tokenized_dir} has no dataset/ directory",

