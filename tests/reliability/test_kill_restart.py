@@ -312,3 +312,42 @@ def test_the_fingerprint_sees_a_changed_byte_and_ignores_only_run_describing_val
     assert differing(fingerprint(a), fingerprint(b)) == []  # runtime_s alone differs
     (b / "train_summary.json").write_text(json.dumps({"steps": 7, "runtime_s": 9.25}))
     assert differing(fingerprint(a), fingerprint(b)) == ["train_summary.json"]
+
+
+def test_training_refuses_a_tokenized_artifact_whose_contract_failed(tmp_path):
+    from pricefit import artifacts
+    from pricefit.config import TrainConfig
+    from pricefit.errors import PricefitError
+    from pricefit.training import _load_split
+
+    d = tmp_path / "tokenized"
+    (d / "dataset").mkdir(parents=True)
+    artifacts.write_manifest(d, {"kind": "tokenized", "base_model": "tiny-random",
+                                 "contract": {"stage": "tokenized", "success": False, "failed": 2}})
+    with pytest.raises(PricefitError, match=r"its tokenized data contract did not pass \(2 check\(s\) failed"):
+        _load_split(d, TrainConfig(base_model="tiny-random"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_real_pricefit_train_sigkilled_after_a_random_delay_resumes_to_the_same_adapter(seed, kill_env, upstream, tmp_path):
+    """The installed entry point in a fresh interpreter, SIGKILLed from outside when the clock says."""
+    import killrun
+
+    st = Stage("train", "train", "adapter", ("train",),
+               ("train", "--tokenized", "{u}/tokenized", "--out", "{w}/train", *TRAIN_SET, "--set", "max_steps=60",
+                "--set", "save_steps=5"))
+    work = tmp_path / "work"
+    args = _args(st, work, upstream)
+    r, full_s = killrun.wall(killrun.run_cli_killed_after, args, kill_env, tmp_path, tmp_path / "full.log", None)
+    assert r.rc == 0, r.log[-3000:]
+    reference = fingerprint(work / "train")
+    shutil.rmtree(work)
+    delay = random.Random(seed).uniform(0.3, 0.95) * full_s
+    killed = killrun.run_cli_killed_after(args, kill_env, tmp_path, tmp_path / "killed.log", delay)
+    if killed.killed and (work / "train").exists():  # killed after the final rename: the finished adapter
+        assert differing(reference, fingerprint(work / "train")) == []
+    r = killrun.run_cli_killed_after(args, kill_env, tmp_path, tmp_path / "restart.log", None)
+    assert r.rc == 0, r.log[-3000:]
+    assert differing(reference, fingerprint(work / "train")) == []
+    assert leftovers(work) == []
