@@ -811,6 +811,11 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
     }
     if _dist is not None:
         summary.update(_dist.summary(summary["hardware"], peak_src, cfg.batch_size))
+    for peft_cfg in model.peft_config.values():
+        # peft keeps target_modules as a set: saved in the order of this process's string hashing
+        # (PYTHONHASHSEED), so two identical runs wrote different adapter_config.json bytes
+        if isinstance(peft_cfg.target_modules, (set, frozenset)):
+            peft_cfg.target_modules = sorted(peft_cfg.target_modules)
     with artifacts.atomic_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp / "adapter"))
         if head is not None:
