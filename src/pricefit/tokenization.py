@@ -190,8 +190,14 @@ def _read_split(curated_dir: Path, split: str):
     return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
 
 
-def tokenize(curated_dir: str | Path, out_dir: str | Path, cfg: TokenizeConfig) -> ArtifactRef:
-    """Curated splits -> ``out_dir/dataset`` (DatasetDict.save_to_disk) + manifest; kind "tokenized"."""
+def tokenize(curated_dir: str | Path, out_dir: str | Path, cfg: TokenizeConfig, contract=None) -> ArtifactRef:
+    """Curated splits -> ``out_dir/dataset`` (DatasetDict.save_to_disk) + manifest; kind "tokenized".
+
+    ``contract``: the tokenized data contract (``data_contracts.stage_contract("tokenized")``), run
+    on the directory being built, before the rename; its verdict goes into the manifest, so a run
+    killed at any point never leaves a tokenized artifact in place whose contract has not passed
+    (a failed one is moved into place marked failed, for its report; training refuses it).
+    """
     import datasets
 
     curated_dir = Path(curated_dir)
@@ -262,7 +268,11 @@ def tokenize(curated_dir: str | Path, out_dir: str | Path, cfg: TokenizeConfig) 
         # the curation rules that built the texts: evaluate --source / predict rebuild texts with them
         "curate_config": manifest.get("config"),
     }
-    with atomic_dir(out_dir) as tmp:
+    from .curation import _check_before_commit
+    from .errors import ContractError
+
+    with atomic_dir(out_dir, commit_on=(ContractError,)) as tmp:
         datasets.DatasetDict(splits).save_to_disk(str(tmp / "dataset"))
         write_manifest(tmp, body)
+        _check_before_commit(tmp, out_dir, contract)
     return ref_for(out_dir, "tokenized", rows=all_rows)

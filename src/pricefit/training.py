@@ -53,6 +53,11 @@ def _load_split(tokenized_dir: Path, cfg) -> tuple[Any, dict]:
     from datasets import load_from_disk
 
     manifest = artifacts.read_manifest(tokenized_dir)
+    verdict = manifest.get("contract")  # recorded before the rename by `pricefit tokenize`; absent: library use
+    if isinstance(verdict, dict) and verdict.get("success") is not True:
+        raise PricefitError(f"{tokenized_dir}: its tokenized data contract did not pass ({verdict.get('failed', '?')} "
+                            f"check(s) failed; report: {tokenized_dir / 'contracts' / 'tokenized.json'})",
+                            hint="fix the curated data or the tokenize settings the report names, then re-run `pricefit tokenize`")
     ds_dir = tokenized_dir / "dataset"
     if not ds_dir.exists():
         raise PricefitError(f"{tokenized_dir} has no dataset/ directory",
@@ -806,6 +811,11 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
     }
     if _dist is not None:
         summary.update(_dist.summary(summary["hardware"], peak_src, cfg.batch_size))
+    for peft_cfg in model.peft_config.values():
+        # peft keeps target_modules as a set: saved in the order of this process's string hashing
+        # (PYTHONHASHSEED), so two identical runs wrote different adapter_config.json bytes
+        if isinstance(peft_cfg.target_modules, (set, frozenset)):
+            peft_cfg.target_modules = sorted(peft_cfg.target_modules)
     with artifacts.atomic_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp / "adapter"))
         if head is not None:

@@ -50,15 +50,15 @@ def tokenize_cmd(
     if base_model:
         overrides.append((f"base_model={base_model}", f"--base-model {base_model}"))
     cfg = load_stage_config(TokenizeConfig, str(config) if config else None, "tokenize", overrides)
-    ref = tokenize(curated, out, cfg)
-    contracts = "skipped (--no-contracts)"
-    if not no_contracts:
+    contract = None
+    if not no_contracts:  # checked before the rename: a killed run leaves no unchecked artifact
         import data_contracts  # deferred: keeps `pricefit --help` fast (a module pricefit --help does not load)
 
         from ..models import load_tokenizer  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
 
-        data_contracts.check("tokenized", ref.dir, tokenizer=load_tokenizer(cfg.base_model))
-        contracts = "tokenized passed"
+        contract = data_contracts.stage_contract("tokenized", tokenizer=load_tokenizer(cfg.base_model))
+    ref = tokenize(curated, out, cfg, contract=contract)
+    contracts = "skipped (--no-contracts)" if no_contracts else "tokenized passed"
     m = ref.manifest()
     emit(
         {
