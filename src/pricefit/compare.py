@@ -233,6 +233,31 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def _normal(value: Any) -> Any:
+    """``value`` as it reads back from promotions.jsonl (the JSON the record was written as)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _unfinished_promotion(log_path: Path, challenger: dict[str, Any], champion: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The last record, when it promoted this very challenger over the champion still in place.
+
+    That is the state a run killed after appending its record and before writing champion.json
+    leaves behind; any later change of champion.json (another promotion) makes it not match.
+    """
+    if not log_path.is_file():
+        return None
+    lines = [ln for ln in log_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    try:
+        last = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(last, dict) or not last.get("promoted"):
+        return None
+    if last.get("challenger") != _normal(challenger) or last.get("champion_before") != _normal(champion):
+        return None
+    return last
+
+
 def decide(
     challenger_value: float, champion_value: float | None, margin: float, lower_is_better: bool = True
 ) -> tuple[bool, float | None]:
@@ -369,6 +394,11 @@ def _decide_and_record(wd: Path, challenger: dict[str, Any], cfg: PromoteConfig,
                        guard: str | None = None) -> dict[str, Any]:
     champ_path = wd / "champion.json"
     champion = json.loads(champ_path.read_text()) if champ_path.exists() else None
+    pending = _unfinished_promotion(wd / "promotions.jsonl", challenger, champion)
+    if pending is not None:  # a run killed between its record and the pointer: finish that decision
+        write_json_atomic(champ_path, {**challenger, "promoted_at": pending["time"]})
+        log.info("promotion accepted (finishing the recorded decision of %s): %s", pending["time"], pending["reason"])
+        return pending
     lower = LOWER_IS_BETTER[cfg.metric]
     same_adapter = (
         champion is not None and challenger.get("adapter_sha256") is not None
@@ -427,8 +457,10 @@ def _decide_and_record(wd: Path, challenger: dict[str, Any], cfg: PromoteConfig,
         "champion_before": champion,
         "champion_rescored": rescored,
     }
+    # the record first, then the pointer: a kill in between leaves a decision the rerun finishes
+    # (_unfinished_promotion); the other order lost the record and logged "already the champion"
+    _append_jsonl(wd / "promotions.jsonl", record)
     if promoted:
         write_json_atomic(champ_path, {**challenger, "promoted_at": now})
-    _append_jsonl(wd / "promotions.jsonl", record)
     log.info("promotion %s: %s", "accepted" if promoted else "refused", reason)
     return record

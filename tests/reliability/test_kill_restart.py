@@ -262,17 +262,7 @@ def _trial(name, forks, kill_env, upstream, tmp_path) -> Trial:
     return Trial(STAGES[name], forks, kill_env, upstream, tmp_path)
 
 
-PROMOTE_LOSES_ITS_RECORD = pytest.mark.xfail(strict=True, reason=(
-    "known, not fixed here (pricefit.compare._decide_and_record): a kill after champion.json is written and "
-    "before its promotions.jsonl record is appended loses that record; the restart finds the adapter already "
-    "champion and logs a refusal instead"))
-
-
-def _marked(names):
-    return [pytest.param(n, marks=PROMOTE_LOSES_ITS_RECORD) if n == "promote" else n for n in names]
-
-
-@pytest.mark.parametrize("name", _marked(STAGES))
+@pytest.mark.parametrize("name", list(STAGES))
 def test_killed_stage_restarts_to_identical_output(name, forks, kill_env, upstream, tmp_path):
     trial = _trial(name, forks, kill_env, upstream, tmp_path)
     points = trial.choose("default")
