@@ -125,7 +125,8 @@ def _params(profile: str, overrides: list[str] | None, source: str | None, workd
     return params
 
 
-PROFILE_HELP = "Profile name in deployments/profiles (demo, shared-cpu, gpu-8b) or a path to a profile YAML."
+PROFILE_HELP = ("Profile name in deployments/profiles, or in $PRICEFIT_PROFILES when set (demo, shared-cpu, gpu-smollm2, "
+                "gpu-8b), or a path to a profile YAML.")
 SET_HELP = "Override a setting: --set train.learning_rate=2e-4 (repeatable)."
 REFRESH_HELP = steps.REFRESH_HELP  # the refreshable steps of the registry (tasks/steps.py)
 
