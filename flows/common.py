@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -107,10 +108,51 @@ def resolve_config(params: RetrainParams) -> RunConfig:
     return cfg
 
 
+_GENERATED = re.compile(r"[a-z]+-[a-z]+")
+
+
+@functools.lru_cache(maxsize=1)
+def _slug_words() -> frozenset[str] | None:
+    """The words Prefect's generated run names are made of (coolname, a Prefect dependency)."""
+    try:
+        from coolname.data import config
+    except Exception:  # noqa: BLE001 - another coolname layout: fall back to the shape alone
+        return None
+    words: set[str] = set()
+    for spec in config.values():
+        if isinstance(spec, dict):
+            words.update(w for w in spec.get("words") or [] if isinstance(w, str))
+    return frozenset(words)
+
+
+def is_generated_name(name: str | None) -> bool:
+    """True for a name Prefect made up (``generate_slug(2)``: two coolname words, e.g. 'crimson-fox').
+
+    A run created without a name (Quick run, a schedule, `prefect deployment run`, a direct call)
+    gets one of these; a name the user typed (Custom run, ``--flow-run-name``) or the one this flow
+    gave the run on its first attempt is anything else.
+    """
+    if not name:
+        return True  # no name yet: name it
+    if not _GENERATED.fullmatch(name):
+        return False
+    words = _slug_words()
+    return words is None or all(w in words for w in name.split("-"))
+
+
 def run_name(prefix: str) -> str:
-    """Flow run name: <prefix>-<profile>-<UTC timestamp> (read from the run's own parameters)."""
+    """Flow run name: <prefix>-<profile>-<UTC timestamp> (read from the run's own parameters).
+
+    Only a run with Prefect's generated name is named so; a name the user gave the run (the UI's
+    Custom run, `prefect deployment run --flow-run-name`) is kept, and a retried run keeps the name
+    of its first attempt (Prefect calls ``flow_run_name`` again on every attempt: the current name
+    is returned, so nothing is renamed).
+    """
     from prefect.runtime import flow_run
 
+    current = flow_run.name
+    if current and not is_generated_name(current):
+        return current
     params = flow_run.parameters.get("params") or {}
     profile = params.get("profile") if isinstance(params, dict) else getattr(params, "profile", None)
     profile = Path(str(profile or "default")).stem
