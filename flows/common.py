@@ -8,9 +8,9 @@ import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from pricefit import tracking
 from pricefit.config import RunConfig, load_run_config
@@ -53,6 +53,11 @@ def setup_run_logging() -> None:
             logger.addHandler(handler)
 
 
+# Optional text in the run form: a plain string whose empty default means "not given" (``str | None``
+# is an anyOf with null in the schema, which the Prefect UI form shows as 'Property is type "None"');
+# None (`pricefit run` without the option, a run created with null) reads as "".
+OptionalText = Annotated[str, BeforeValidator(lambda v: "" if v is None else v)]
+
 RefreshStep = Literal[("none", *steps.REFRESHABLE)]  # the step registry's refreshable steps (tasks/steps.py)
 
 
@@ -67,10 +72,10 @@ class RetrainParams(BaseModel):
         default_factory=list,
         description="key.sub=value overrides applied on top of the profile, e.g. train.learning_rate=2e-4.",
     )
-    source: str | None = Field(
-        None, description="Listings source (demo:N, a JSONL/parquet path or glob, hf:..., csv:...); empty: the profile's."
+    source: OptionalText = Field(
+        "", description="Listings source (demo:N, a JSONL/parquet path or glob, hf:..., csv:...); empty: the profile's."
     )
-    workdir: str | None = Field(None, description="Root of artifacts and caches; empty: the profile's (runs/).")
+    workdir: OptionalText = Field("", description="Root of artifacts and caches; empty: the profile's (runs/).")
     refresh: RefreshStep = Field(
         "none", description="Recompute this step and every step after it even when cached ('none': use the cache)."
     )
