@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -197,3 +199,47 @@ def test_pictures_too_large_or_missing_are_named_not_embedded(tmp_path, monkeypa
     assert md.startswith("![a](data:image/png;base64,")
     assert f"b: `{tmp_path / 'big.png'}`" in md and "*(c: gone.png not written)*" in md
     assert md.endswith("![d](https://x.example/d.png)")
+
+
+def test_the_docs_server_serves_data_docs_and_nothing_else(tmp_path):
+    import httpx
+
+    from flows.serve import docs_file, start_docs_server
+    from tasks import ui
+
+    docs = _contract(tmp_path, "curated")["data_docs"]
+    (tmp_path / "curated" / "secret.txt").write_text("not docs")
+    server, base = start_docs_server("127.0.0.1", 0)
+    try:
+        url = ui.data_docs_url(docs, base)
+        assert url == f"{base}/data-docs{Path(docs).resolve().as_posix()}"
+        r = httpx.get(url)
+        assert (r.status_code, r.headers["content-type"]) == (200, "text/html")
+        assert "Data Docs created by Great Expectations" in r.text
+        assert httpx.get(url.removesuffix("index.html")).text == r.text  # a folder serves its index.html
+        folder = Path(docs).resolve().parent
+        for path in (f"/data-docs{folder.parent}/secret.txt", f"/data-docs{folder}/../secret.txt", "/data-docs/etc/passwd", "/"):
+            r = httpx.get(base + path)
+            assert r.status_code == 404 and "only files under data_docs/ folders are served" in r.text, path
+    finally:
+        server.shutdown()
+        server.server_close()
+    # what a client that does not normalise the path could ask: resolved before the check
+    (folder / "link.txt").symlink_to(folder.parent / "secret.txt")
+    assert docs_file(f"/data-docs{folder}/../secret.txt") is None and docs_file(f"/data-docs{folder}/link.txt") is None
+    assert docs_file(f"/data-docs{folder}/%69ndex.html") == folder / "index.html"
+
+
+def test_a_busy_docs_port_falls_back_to_a_free_one(caplog):
+    from flows.serve import start_docs_server
+
+    first, base = start_docs_server("127.0.0.1", 0)
+    port = first.server_address[1]
+    try:
+        second, other = start_docs_server("127.0.0.1", port)
+        second.shutdown()
+        second.server_close()
+        assert other != base and f"port {port} for the Data Docs server is not free" in caplog.text
+    finally:
+        first.shutdown()
+        first.server_close()
