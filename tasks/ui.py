@@ -10,7 +10,7 @@ page (the evaluation report, the run report) links relative to its folder.
 Keys and descriptions start with the step's place in the step registry (tasks/steps.py):
 ``03-curate-manifest``, "step 3/12 curate: ...". The UI lists a run's artifacts in no order of
 their own (the server sorts them by their random id), so the number is what reads them in pipeline
-order, there and in ``prefect artifact ls``.
+order.
 
 The contract artifact holds the contract's results (one row per expectation) and links its Great
 Expectations Data Docs through http when ``PRICEFIT_DOCS_URL`` names a Data Docs server (``pricefit
@@ -33,7 +33,7 @@ log = logging.getLogger("pricefit.tasks")
 
 MAX_EMBED_BYTES = 1_500_000  # one picture
 MAX_PAGE_EMBED_BYTES = 4_000_000  # all pictures of one page
-DOCS_URL_ENV = "PRICEFIT_DOCS_URL"  # base URL of a Data Docs server (flows/serve.py: serve_docs)
+DOCS_URL_ENV = "PRICEFIT_DOCS_URL"  # base URL of a Data Docs server (flows/serve.py: start_docs_server)
 DOCS_PREFIX = "/data-docs"  # <base>/data-docs/<absolute path of a file under a data_docs folder>
 
 
@@ -131,7 +131,7 @@ def publish(step: str, result: Any) -> None:
 
     name = BY_NAME[step].publish if step in BY_NAME else None
     if name:
-        globals()[name](step, result)
+        _safe(globals()[name], step, result)  # a report that cannot be read is a warning, not a failed run
 
 
 def publish_accounting(step: str, result: Any) -> None:

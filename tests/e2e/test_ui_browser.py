@@ -118,7 +118,7 @@ def _artifacts_in_order_with_data_docs_and_pictures(page, prefect_server, prefec
     arts = {a["key"]: a for a in prefect_api.artifacts(flow_run_id) if a.get("key")}
     assert set(ARTIFACT_KEYS) <= set(arts), sorted(arts)
     # the Artifacts tab lists them (in an order of its own): each key, so they read in pipeline order
-    page.get_by_role("tab", name="Artifacts").click()
+    page.get_by_text("Artifacts", exact=True).first.click()  # the run page's tab (a button-like element, no tab role)
     page.get_by_text("12-report", exact=True).first.wait_for()
     body = page.inner_text("body")
     page.screenshot(path=str(page.shots / "artifacts.png"), full_page=True)
@@ -156,6 +156,11 @@ def _run_name_input(page):
 
 
 def test_custom_run_keeps_the_typed_name_through_a_retry(served, prefect_server, prefect_api, page):
+    """A Custom run named in the form fails (test-only fault switch in compare, a step that reruns
+    even when its inputs are cached), is retried with the UI's Retry button and keeps its name.
+
+    The UI retries only a run that did not complete (a Completed run with a persisted result
+    refuses to leave that state), hence the failure first."""
     typed = "my-ui-run"
     page.goto(f"{prefect_server.url}/deployments", wait_until="domcontentloaded")
     page.get_by_role("link", name="retrain-manual", exact=True).first.click()
@@ -170,19 +175,22 @@ def test_custom_run_keeps_the_typed_name_through_a_retry(served, prefect_server,
         for label in ("Source (Optional)", "Workdir (Optional)"):
             field = page.locator(".schema-form-property").filter(has=page.get_by_text(label, exact=True)).last
             assert field.locator("input[type='text'], input:not([type]), textarea").count() == 1, (label, str(page.shots))
-    box = _run_name_input(page)
-    box.fill(typed)
-    page.get_by_role("button", name="Submit", exact=True).click()
-
-    deadline = time.monotonic() + 60
-    runs = prefect_api.flow_runs_named(typed)
-    while not runs and time.monotonic() < deadline:
-        time.sleep(1.0)
+    step = "report" if served.toy else "compare"
+    served.fault_file.write_text(f"{step}\n")
+    try:
+        _run_name_input(page).fill(typed)
+        page.get_by_role("button", name="Submit", exact=True).click()
+        deadline = time.monotonic() + 60
         runs = prefect_api.flow_runs_named(typed)
-    assert len(runs) == 1, f"no run named {typed!r}; see {page.shots}"
-    fr = prefect_api.wait_terminal(runs[0]["id"], served.proc, RUN_TIMEOUT_S)
-    assert fr["state"]["type"] == "COMPLETED", prefect_api.logs(fr["id"])
-    assert fr["name"] == typed  # not renamed to retrain-<profile>-<time> when it started
+        while not runs and time.monotonic() < deadline:
+            time.sleep(1.0)
+            runs = prefect_api.flow_runs_named(typed)
+        assert len(runs) == 1, f"no run named {typed!r}; see {page.shots}"
+        fr = prefect_api.wait_terminal(runs[0]["id"], served.proc, RUN_TIMEOUT_S)
+        assert fr["state"]["type"] == "FAILED", prefect_api.logs(fr["id"])
+        assert fr["name"] == typed  # not renamed to retrain-<profile>-<time> when it started
+    finally:
+        served.fault_file.unlink(missing_ok=True)  # the fix
 
     # Retry in the UI: the same run runs again and keeps its name
     page.goto(f"{prefect_server.url}/runs/flow-run/{fr['id']}", wait_until="domcontentloaded")
@@ -191,6 +199,6 @@ def test_custom_run_keeps_the_typed_name_through_a_retry(served, prefect_server,
     page.get_by_role("button", name="Retry", exact=True).last.click()
     again = prefect_api.wait_terminal(fr["id"], served.proc, RUN_TIMEOUT_S, after=fr["state"]["id"])
     assert again["state"]["type"] == "COMPLETED", prefect_api.logs(fr["id"])
-    assert again["run_count"] >= 2 and again["name"] == typed
+    assert again["run_count"] == 2 and again["name"] == typed
     page.reload(wait_until="domcontentloaded")
     page.get_by_text(typed, exact=True).first.wait_for()

@@ -243,3 +243,12 @@ def test_a_busy_docs_port_falls_back_to_a_free_one(caplog):
     finally:
         first.shutdown()
         first.server_close()
+
+
+def test_an_unreadable_report_is_a_warning_not_a_failed_step(tmp_path, caplog):
+    from tasks import ui
+
+    result = _contract(tmp_path, "raw")
+    Path(result["report_path"]).write_text("{not json")
+    ui.publish("contract_raw", result)  # no Prefect run needed: it fails before creating the artifact
+    assert "could not publish a Prefect artifact (publish_contract)" in caplog.text
