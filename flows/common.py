@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from pricefit import logs, tracking
 from pricefit.artifacts import sha256_dir
@@ -52,6 +53,11 @@ def setup_run_logging() -> None:
             logger.addHandler(handler)
 
 
+# Optional text in the run form: a plain string whose empty default means "not given" (``str | None``
+# is an anyOf with null in the schema, which the Prefect UI form shows as 'Property is type "None"');
+# None (`pricefit run` without the option, a run created with null) reads as "".
+OptionalText = Annotated[str, BeforeValidator(lambda v: "" if v is None else v)]
+
 RefreshStep = Literal[("none", *steps.REFRESHABLE)]  # the step registry's refreshable steps (tasks/steps.py)
 
 
@@ -66,10 +72,10 @@ class RetrainParams(BaseModel):
         default_factory=list,
         description="key.sub=value overrides applied on top of the profile, e.g. train.learning_rate=2e-4.",
     )
-    source: str | None = Field(
-        None, description="Listings source (demo:N, a JSONL/parquet path or glob, hf:..., csv:...); empty: the profile's."
+    source: OptionalText = Field(
+        "", description="Listings source (demo:N, a JSONL/parquet path or glob, hf:..., csv:...); empty: the profile's."
     )
-    workdir: str | None = Field(None, description="Root of artifacts and caches; empty: the profile's (runs/).")
+    workdir: OptionalText = Field("", description="Root of artifacts and caches; empty: the profile's (runs/).")
     refresh: RefreshStep = Field(
         "none", description="Recompute this step and every step after it even when cached ('none': use the cache)."
     )
@@ -107,10 +113,51 @@ def resolve_config(params: RetrainParams) -> RunConfig:
     return cfg
 
 
+_GENERATED = re.compile(r"[a-z]+-[a-z]+")
+
+
+@functools.lru_cache(maxsize=1)
+def _slug_words() -> frozenset[str] | None:
+    """The words Prefect's generated run names are made of (coolname, a Prefect dependency)."""
+    try:
+        from coolname.data import config
+    except Exception:  # noqa: BLE001 - another coolname layout: fall back to the shape alone
+        return None
+    words: set[str] = set()
+    for spec in config.values():
+        if isinstance(spec, dict):
+            words.update(w for w in spec.get("words") or [] if isinstance(w, str))
+    return frozenset(words)
+
+
+def is_generated_name(name: str | None) -> bool:
+    """True for a name Prefect made up (``generate_slug(2)``: two coolname words, e.g. 'crimson-fox').
+
+    A run created without a name (Quick run, a schedule, `prefect deployment run`, a direct call)
+    gets one of these; a name the user typed (Custom run, ``--flow-run-name``) or the one this flow
+    gave the run on its first attempt is anything else.
+    """
+    if not name:
+        return True  # no name yet: name it
+    if not _GENERATED.fullmatch(name):
+        return False
+    words = _slug_words()
+    return words is None or all(w in words for w in name.split("-"))
+
+
 def run_name(prefix: str) -> str:
-    """Flow run name: <prefix>-<profile>-<UTC timestamp> (read from the run's own parameters)."""
+    """Flow run name: <prefix>-<profile>-<UTC timestamp> (read from the run's own parameters).
+
+    Only a run with Prefect's generated name is named so; a name the user gave the run (the UI's
+    Custom run, `prefect deployment run --flow-run-name`) is kept, and a retried run keeps the name
+    of its first attempt (Prefect calls ``flow_run_name`` again on every attempt: the current name
+    is returned, so nothing is renamed).
+    """
     from prefect.runtime import flow_run
 
+    current = flow_run.name
+    if current and not is_generated_name(current):
+        return current
     params = flow_run.parameters.get("params") or {}
     profile = params.get("profile") if isinstance(params, dict) else getattr(params, "profile", None)
     profile = Path(str(profile or "default")).stem

@@ -9,13 +9,13 @@ from typing import Any
 from prefect import flow
 from pydantic import Field
 
-from flows.common import RetrainParams, Steps, resolve_config, run_name
+from flows.common import OptionalText, RetrainParams, Steps, resolve_config, run_name
 from pricefit.artifacts import ref_for
 from pricefit.errors import PricefitError
 
 
 class EvaluateParams(RetrainParams):
-    adapter: str | None = Field(None, description="Adapter artifact directory; empty: the champion's (<workdir>/champion.json).")
+    adapter: OptionalText = Field("", description="Adapter artifact directory; empty: the champion's (<workdir>/champion.json).")
 
 
 def _adapter_dir(params: EvaluateParams, workdir: str) -> str:

@@ -200,6 +200,98 @@ def _check_server(api: str) -> None:
         ) from None
 
 
+# ------------------------------------------------------------------------------------------------
+# Data Docs over http: the contract artifacts link here (tasks/ui.py: PRICEFIT_DOCS_URL), since a
+# file:// link does nothing in a browser
+
+DOCS_DIR_NAME = "data_docs"  # data_contracts.runner.DOCS_DIR
+DEFAULT_DOCS_PORT = 4210
+
+
+def docs_file(url_path: str) -> Path | None:
+    """The file a Data Docs URL path names (``/data-docs/<absolute path>``), or None when it is not one to serve.
+
+    Only regular files inside a ``data_docs`` folder are served (the GX pages and their static
+    files), after symlinks and ``..`` are resolved; a folder serves its index.html.
+    """
+    from urllib.parse import unquote, urlsplit
+
+    from tasks.ui import DOCS_PREFIX
+
+    path = unquote(urlsplit(url_path).path)
+    if not path.startswith(DOCS_PREFIX + "/"):
+        return None
+    try:
+        target = Path(path[len(DOCS_PREFIX):]).resolve()
+    except (OSError, RuntimeError):
+        return None
+    if target.is_dir():
+        target = target / "index.html"
+    if DOCS_DIR_NAME not in target.parent.parts or not target.is_file():
+        return None
+    return target
+
+
+def start_docs_server(host: str = "127.0.0.1", port: int = DEFAULT_DOCS_PORT) -> tuple[Any, str]:
+    """Serve Data Docs read-only on ``host:port`` from a daemon thread; returns (server, base URL).
+
+    Port 0, or a port in use, takes a free one (said in a warning). Requests are not logged.
+    """
+    import http.server
+    import mimetypes
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self._answer(body=True)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._answer(body=False)
+
+        def _answer(self, body: bool) -> None:
+            target = docs_file(self.path)
+            if target is None:
+                msg = (b"pricefit Data Docs server: open a contract artifact's Data Docs link in the Prefect UI "
+                       b"(only files under data_docs/ folders are served)\n")
+                self.send_response(404)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(msg)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(msg)
+                return
+            data = target.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", mimetypes.guess_type(target.name)[0] or "application/octet-stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet: no line per request
+            log.debug("docs server: " + format, *args)
+
+    try:
+        server = http.server.ThreadingHTTPServer((host, port), Handler)
+    except OSError as e:
+        if port == 0:
+            raise
+        server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        log.warning("port %d for the Data Docs server is not free (%s): serving them on port %d instead",
+                    port, e.strerror or e, server.server_address[1])
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="pricefit-data-docs", daemon=True).start()
+    shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
+    return server, f"http://{shown}:{server.server_address[1]}"
+
+
+def _docs_prefix() -> str:
+    from tasks.ui import DOCS_PREFIX
+
+    return DOCS_PREFIX
+
+
 def _human(r: dict[str, Any]) -> str:
     lines = [f"serving {len(r['deployments'])} deployments from {r['prefect_file']} (profile {r['profile'] or 'from the file'}):"]
     for d in r["deployments"]:
@@ -208,6 +300,8 @@ def _human(r: dict[str, Any]) -> str:
     if r.get("ui"):
         lines.append(f"Prefect UI: {r['ui']}/deployments   (API {r['api']})")
         lines.append("trigger a run: the Run button in the UI, or  prefect deployment run 'retrain/retrain-manual'")
+    if r.get("data_docs"):
+        lines.append(f"Data Docs of the runs: {r['data_docs']}{_docs_prefix()}/...  (linked from each contract artifact)")
     return "\n".join(lines)
 
 
@@ -223,6 +317,11 @@ def serve(
     ),
     only: list[str] = typer.Option(None, "--only", help="Serve only this deployment (repeatable)."),
     limit: int = typer.Option(None, "--limit", min=1, help="At most this many flow runs at once."),
+    docs: bool = typer.Option(True, "--docs/--no-docs", help="Serve the runs' Data Docs over http (linked from the contract artifacts)."),
+    docs_port: int = typer.Option(
+        DEFAULT_DOCS_PORT, "--docs-port", envvar="PRICEFIT_DOCS_PORT", min=0, max=65535,
+        help="Port of the Data Docs server on 127.0.0.1 (0: any free port; a busy port: another one).",
+    ),
     check: bool = typer.Option(False, "--check", help="Build and print the deployments, then exit without serving."),
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP + " Printed once, before serving starts."),
 ) -> None:
@@ -232,6 +331,8 @@ def serve(
     Trigger runs from the UI or with `prefect deployment run 'retrain/retrain-manual'`; stop with Ctrl-C
     (schedules are paused on shutdown). Production: `prefect deploy --all --prefect-file
     deployments/prefect.yaml` and `prefect worker start --pool pricefit-process`.
+    The runs' Data Docs are served on http://127.0.0.1:4210 (--docs-port) and linked from their
+    contract artifacts in the UI.
     """
     check_input(prefect_file, "--file", file=True)
     from flows.common import prefect_logging_env
@@ -260,7 +361,13 @@ def serve(
         "ui": ui,
         "deployments": describe(deployments),
         "serving": not check,
+        "data_docs": None,
     }
+    if not check and docs:
+        from tasks.ui import DOCS_URL_ENV
+
+        _, result["data_docs"] = start_docs_server("127.0.0.1", docs_port)
+        os.environ[DOCS_URL_ENV] = result["data_docs"]  # the served flow runs (subprocesses) link there
     emit(result, as_json, _human)
     if check:
         return

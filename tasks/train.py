@@ -21,7 +21,7 @@ def train(tokenized: ArtifactRef, cfg: TrainConfig, workdir: str, slices: list[S
     if slices:  # only the slices that train.oversample names reach train (the flow passes just those)
         key_inputs["slices"] = slices
     out = cache.out_dir(workdir, "train", cache.current_key("train", key_inputs))
-    progress = ui.Progress("training-progress", f"training {cfg.base_model}")
+    progress = ui.Progress(ui.artifact_key("train", "progress"), f"{ui.step_label('train')}: training {cfg.base_model}")
     with gpu.slot(cfg.device):
         ref = training.train(tokenized.path, out, cfg, progress=progress, slices=slices)
     progress.done()

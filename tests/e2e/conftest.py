@@ -360,7 +360,7 @@ class Served:
         # tests/faultinject on PYTHONPATH: its sitecustomize wraps the step tasks of the served flow runs in the fault switch
         pythonpath = os.pathsep.join(filter(None, [FAULTINJECT, os.environ.get("PYTHONPATH")]))
         env = {"PRICEFIT_WORKDIR": str(self.workdir / "runs"), "PRICEFIT_FAULT_FILE": str(self.fault_file),
-               "PYTHONPATH": pythonpath, **(extra_env or {})}
+               "PYTHONPATH": pythonpath, "PRICEFIT_DOCS_PORT": "0", **(extra_env or {})}  # Data Docs server: a free port
         self.starts += 1
         self.proc = self.server.spawn(f"pricefit-serve-{self.starts}", _serve_argv(self.profile), env)
         return self.api.wait_for_deployments(FLOW, SERVED, self.proc)

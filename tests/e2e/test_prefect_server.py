@@ -38,13 +38,13 @@ def expected(served) -> tuple[list[str], list[str], dict[str, str]]:
         return ["ingest", "curate", "tokenize", "train"], ["evaluate", "report"], {"data-manifest": "table", "evaluation-report": "markdown"}
     before = ["ingest", "contract_raw", "curate", "contract_curated", "tokenize", "contract_tokenized", "train"]
     after = ["evaluate", "baselines", "compare", "report"]
-    artifacts = {
-        "data-manifest": "table",
-        "contract-raw": "markdown",
-        "contract-curated": "markdown",
-        "contract-tokenized": "markdown",
-        "evaluation-report": "markdown",
-        "comparison-table": "markdown",
+    artifacts = {  # keys start with the step's place in tasks/steps.py (tasks/ui.artifact_key)
+        "03-curate-manifest": "table",
+        "02-contract-raw": "markdown",
+        "04-contract-curated": "markdown",
+        "06-contract-tokenized": "markdown",
+        "08-evaluate-report": "markdown",
+        "11-compare-table": "markdown",
     }
     return before, after, artifacts
 

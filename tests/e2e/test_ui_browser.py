@@ -104,3 +104,101 @@ def test_quick_run_from_the_ui_reaches_completed(served, prefect_server, prefect
     assert badge.is_visible(), f"the run page never showed Completed; see {page.shots}"
     # the flow renames its run when it starts (retrain-<profile>-<time>); the page shows that name
     assert fr["name"] in page.inner_text("body")
+    if not served.toy:
+        _artifacts_in_order_with_data_docs_and_pictures(page, prefect_server, prefect_api, flow_run_id)
+
+
+# the run's flow-level artifacts, keyed by their step's place in tasks/steps.py
+ARTIFACT_KEYS = ["01-ingest-manifest", "02-contract-raw", "03-curate-manifest", "04-contract-curated",
+                 "06-contract-tokenized", "07-train-loss-curve", "08-evaluate-report", "08-evaluate-scatter-plot",
+                 "11-compare-table", "12-report"]
+
+
+def _artifacts_in_order_with_data_docs_and_pictures(page, prefect_server, prefect_api, flow_run_id):
+    arts = {a["key"]: a for a in prefect_api.artifacts(flow_run_id) if a.get("key")}
+    assert set(ARTIFACT_KEYS) <= set(arts), sorted(arts)
+    # the Artifacts tab lists them (in an order of its own): each key, so they read in pipeline order
+    page.get_by_text("Artifacts", exact=True).first.click()  # the run page's tab (a button-like element, no tab role)
+    page.get_by_text("12-report", exact=True).first.wait_for()
+    body = page.inner_text("body")
+    page.screenshot(path=str(page.shots / "artifacts.png"), full_page=True)
+    assert [k for k in ARTIFACT_KEYS if k not in body] == [], f"keys missing on the Artifacts tab; see {page.shots}"
+
+    # the contract artifact: its results table, and a Data Docs link that opens in the browser
+    page.goto(f"{prefect_server.url}/artifacts/artifact/{arts['04-contract-curated']['id']}", wait_until="domcontentloaded")
+    link = page.get_by_role("link", name="Open the Data Docs")
+    link.wait_for()
+    page.get_by_role("cell", name="expect_column_values_to_not_be_null").first.wait_for()
+    href = link.get_attribute("href")
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/data-docs/.+/data_docs/index\.html", href or ""), href
+    page.screenshot(path=str(page.shots / "contract.png"), full_page=True)
+    page.goto(href, wait_until="load")
+    assert page.title() == "Data Docs created by Great Expectations", page.url
+    page.screenshot(path=str(page.shots / "data-docs.png"))
+
+    # the run report shows its pictures: loss curve, scatter plot, errors (decoded by the browser)
+    page.goto(f"{prefect_server.url}/artifacts/artifact/{arts['12-report']['id']}", wait_until="domcontentloaded")
+    page.get_by_text("pricefit run report").first.wait_for()
+    pictures = page.locator("img[src^='data:image/png']")
+    pictures.first.wait_for()
+    page.wait_for_function("() => [...document.images].every(i => i.complete)")
+    widths = pictures.evaluate_all("els => els.map(e => e.naturalWidth)")
+    page.screenshot(path=str(page.shots / "report.png"), full_page=True)
+    assert len(widths) == 3 and all(w > 100 for w in widths), (widths, str(page.shots))
+
+
+def _run_name_input(page):
+    """The Run Name text box of the Custom run form."""
+    by_label = page.get_by_label("Run Name", exact=True)
+    if by_label.count():
+        return by_label.first
+    return page.locator(".p-label").filter(has=page.get_by_text("Run Name", exact=True)).locator("input").first
+
+
+def test_custom_run_keeps_the_typed_name_through_a_retry(served, prefect_server, prefect_api, page):
+    """A Custom run named in the form fails (test-only fault switch in compare, a step that reruns
+    even when its inputs are cached), is retried with the UI's Retry button and keeps its name.
+
+    The UI retries only a run that did not complete (a Completed run with a persisted result
+    refuses to leave that state), hence the failure first."""
+    typed = "my-ui-run"
+    page.goto(f"{prefect_server.url}/deployments", wait_until="domcontentloaded")
+    page.get_by_role("link", name="retrain-manual", exact=True).first.click()
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text("Custom run", exact=True).click()
+    # the optional fields of the form are text boxes, not 'Property is type "None"'
+    page.get_by_text("Source (Optional)", exact=True).first.wait_for()
+    body = page.inner_text("body")
+    page.screenshot(path=str(page.shots / "custom-run.png"), full_page=True)
+    assert "Workdir (Optional)" in body and "Property is type" not in body, f"see {page.shots}"
+    if not served.toy:
+        for label in ("Source (Optional)", "Workdir (Optional)"):
+            field = page.locator(".schema-form-property").filter(has=page.get_by_text(label, exact=True)).last
+            assert field.locator("input[type='text'], input:not([type]), textarea").count() == 1, (label, str(page.shots))
+    step = "report" if served.toy else "compare"
+    served.fault_file.write_text(f"{step}\n")
+    try:
+        _run_name_input(page).fill(typed)
+        page.get_by_role("button", name="Submit", exact=True).click()
+        deadline = time.monotonic() + 60
+        runs = prefect_api.flow_runs_named(typed)
+        while not runs and time.monotonic() < deadline:
+            time.sleep(1.0)
+            runs = prefect_api.flow_runs_named(typed)
+        assert len(runs) == 1, f"no run named {typed!r}; see {page.shots}"
+        fr = prefect_api.wait_terminal(runs[0]["id"], served.proc, RUN_TIMEOUT_S)
+        assert fr["state"]["type"] == "FAILED", prefect_api.logs(fr["id"])
+        assert fr["name"] == typed  # not renamed to retrain-<profile>-<time> when it started
+    finally:
+        served.fault_file.unlink(missing_ok=True)  # the fix
+
+    # Retry in the UI: the same run runs again and keeps its name
+    page.goto(f"{prefect_server.url}/runs/flow-run/{fr['id']}", wait_until="domcontentloaded")
+    page.get_by_role("button", name="Retry", exact=True).first.click()
+    page.get_by_text(f"This will retry flow run {typed}").wait_for()
+    page.get_by_role("button", name="Retry", exact=True).last.click()
+    again = prefect_api.wait_terminal(fr["id"], served.proc, RUN_TIMEOUT_S, after=fr["state"]["id"])
+    assert again["state"]["type"] == "COMPLETED", prefect_api.logs(fr["id"])
+    assert again["run_count"] == 2 and again["name"] == typed
+    page.reload(wait_until="domcontentloaded")
+    page.get_by_text(typed, exact=True).first.wait_for()
