@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .steps import BY_NAME
+from pricefit.report import markdown_table
+
+from .steps import BY_NAME, NAMES
 
 log = logging.getLogger("pricefit.tasks")
 
@@ -49,7 +51,6 @@ def _safe(fn, *args, **kwargs) -> Any:
 
 def step_position(step: str) -> int:
     """1-based place of ``step`` in the step registry (the DAG order)."""
-    from .steps import NAMES
 
     return NAMES.index(step) + 1
 
@@ -64,7 +65,6 @@ def artifact_key(step: str, what: str = "") -> str:
 
 def step_label(step: str) -> str:
     """'step 3/12 curate': the start of every artifact description."""
-    from .steps import NAMES
 
     return f"step {step_position(step)}/{len(NAMES)} {step.replace('_', ' ')}"
 
@@ -173,7 +173,6 @@ def contract_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 def contract_markdown(step: str, result: dict[str, Any]) -> str:
     """The contract artifact: verdict, one table row per expectation, and how to open the Data Docs."""
-    from pricefit.report import markdown_table
 
     ok = "passed" if result.get("success") else "FAILED"
     lines = [

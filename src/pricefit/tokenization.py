@@ -30,8 +30,8 @@ from typing import Any
 
 from .artifacts import ArtifactRef, atomic_dir, canonical_json, read_manifest, ref_for, sha256_file, write_manifest
 from .config import TokenizeConfig
-from .curation import read_split
-from .errors import PricefitError
+from .curation import _check_before_commit, read_split
+from .errors import ContractError, PricefitError
 from .models import load_tokenizer, model_info
 
 log = logging.getLogger("pricefit.tokenization")
@@ -268,9 +268,6 @@ def tokenize(curated_dir: str | Path, out_dir: str | Path, cfg: TokenizeConfig, 
         # the curation rules that built the texts: evaluate --source / predict rebuild texts with them
         "curate_config": manifest.get("config"),
     }
-    from .curation import _check_before_commit
-    from .errors import ContractError
-
     with atomic_dir(out_dir, commit_on=(ContractError,)) as tmp:
         datasets.DatasetDict(splits).save_to_disk(str(tmp / "dataset"))
         write_manifest(tmp, body)
