@@ -111,6 +111,23 @@ def head_prices(model, head, spec: HeadSpec, input_ids, attention_mask):
             return to_price(head(pool_hidden(hidden, attention_mask, last, spec.pool)).squeeze(-1), spec)
 
 
+def head_prices_right(hidden_fn, head, spec: HeadSpec, input_ids, lengths):
+    """Dollar prices (float64) of RIGHT-padded prompts of ``lengths`` tokens: one forward pass.
+
+    ``hidden_fn(input_ids)`` returns the decoder's last hidden state with no attention mask (run
+    it under :func:`causal_attention`); positions then start at 0 in every row, as in training.
+    The pooled position is each row's last real token, so this equals :func:`head_prices` on the
+    same prompts left-padded.
+    """
+    import torch
+
+    hidden = hidden_fn(input_ids)
+    last = lengths - 1
+    mask = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]
+    with torch.autocast(hidden.device.type, enabled=False):
+        return to_price(head(pool_hidden(hidden, mask, last, spec.pool)).squeeze(-1), spec)
+
+
 CAUSAL_ATTENTION = "pricefit_causal_sdpa"
 
 
