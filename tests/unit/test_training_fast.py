@@ -196,3 +196,40 @@ def test_compiled_step_matches_eager(tokenized, tmp_path, caplog, head):
         comp = train(tokenized, tmp_path / "comp", cfg(**base, compile=True))
     assert "torch.compile failed" not in caplog.text
     _same_history(_history(comp.path), _history(eager.path), rel=1e-4)
+
+
+def test_a_compile_failure_falls_back_to_eager_with_a_warning(tokenized, tmp_path, caplog, monkeypatch):
+    """If torch.compile's graph fails, the step is redone eagerly (same RNG draws) and training goes on."""
+    from pricefit.training import train
+
+    class BackendCompilerFailed(RuntimeError):
+        pass
+
+    BackendCompilerFailed.__module__ = "torch._dynamo.exc"  # where torch's compile errors live
+
+    def broken_compile(fn, **kw):
+        def run(*a, **k):
+            raise BackendCompilerFailed("inductor: no working C++ compiler")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    eager = train(tokenized, tmp_path / "eager", cfg(**FAST))
+    with caplog.at_level(logging.WARNING, logger="pricefit.training"):
+        fell = train(tokenized, tmp_path / "fell", cfg(**FAST, compile=True))
+    assert caplog.text.count("torch.compile failed (BackendCompilerFailed: inductor: no working C++ compiler)") == 1
+    assert "train.compile: false" in caplog.text
+    same = lambda h: [(r["step"], r["loss"], r["lr"]) for r in h]  # noqa: E731
+    assert same(_history(fell.path)) == same(_history(eager.path))  # dropout included: the retry redraws the same masks
+
+
+def test_an_error_that_is_not_compilation_is_not_swallowed(tokenized, tmp_path, monkeypatch):
+    from pricefit.training import train
+
+    def compile_then_fail(fn, **kw):
+        def run(*a, **k):
+            raise ValueError("a bug in the loss")
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_then_fail)
+    with pytest.raises(ValueError, match="a bug in the loss"):
+        train(tokenized, tmp_path / "bug", cfg(**FAST, compile=True))
