@@ -208,11 +208,20 @@ def run_train_variant(a, tok_dir: Path, work: Path, quant: str, head: str, name:
     if a.device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    import warnings
+
     t0 = time.perf_counter()
-    try:
-        train(tok_dir, out, cfg, progress=progress)
-    finally:
-        logging.getLogger("pricefit").removeHandler(catcher)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if a.sync_debug and a.device == "cuda":
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            train(tok_dir, out, cfg, progress=progress)
+        finally:
+            if a.device == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+            logging.getLogger("pricefit").removeHandler(catcher)
+    syncs = sum("synchroniz" in str(w.message) for w in caught)
     wall = time.perf_counter() - t0
     hist = [json.loads(json.dumps(r)) for r in _read_loss(out)]
     summary = json.loads((out / "train_summary.json").read_text())
@@ -231,6 +240,8 @@ def run_train_variant(a, tok_dir: Path, work: Path, quant: str, head: str, name:
         "compile_fell_back": any("torch.compile failed" in m for m in catcher.messages),
         "warnings": [m[:300] for m in catcher.messages][:5],
     }
+    if a.sync_debug:
+        row["host_syncs"] = syncs  # the whole train() call, model load and artifact writes included
     if a.keep_losses:
         row["losses"] = losses
     import shutil
@@ -315,11 +326,12 @@ def cmd_eval(a) -> None:
     work.mkdir(parents=True, exist_ok=True)
     out = Path(a.out) if a.out else None
     env = _env(a.device)
-    tok_dir = synthetic_tokenized(a.model, max(a.items, a.batch * a.train_steps), a.seq, work, seed=1)
+    tok_dir = synthetic_tokenized(a.model, max(a.items, 16 * a.train_steps), a.seq, work, seed=1)
     adapter = work / f"eval-adapter-{a.model}-{os.getpid()}"
-    a.warmup, a.steps = 0, a.train_steps
+    a.warmup, a.steps, eval_batch, a.batch = 0, a.train_steps, a.batch, 16  # the adapter trains at batch 16
     cfg = _cfg(a, "none", "regression", {"compile": False, "max_train_items": a.batch * a.train_steps})
     train(tok_dir, adapter, cfg)
+    a.batch = eval_batch
     _cleanup()
     from datasets import load_from_disk
 
@@ -377,6 +389,8 @@ def main() -> None:
             s.add_argument("--head", default="regression,generate", help="comma list: regression, generate")
             s.add_argument("--tokenized", default=None, help="a pricefit tokenized artifact instead of synthetic rows")
             s.add_argument("--keep-losses", action="store_true", help="every step's loss in the JSON line")
+            s.add_argument("--sync-debug", action="store_true", help="count host syncs (torch.cuda.set_sync_debug_mode "
+                           "warn; slows the run: not for timing)")
         else:
             s.add_argument("--items", type=int, default=4096)
             s.add_argument("--train-steps", type=int, default=20, help="steps of the price-head adapter scored")
