@@ -19,11 +19,14 @@ before the levers, all levers off):
   sync         + the loss read every --warmup steps (no host sync per step)
   pad          + pad_to=max (one micro-batch shape)
   data         + device_data (the tokenized split on the GPU, batches indexed there)
-  compile      + compile (torch.compile, mode default) with pad_to=max (compile needs static shapes)
-  compile-ro   + compile mode reduce-overhead (CUDA graphs) with pad_to=max
+  compile      + compile (mode default, each decoder layer: compile_scope=layers) with pad_to=max
+               (compile needs static shapes)
+  compile-ro   + compile mode reduce-overhead (CUDA graphs), layers, with pad_to=max
+  compile-model + compile of the whole decoder + loss as one graph (compile_scope=model), pad_to=max
   all-eager    sync + pad + data, no compile
-  all          sync + pad + data + compile (default mode): what `pricefit train` does on CUDA by default
+  all          sync + pad + data + compile (default mode, layers): what `pricefit train` does on CUDA by default
   all-ro       all with compile_mode=reduce-overhead
+  all-model    all with compile_scope=model;  all-model-ro: and reduce-overhead
   all-buckets  all with pad_to=buckets (multiples of 32) instead of max
 
 Workload (issue 13): --model smollm2-135m, batch 16, sequences of at most --seq 182 tokens
@@ -75,10 +78,15 @@ def variants(window: int) -> dict[str, dict]:
         "data": {**OFF, "device_data": True},
         "compile": {**OFF, "pad_to": "max", "compile": True, "compile_mode": "default"},
         "compile-ro": {**OFF, "pad_to": "max", "compile": True, "compile_mode": "reduce-overhead"},
+        "compile-model": {**OFF, "pad_to": "max", "compile": True, "compile_mode": "default", "compile_scope": "model"},
         "all-eager": {"loss_sync_steps": window, "pad_to": "max", "device_data": True, "compile": False},
         "all": {"loss_sync_steps": window, "pad_to": "max", "device_data": True, "compile": True, "compile_mode": "default"},
         "all-ro": {"loss_sync_steps": window, "pad_to": "max", "device_data": True, "compile": True,
                    "compile_mode": "reduce-overhead"},
+        "all-model": {"loss_sync_steps": window, "pad_to": "max", "device_data": True, "compile": True,
+                      "compile_mode": "default", "compile_scope": "model"},
+        "all-model-ro": {"loss_sync_steps": window, "pad_to": "max", "device_data": True, "compile": True,
+                         "compile_mode": "reduce-overhead", "compile_scope": "model"},
         "all-buckets": {"loss_sync_steps": window, "pad_to": "buckets", "pad_multiple": 32, "device_data": True,
                         "compile": True, "compile_mode": "default"},
     }
@@ -384,7 +392,7 @@ def main() -> None:
             s.add_argument("--steps", type=int, default=60, help="timed optimizer steps")
             s.add_argument("--warmup", type=int, default=10, help="untimed first steps (compilation); also the "
                            "loss-read window of the sync variants")
-            s.add_argument("--variants", default="baseline,sync,pad,data,compile,all-eager,all,all-ro")
+            s.add_argument("--variants", default="baseline,sync,pad,data,compile,all-eager,all,all-ro,all-model")
             s.add_argument("--quant", default="none,4bit", help="comma list: none, 4bit (skipped without bitsandbytes)")
             s.add_argument("--head", default="regression,generate", help="comma list: regression, generate")
             s.add_argument("--tokenized", default=None, help="a pricefit tokenized artifact instead of synthetic rows")

@@ -215,6 +215,10 @@ class TrainConfig(_Stage):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"] = Field(
         "default", description="torch.compile mode (reduce-overhead: CUDA graphs).",
     )
+    compile_scope: Literal["layers", "model"] = Field(
+        "layers", description="layers: compile each decoder layer (one graph for all: compiles in seconds); model: the "
+        "whole decoder + loss as one graph (longer to compile).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":

@@ -42,7 +42,7 @@ ProgressFn = Callable[[int, int, float, float], None]  # (step, total_steps, los
 
 # config fields that do not change the result: a checkpoint written under other values still fits
 _NOT_IN_KEY = ("save_steps", "logging_steps", "merge", "loss_sync_steps", "pad_to", "pad_multiple", "device_data",
-               "compile", "compile_mode")
+               "compile", "compile_mode", "compile_scope")
 CKPT_SUFFIX = ".ckpt"
 
 
@@ -313,6 +313,7 @@ class FastPath:
     device_data: bool = False
     compile: bool = False
     compile_mode: str = "default"
+    compile_scope: str = "layers"
 
     @property
     def on(self) -> bool:
@@ -320,7 +321,8 @@ class FastPath:
 
     def describe(self) -> dict:
         return {"loss_sync_steps": self.sync_steps, "pad_to": self.pad, "pad_multiple": self.pad_multiple,
-                "device_data": self.device_data, "compile": self.compile_mode if self.compile else False}
+                "device_data": self.device_data,
+                "compile": f"{self.compile_mode}/{self.compile_scope}" if self.compile else False}
 
 
 def fast_path(cfg, plan, distributed: bool = False) -> FastPath:
@@ -332,7 +334,8 @@ def fast_path(cfg, plan, distributed: bool = False) -> FastPath:
 
     sync = (LOSS_SYNC_CUDA if cuda else 1) if cfg.loss_sync_steps == "auto" else int(cfg.loss_sync_steps)
     pad = ("max" if cuda else "longest") if cfg.pad_to == "auto" else cfg.pad_to
-    fp = FastPath(sync, pad, cfg.pad_multiple, pick(cfg.device_data), pick(cfg.compile), cfg.compile_mode)
+    fp = FastPath(sync, pad, cfg.pad_multiple, pick(cfg.device_data), pick(cfg.compile), cfg.compile_mode,
+                  cfg.compile_scope)
     if distributed and fp.on:
         log.info("data-parallel run: the fast-path levers (%s) are not used; the per-step loop runs", fp.describe())
         return FastPath()
@@ -478,20 +481,34 @@ def _fast_forwards(model, head, cfg, plan, mask_free: bool):
 
 
 class _Compiled:
-    """A function run through torch.compile, or eagerly after a compile failure (with a warning)."""
+    """The step's forward run through torch.compile, or eagerly after a compile failure (with a warning).
 
-    def __init__(self, fn, fast: FastPath):
+    ``compile_scope`` "layers" compiles each decoder layer in place (``nn.Module.compile``: the
+    module and its state-dict keys stay as they are); the layers share one graph, so compilation
+    takes seconds, and the embedding, final norm and loss stay eager (a few kernels). "model"
+    compiles the whole function (decoder + loss) as one graph. :meth:`release` undoes it.
+    """
+
+    def __init__(self, fn, fast: FastPath, layers=None):
         self.eager = self.fn = fn
         self.compiled = False
         self.cudagraphs = False
+        self.layers: list = []
         if fast.compile:
             import torch
             import torch._dynamo
 
-            # one graph per micro-batch shape (a few buckets, the epoch's short last batch)
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            # one graph per micro-batch shape (one with pad_to max, a few buckets, the epoch's short
+            # last batch), per layer if the layers do not share theirs
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+            torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 4096)
             mode = None if fast.compile_mode == "default" else fast.compile_mode
-            self.fn = torch.compile(fn, mode=mode, dynamic=False)
+            if fast.compile_scope == "layers" and layers:
+                self.layers = list(layers)
+                for layer in self.layers:
+                    layer.compile(mode=mode, dynamic=False)
+            else:
+                self.fn = torch.compile(fn, mode=mode, dynamic=False)
             self.compiled = True
             self.cudagraphs = fast.compile_mode in ("reduce-overhead", "max-autotune")
 
@@ -502,10 +519,22 @@ class _Compiled:
             torch.compiler.cudagraph_mark_step_begin()
         return self.fn(*args)
 
+    def release(self) -> None:
+        for layer in self.layers:
+            layer._compiled_call_impl = None
+        self.layers = []
+        self.fn, self.compiled, self.cudagraphs = self.eager, False, False
+
     def fall_back(self, err: BaseException) -> None:
         log.warning("torch.compile failed (%s: %s); training continues eagerly. Set train.compile: false to skip "
                     "compiling.", type(err).__name__, str(err).splitlines()[0][:300] if str(err) else "")
-        self.fn, self.compiled, self.cudagraphs = self.eager, False, False
+        self.release()
+
+
+def _decoder_layers(model) -> list:
+    inner = model.get_base_model()
+    decoder = getattr(inner, "model", None) or inner.get_decoder()
+    return list(getattr(decoder, "layers", None) or [])
 
 
 def _is_compile_error(err: BaseException) -> bool:
@@ -977,7 +1006,9 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
     if fast.on:
         data = _FastData(train_ds, index, sched_plan, cfg, pad_id, targets, plan, fast)
         gen_raw, head_raw = _fast_forwards(model, head, cfg, plan, data.mask_free)
-        gen_fn, head_fn = _Compiled(gen_raw, fast), _Compiled(head_raw, fast)
+        layers = _decoder_layers(model)
+        gen_fn = _Compiled(gen_raw, fast, layers) if head is None else None
+        head_fn = _Compiled(head_raw, fast, layers) if head is not None else None
         if data.mask_free:  # right padding without a mask (heads.causal_attention), until the loop ends
             from .heads import causal_attention
 
@@ -1071,6 +1102,9 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
     finally:
         bar.close()
         attention.close()
+        for f in (gen_fn, head_fn):  # the saved model and the blend's scoring run eagerly
+            if f is not None:
+                f.release()
     runtime = time.perf_counter() - t_start
     if rank > 0:
         return None  # rank 0 writes the artifact

@@ -185,17 +185,27 @@ def _have_inductor_cpu() -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(_have_inductor_cpu() is not None, reason=_have_inductor_cpu() or "")
-@pytest.mark.parametrize("head", ["generate", "regression"])
-def test_compiled_step_matches_eager(tokenized, tmp_path, caplog, head):
+@pytest.mark.parametrize("head,scope", [("generate", "layers"), ("regression", "layers"), ("generate", "model")])
+def test_compiled_step_matches_eager(tokenized, tmp_path, caplog, head, scope):
     """train.compile: the compiled decoder + loss trains to the eager losses (quantization none, peft LoRA)."""
+    import json
+
     from pricefit.training import train
 
     base = dict(quantization="none", lora_dropout=0.0, max_steps=4, grad_accum=1, head=head, pad_to="max")
     eager = train(tokenized, tmp_path / "eager", cfg(**base, compile=False))
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # graphs cached by an earlier test would be reused without a new capture
+    counters.clear()
     with caplog.at_level(logging.WARNING, logger="pricefit.training"):
-        comp = train(tokenized, tmp_path / "comp", cfg(**base, compile=True))
+        comp = train(tokenized, tmp_path / "comp", cfg(**base, compile=True, compile_scope=scope))
     assert "torch.compile failed" not in caplog.text
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo did capture graphs (not an eager run)
+    assert json.loads((Path(comp.path) / "train_summary.json").read_text())["fast_path"]["compile"] == f"default/{scope}"
     _same_history(_history(comp.path), _history(eager.path), rel=1e-4)
+    ca, ea = _adapter_tensors(Path(comp.path)), _adapter_tensors(Path(eager.path))
+    assert set(ca) == set(ea)  # in-place layer compilation leaves the adapter's keys as they were
 
 
 def test_a_compile_failure_falls_back_to_eager_with_a_warning(tokenized, tmp_path, caplog, monkeypatch):
