@@ -194,6 +194,32 @@ class TrainConfig(_Stage):
         description="Data-parallel processes (one per GPU of this host; gloo on CPU). Above 1, the train step runs "
         "`accelerate launch` itself; batch_size is the global micro-batch and must divide by it (docs/PERFORMANCE.md).",
     )
+    # speed levers of the training loop (docs/PERFORMANCE.md, "Levers"); "auto" = on for CUDA, off on CPU.
+    # None of them is part of the checkpoint key: they change the speed, not the run.
+    loss_sync_steps: int | Literal["auto"] = Field(
+        "auto", description="Read the loss from the device every N optimizer steps (the loss history still has every "
+        "step); auto: 1 on CPU, 25 on CUDA (no host sync per step). Checkpoint steps and the last step always read it.",
+    )
+    pad_to: Literal["auto", "longest", "buckets", "max"] = Field(
+        "auto", description="Width of a micro-batch: longest = its longest row (CPU default); buckets = the next multiple "
+        "of pad_multiple; max = the longest row of the data (one shape; CUDA default, for torch.compile).",
+    )
+    pad_multiple: int = Field(32, ge=1, description="pad_to buckets: widths are multiples of this.")
+    device_data: bool | Literal["auto"] = Field(
+        "auto", description="Put the whole tokenized train split on the device once and index micro-batches there "
+        "(auto: on for CUDA).",
+    )
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile the decoder + loss (auto: on for CUDA); falls back to eager with a warning "
+        "if compilation fails.",
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"] = Field(
+        "default", description="torch.compile mode (reduce-overhead: CUDA graphs).",
+    )
+    compile_scope: Literal["layers", "model"] = Field(
+        "layers", description="layers: compile each decoder layer (one graph for all: compiles in seconds); model: the "
+        "whole decoder + loss as one graph (longer to compile).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -201,6 +227,8 @@ class TrainConfig(_Stage):
             raise ValueError("quant_type fp4 only applies with quantization: 4bit")
         if self.blend != "none" and self.head != "regression":
             raise ValueError("train.blend needs train.head: regression (it blends the price head's predictions)")
+        if self.loss_sync_steps != "auto" and self.loss_sync_steps < 1:
+            raise ValueError(f"loss_sync_steps must be >= 1 or auto, got {self.loss_sync_steps}")
         for name, factor in self.oversample.items():
             if factor <= 0:
                 raise ValueError(f"oversample[{name!r}] must be > 0 (1 keeps the slice as it is), got {factor}")
@@ -232,6 +260,11 @@ class EvaluateConfig(_Stage):
     beam: int = Field(8, ge=1, description="expected mode: digit hypotheses kept per item.")
     min_price: float = Field(DEFAULT_MIN_PRICE, ge=0, description="Parsed predictions are clipped to [min_price, max_price].")
     max_price: float = Field(DEFAULT_MAX_PRICE, gt=0, description="Upper clip of parsed predictions (USD).")
+    head_fast: bool | Literal["auto"] = Field(
+        "auto", description="head mode: tokenize once, right-pad length-sorted batches with no attention mask, bf16 "
+        "autocast, one device read at the end (auto: on for CUDA).",
+    )
+    compile: bool = Field(False, description="head mode with head_fast: torch.compile the decoder (widths padded to multiples of 32).")
 
     @model_validator(mode="after")
     def _check(self) -> "EvaluateConfig":

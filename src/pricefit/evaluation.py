@@ -88,6 +88,8 @@ def make_predictor(cfg: EvaluateConfig, base_model: str | None, adapter_dir: str
         low=cfg.min_price,
         high=cfg.max_price,
         beam=cfg.beam,
+        head_fast=cfg.head_fast,
+        compile=cfg.compile,
     )
 
 

@@ -17,6 +17,7 @@ pooling, the target transform and its mean/std). :func:`load_price_head` reads t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -108,6 +109,59 @@ def head_prices(model, head, spec: HeadSpec, input_ids, attention_mask):
         last = torch.full((hidden.shape[0],), hidden.shape[1] - 1, device=hidden.device)
         with torch.autocast(hidden.device.type, enabled=False):  # the head in float32, as in training
             return to_price(head(pool_hidden(hidden, attention_mask, last, spec.pool)).squeeze(-1), spec)
+
+
+def head_prices_right(hidden_fn, head, spec: HeadSpec, input_ids, lengths):
+    """Dollar prices (float64) of RIGHT-padded prompts of ``lengths`` tokens: one forward pass.
+
+    ``hidden_fn(input_ids)`` returns the decoder's last hidden state with no attention mask (run
+    it under :func:`causal_attention`); positions then start at 0 in every row, as in training.
+    The pooled position is each row's last real token, so this equals :func:`head_prices` on the
+    same prompts left-padded.
+    """
+    import torch
+
+    hidden = hidden_fn(input_ids)
+    last = lengths - 1
+    mask = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]
+    with torch.autocast(hidden.device.type, enabled=False):
+        return to_price(head(pool_hidden(hidden, mask, last, spec.pool)).squeeze(-1), spec)
+
+
+CAUSAL_ATTENTION = "pricefit_causal_sdpa"
+
+
+@contextlib.contextmanager
+def causal_attention(model):
+    """Run ``model``'s attention as plain causal SDPA with no mask, for RIGHT-padded batches.
+
+    With right padding a real token never attends to a pad (causal attention), so no mask is
+    needed and SDPA's ``is_causal`` kernels run. Telling transformers so (an attention function
+    outside its mask registry) also skips its mask construction, whose checks read the device
+    back on every forward (``padding_mask.all()``, the packed-sequence test). Outputs at the
+    real positions are those with the mask; the pads' outputs are garbage and must not be read.
+    """
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def causal_sdpa(module, query, key, value, attention_mask, **kwargs):
+        return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+
+    if CAUSAL_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(CAUSAL_ATTENTION, causal_sdpa)
+    configs = {}
+    for m in model.modules():
+        c = getattr(m, "config", None)
+        if c is not None and hasattr(c, "_attn_implementation"):
+            configs[id(c)] = c
+    before = {k: c._attn_implementation for k, c in configs.items()}
+    try:
+        for c in configs.values():
+            c._attn_implementation = CAUSAL_ATTENTION
+        yield
+    finally:
+        for k, c in configs.items():
+            c._attn_implementation = before[k]
 
 
 def save_price_head(directory: str | Path, head, spec: HeadSpec) -> None:

@@ -216,6 +216,8 @@ class PricePredictor:
         *,
         model: Any = None,
         tokenizer: Any = None,
+        head_fast: bool | str = "auto",
+        compile: bool = False,
     ):
         if base_model is None and model is None:
             base_model = base_model_of(adapter_dir) if adapter_dir else None
@@ -259,6 +261,10 @@ class PricePredictor:
                 self.head, self.head_spec = load_price_head(adapter_dir, self.model.device)
                 self.blend = load_blend(adapter_dir)
         self.lineage = lineage_of(adapter_dir) if adapter_dir else {}
+        # head mode's fast path (auto: CUDA): see _predict_head_fast
+        self.head_fast = self.device == "cuda" if head_fast == "auto" else bool(head_fast)
+        self.compile = bool(compile)
+        self._hidden_fn = None
         # transformers 5.24 renamed forward(past_key_values=) to forward(cache=); support both
         import inspect
 
@@ -327,6 +333,8 @@ class PricePredictor:
         full = list(texts) if prompts else [self.prompt(t) for t in texts]
         if not full:
             return []
+        if mode == "head" and self.head_fast:
+            return self._predict_head_fast(full, batch_size, progress)
         # longest first: similar lengths share a batch (little padding), and an out-of-memory
         # failure shows up on the first batch rather than the last
         lengths = self._lengths(full)
@@ -383,7 +391,9 @@ class PricePredictor:
 
         enc = self._encode(prompts)
         prices = head_prices(self.model, self.head, self.head_spec, enc["input_ids"], enc["attention_mask"])
-        prices = prices.clamp(self.low, self.high).tolist()
+        return self._head_predictions(prompts, prices.clamp(self.low, self.high).tolist())
+
+    def _head_predictions(self, prompts: list[str], prices: list[float]) -> list[Prediction]:
         if self.blend is None:
             return [Prediction(value=float(v), raw=f"head {v:.2f}", parsed=True) for v in prices]
         tfidf = self.blend.tfidf(prompts).tolist()
@@ -391,6 +401,72 @@ class PricePredictor:
         w = self.blend.weight
         return [Prediction(value=float(m), raw=f"blend {m:.2f} (head {h:.2f}, tfidf {t:.2f}, weight {w:.2f})", parsed=True)
                 for m, h, t in zip(mixed, prices, tfidf)]
+
+    def _head_hidden_fn(self):
+        """decoder(input_ids) -> last hidden state, no mask, under inference mode and (CUDA) autocast."""
+        if self._hidden_fn is None:
+            import contextlib
+
+            import torch
+
+            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            decoder = getattr(base, "model", None) or base.get_decoder()
+            dtype = next(base.parameters()).dtype
+            amp = self.device == "cuda" and dtype in (torch.bfloat16, torch.float16)
+
+            def hidden(ids):
+                ctx = torch.autocast("cuda", dtype=dtype) if amp else contextlib.nullcontext()
+                with ctx:
+                    return decoder(input_ids=ids, use_cache=False).last_hidden_state
+
+            fn = hidden
+            if self.compile:
+                import torch._dynamo
+
+                torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+                fn = torch.compile(hidden, dynamic=False)
+            self._hidden_fn = fn
+        return self._hidden_fn
+
+    def _predict_head_fast(self, prompts: list[str], batch_size: int, progress: bool) -> list[Prediction]:
+        """head mode, fast: tokenize once, length-sorted right-padded batches with no attention mask
+        (heads.causal_attention), bf16 autocast on CUDA, and one device read at the end.
+
+        The same prices as the left-padded path up to rounding (positions start at 0 in every row,
+        as in training). With ``compile``, widths are padded to multiples of 32 (few shapes).
+        """
+        import numpy as np
+        import torch
+
+        from .heads import causal_attention, head_prices_right
+        from .progress import progress_bar
+
+        ids = self.tokenizer(list(prompts))["input_ids"]  # the tokens _encode gives, without the padding
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(-lengths, kind="stable")  # longest first, ties in input order
+        pad = self.tokenizer.pad_token_id
+        dev = self.model.device
+        fn = self._head_hidden_fn()
+        outs = []
+        with torch.inference_mode(), causal_attention(self.model), \
+                progress_bar(total=len(ids), desc="predict (head)", unit="item", file=sys.stderr, enabled=progress) as bar:
+            for start in range(0, len(ids), batch_size):
+                idx = order[start:start + batch_size]
+                lens = lengths[idx]
+                width = int(lens[0])
+                if self.compile:
+                    width = -(-width // 32) * 32
+                batch = np.full((len(idx), width), pad, dtype=np.int64)
+                for j, i in enumerate(idx):
+                    batch[j, :lens[j]] = ids[i]
+                t = torch.from_numpy(batch).to(dev, non_blocking=True)
+                lt = torch.from_numpy(lens).to(dev, non_blocking=True)
+                outs.append(head_prices_right(fn, self.head, self.head_spec, t, lt))
+                bar.update(len(idx))
+            prices = torch.cat(outs).clamp(self.low, self.high).cpu().numpy()  # the one device read
+        values = np.empty(len(ids), dtype=np.float64)
+        values[order] = prices
+        return self._head_predictions(list(prompts), values.tolist())
 
     # -- expected value over complete prices -----------------------------------------------------
 

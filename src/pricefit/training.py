@@ -41,7 +41,8 @@ log = logging.getLogger("pricefit.training")
 ProgressFn = Callable[[int, int, float, float], None]  # (step, total_steps, loss, tokens_per_s)
 
 # config fields that do not change the result: a checkpoint written under other values still fits
-_NOT_IN_KEY = ("save_steps", "logging_steps", "merge")
+_NOT_IN_KEY = ("save_steps", "logging_steps", "merge", "loss_sync_steps", "pad_to", "pad_multiple", "device_data",
+               "compile", "compile_mode", "compile_scope")
 CKPT_SUFFIX = ".ckpt"
 
 
@@ -298,6 +299,279 @@ def _head_loss(model, head, ids, mask, labels, target, cfg, share: tuple[float, 
                 ce = ce * (int(sel.sum()) / share[1])
             loss = loss + cfg.head_lm_weight * ce
     return loss, int(ids.shape[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# fast path (CUDA defaults): no host sync per step, static shapes, data on the device, torch.compile
+
+LOSS_SYNC_CUDA = 25  # loss_sync_steps "auto" on CUDA
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """The speed levers of the loop, resolved for a device (TrainConfig: loss_sync_steps, pad_to,
+    device_data, compile). All off is the eager per-step loop the CPU tests pin down."""
+
+    sync_steps: int = 1
+    pad: str = "longest"  # longest | buckets | max
+    pad_multiple: int = 32
+    device_data: bool = False
+    compile: bool = False
+    compile_mode: str = "default"
+    compile_scope: str = "layers"
+
+    @property
+    def on(self) -> bool:
+        return self.sync_steps > 1 or self.pad != "longest" or self.device_data or self.compile
+
+    def describe(self) -> dict:
+        return {"loss_sync_steps": self.sync_steps, "pad_to": self.pad, "pad_multiple": self.pad_multiple,
+                "device_data": self.device_data,
+                "compile": f"{self.compile_mode}/{self.compile_scope}" if self.compile else False}
+
+
+def fast_path(cfg, plan, distributed: bool = False) -> FastPath:
+    """Resolve the "auto" levers: on for CUDA, off on CPU. A data-parallel run keeps the eager loop."""
+    cuda = plan.device == "cuda"
+
+    def pick(v) -> bool:
+        return cuda if v == "auto" else bool(v)
+
+    sync = (LOSS_SYNC_CUDA if cuda else 1) if cfg.loss_sync_steps == "auto" else int(cfg.loss_sync_steps)
+    pad = ("max" if cuda else "longest") if cfg.pad_to == "auto" else cfg.pad_to
+    fp = FastPath(sync, pad, cfg.pad_multiple, pick(cfg.device_data), pick(cfg.compile), cfg.compile_mode,
+                  cfg.compile_scope)
+    if distributed and fp.on:
+        log.info("data-parallel run: the fast-path levers (%s) are not used; the per-step loop runs", fp.describe())
+        return FastPath()
+    return fp
+
+
+class _FastData:
+    """The train split as padded tensors, built once (on the device with ``device_data``).
+
+    Everything the loop needs to know on the host (tokens, label counts, widths) is computed here
+    from the row lengths, so a micro-batch costs no device -> host read. Micro-batch ``k`` holds the
+    rows :func:`micro_batch_indices` gives; the epoch's order is copied to the device once per epoch.
+    """
+
+    def __init__(self, train_ds, index, sched: Schedule, cfg, pad_id: int, targets, plan, fast: FastPath):
+        import numpy as np
+        import torch
+
+        self.sched, self.seed, self.index, self.fast = sched, cfg.seed, index, fast
+        self.device = torch.device(plan.device)
+        store = self.device if fast.device_data else torch.device("cpu")
+        ids_l, mask_l, lab_l = train_ds["input_ids"], train_ds["attention_mask"], train_ds["labels"]
+        n = len(ids_l)
+        lens = np.array([len(x) for x in ids_l], dtype=np.int64)
+        self.data_width = int(lens.max())
+        width = self.data_width
+        if fast.pad in ("buckets", "max"):
+            width = -(-width // fast.pad_multiple) * fast.pad_multiple if fast.pad == "buckets" else width
+        ids = np.full((n, width), pad_id, dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        labels = np.full((n, width), -100, dtype=np.int64)
+        for i in range(n):
+            L = lens[i]
+            ids[i, :L], mask[i, :L], labels[i, :L] = ids_l[i], mask_l[i], lab_l[i]
+        # rows whose mask is all ones up to their length (tokenize writes them so): right padding then
+        # needs no attention mask at all, causal attention never lets a real token see a pad
+        self.mask_free = bool(all(mask[i, :lens[i]].all() for i in range(n)))
+        self.tokens = mask.sum(1)  # the per-step token count the eager loop reads from the mask
+        is_lab = labels[:, 1:] != -100
+        self.n_labels = is_lab.sum(1)
+        K = max(1, int(self.n_labels.max()))
+        pos = np.zeros((n, K), dtype=np.int64)
+        tgt = np.full((n, K), -100, dtype=np.int64)
+        for i in range(n):
+            ps = np.nonzero(is_lab[i])[0]
+            pos[i, :len(ps)] = ps
+            tgt[i, :len(ps)] = labels[i, ps + 1]
+        has = (labels != -100).any(1)
+        first = (labels != -100).argmax(1)
+        last = np.where(has, first - 1, self.tokens - 1).clip(min=0)  # _head_loss's pooled position
+        self.lens = lens
+        t = lambda a: torch.from_numpy(a).to(store)  # noqa: E731
+        self.ids, self.mask, self.pos, self.tgt, self.last = t(ids), t(mask), t(pos), t(tgt), t(last)
+        self.target = None if targets is None else torch.tensor(targets, dtype=torch.float32).to(store)
+        self._epoch_cache: tuple[int, Any, Any] | None = None
+
+    def _epoch(self, epoch: int):
+        import numpy as np
+        import torch
+
+        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)  # micro_batch_indices' order
+            perm = torch.randperm(self.sched.n_items, generator=g).numpy()
+            rows = perm if self.index is None else np.asarray(self.index, dtype=np.int64)[perm]
+            self._epoch_cache = (epoch, rows, torch.from_numpy(rows).to(self.ids.device))
+        return self._epoch_cache[1], self._epoch_cache[2]
+
+    def width(self, longest: int) -> int:
+        if self.fast.pad == "max":
+            return self.ids.shape[1]
+        if self.fast.pad == "buckets":
+            return min(-(-longest // self.fast.pad_multiple) * self.fast.pad_multiple, self.ids.shape[1])
+        return longest
+
+    def get(self, k: int) -> dict:
+        epoch, p = divmod(k, self.sched.micro_per_epoch)
+        rows_h, rows_d = self._epoch(epoch)
+        B = self.sched.batch_size
+        rows = rows_h[p * B:(p + 1) * B]
+        sel = rows_d[p * B:(p + 1) * B]
+        w = self.width(int(self.lens[rows].max()))
+        nb = self.device.type == "cuda"
+        mv = lambda x: x.to(self.device, non_blocking=nb)  # noqa: E731 - a no-op when the data is resident
+        mb = {"rows": rows, "width": w, "tokens": int(self.tokens[rows].sum()), "n_labels": int(self.n_labels[rows].sum()),
+              "ids": mv(self.ids[sel, :w]), "mask": mv(self.mask[sel, :w]), "pos": mv(self.pos[sel]), "tgt": mv(self.tgt[sel]),
+              "last": mv(self.last[sel])}
+        mb["target"] = None if self.target is None else mv(self.target[sel])
+        return mb
+
+
+def _amp(device_type: str, dtype):
+    import contextlib
+
+    import torch
+
+    return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _fast_forwards(model, head, cfg, plan, mask_free: bool):
+    """(digit loss fn, head loss fn): the decoder + loss without boolean indexing or host reads.
+
+    Label positions come gathered (``pos``/``tgt``, padded with -100): the loss is the mean over
+    the same label tokens as :func:`_loss`, and lm_head still runs on those positions only.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .heads import pool_hidden
+
+    inner = model.get_base_model()
+    decoder = getattr(inner, "model", None) or inner.get_decoder()
+    lm_head = inner.get_output_embeddings()
+    amp = getattr(torch, plan.compute_dtype) if plan.device == "cuda" and plan.compute_dtype in ("bfloat16", "float16") else None
+    dev = plan.device
+
+    def hidden_of(ids, mask):
+        return decoder(input_ids=ids, attention_mask=None if mask_free else mask, use_cache=False).last_hidden_state
+
+    def ce(hidden, pos, tgt):
+        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+        h = hidden[rows, pos]
+        logits = lm_head(h.reshape(-1, h.shape[-1])).float()
+        return F.cross_entropy(logits, tgt.reshape(-1), ignore_index=-100)
+
+    def gen_loss(ids, mask, pos, tgt):
+        with _amp(dev, amp):
+            return ce(hidden_of(ids, mask), pos, tgt)
+
+    def head_loss(ids, mask, last, target, pos, tgt, with_ce: bool):
+        with _amp(dev, amp):
+            hidden = hidden_of(ids, mask)
+            with torch.autocast(dev, enabled=False):
+                z = head(pool_hidden(hidden, mask, last, cfg.head_pool)).squeeze(-1)
+                if cfg.head_loss == "huber":
+                    loss = F.huber_loss(z, target, delta=cfg.huber_delta)
+                else:
+                    loss = F.mse_loss(z, target)
+            if with_ce:
+                loss = loss + cfg.head_lm_weight * ce(hidden, pos, tgt)
+            return loss
+
+    return gen_loss, head_loss
+
+
+class _Compiled:
+    """The step's forward run through torch.compile, or eagerly after a compile failure (with a warning).
+
+    ``compile_scope`` "layers" compiles each decoder layer in place (``nn.Module.compile``: the
+    module and its state-dict keys stay as they are); the layers share one graph, so compilation
+    takes seconds, and the embedding, final norm and loss stay eager (a few kernels). "model"
+    compiles the whole function (decoder + loss) as one graph. :meth:`release` undoes it.
+    """
+
+    def __init__(self, fn, fast: FastPath, layers=None):
+        self.eager = self.fn = fn
+        self.compiled = False
+        self.cudagraphs = False
+        self.layers: list = []
+        if fast.compile:
+            import torch
+            import torch._dynamo
+
+            # one graph per micro-batch shape (one with pad_to max, a few buckets, the epoch's short
+            # last batch), per layer if the layers do not share theirs
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+            torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 4096)
+            mode = None if fast.compile_mode == "default" else fast.compile_mode
+            if fast.compile_scope == "layers" and layers:
+                self.layers = list(layers)
+                for layer in self.layers:
+                    layer.compile(mode=mode, dynamic=False)
+            else:
+                self.fn = torch.compile(fn, mode=mode, dynamic=False)
+            self.compiled = True
+            self.cudagraphs = fast.compile_mode in ("reduce-overhead", "max-autotune")
+
+    def __call__(self, *args):
+        if self.cudagraphs:
+            import torch
+
+            torch.compiler.cudagraph_mark_step_begin()
+        return self.fn(*args)
+
+    def release(self) -> None:
+        for layer in self.layers:
+            layer._compiled_call_impl = None
+        self.layers = []
+        self.fn, self.compiled, self.cudagraphs = self.eager, False, False
+
+    def fall_back(self, err: BaseException) -> None:
+        log.warning("torch.compile failed (%s: %s); training continues eagerly. Set train.compile: false to skip "
+                    "compiling.", type(err).__name__, str(err).splitlines()[0][:300] if str(err) else "")
+        self.release()
+
+
+def _decoder_layers(model) -> list:
+    inner = model.get_base_model()
+    decoder = getattr(inner, "model", None) or inner.get_decoder()
+    return list(getattr(decoder, "layers", None) or [])
+
+
+def _is_compile_error(err: BaseException) -> bool:
+    import torch
+
+    if isinstance(err, (torch.OutOfMemoryError, KeyboardInterrupt)):
+        return False
+    mod = type(err).__module__ or ""
+    return mod.startswith(("torch._dynamo", "torch._inductor", "torch.fx", "triton", "torch._subclasses"))
+
+
+def _fast_accumulate(data: _FastData, step: int, cfg, gen_fn, head_fn, head) -> tuple[list, int, int, int]:
+    """One optimizer step's micro-batches: (per-micro-batch loss tensors, tokens, counted, widest).
+
+    No device -> host read: the tokens and label counts come from the host-side row lengths, the
+    losses stay on the device until the loop reads a window of them at once.
+    """
+    losses, tokens, width = [], 0, 0
+    for a in range(cfg.grad_accum):
+        mb = data.get(step * cfg.grad_accum + a)
+        tokens += mb["tokens"]
+        width = max(width, mb["width"])
+        if head is None:
+            if mb["n_labels"] == 0:  # _loss returns None: the micro-batch is skipped
+                continue
+            loss = gen_fn(mb["ids"], mb["mask"], mb["pos"], mb["tgt"])
+        else:
+            loss = head_fn(mb["ids"], mb["mask"], mb["last"], mb["target"], mb["pos"], mb["tgt"],
+                           cfg.head_lm_weight > 0 and mb["n_labels"] > 0)
+        (loss / cfg.grad_accum).backward()
+        losses.append(loss.detach().clone())  # clone: a CUDA-graph output is overwritten by the next replay
+    return losses, tokens, len(losses), width
 
 
 def _fit_blend(tokenized_dir: Path, model, tokenizer, head, head_spec, plan):
@@ -729,18 +1003,50 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
 
     bar = progress_bar(total=sched_plan.total_steps, initial=step, file=sys.stderr, desc="train", unit="step",
                        enabled=rank == 0)
+    import contextlib
+
+    fast = fast_path(cfg, plan, distributed=_dist is not None)
+    gen_fn = head_fn = data = None
+    attention = contextlib.ExitStack()
+    if fast.on:
+        data = _FastData(train_ds, index, sched_plan, cfg, pad_id, targets, plan, fast)
+        gen_raw, head_raw = _fast_forwards(model, head, cfg, plan, data.mask_free)
+        layers = _decoder_layers(model)
+        gen_fn = _Compiled(gen_raw, fast, layers) if head is None else None
+        head_fn = _Compiled(head_raw, fast, layers) if head is not None else None
+        if data.mask_free:  # right padding without a mask (heads.causal_attention), until the loop ends
+            from .heads import causal_attention
+
+            attention.enter_context(causal_attention(model))
+        log.info("fast path: %s (attention mask %s)", fast.describe(), "not needed" if data.mask_free else "kept")
+    clip_params = params + (list(head.parameters()) if head is not None else [])
     t_start = time.perf_counter()
     tokens_seen, max_seq = 0, 0
+    pending: list[tuple[int, list, int, float, int]] = []  # (step, micro-batch losses, counted, lr, tokens)
+    t_window = time.perf_counter()
     try:
         while step < sched_plan.total_steps:
-            t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             if _dist is not None:
                 loss_sum, step_tokens, counted, seq = _dist_accumulate(
                     _dist, step, cfg, sched_plan, index, train_ds, pad_id, plan, model, head, targets, trainable_params)
                 max_seq = max(max_seq, seq)
+                micro = [loss_sum]
+            elif fast.on:
+                fn = head_fn if head is not None else gen_fn
+                rng = _rng_state() if fn.compiled else None
+                try:
+                    micro, step_tokens, counted, seq = _fast_accumulate(data, step, cfg, gen_fn, head_fn, head)
+                except Exception as e:  # noqa: BLE001 - only compile failures are caught, see _is_compile_error
+                    if not fn.compiled or not _is_compile_error(e):
+                        raise
+                    fn.fall_back(e)
+                    opt.zero_grad(set_to_none=True)
+                    _set_rng_state(rng)  # the eager retry draws the dropout masks the first try drew
+                    micro, step_tokens, counted, seq = _fast_accumulate(data, step, cfg, gen_fn, head_fn, head)
+                max_seq = max(max_seq, seq)
             else:
-                loss_sum, step_tokens, counted = 0.0, 0, 0
+                micro, step_tokens, counted = [], 0, 0
                 for a in range(cfg.grad_accum):
                     k = step * cfg.grad_accum + a
                     rows = micro_batch_indices(k, sched_plan, cfg.seed, index)
@@ -757,32 +1063,53 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
                     if loss is None:
                         continue
                     (loss / cfg.grad_accum).backward()
-                    loss_sum += float(loss.detach())
+                    micro.append(float(loss.detach()))
                     counted += 1
             if counted == 0:
                 raise PricefitError(f"step {step + 1}: no label tokens in the batch (every completion truncated?)",
                                     hint="raise tokenize.max_length so the price completion fits")
             if cfg.max_grad_norm and cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params + (list(head.parameters()) if head is not None else []), cfg.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(clip_params, cfg.max_grad_norm)  # its returned norm is never read
             lr = opt.param_groups[0]["lr"]
             opt.step()
             lr_sched.step()
             step += 1
-            dt = max(time.perf_counter() - t0, 1e-9)
-            tps = step_tokens / dt
             tokens_seen += step_tokens
-            step_loss = loss_sum / counted
-            history.append({"step": step, "loss": round(step_loss, 6), "lr": lr, "tokens_per_s": round(tps, 1)})
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tps:.0f}")
+            pending.append((step, micro, counted, lr, step_tokens))
+            if not (step % fast.sync_steps == 0 or step % cfg.save_steps == 0 or step == sched_plan.total_steps):
+                continue
+            # read the window's losses at once: the only device -> host sync of the fast path
+            flat = [x for _, m, _, _, _ in pending for x in m]
+            if flat and not isinstance(flat[0], float):
+                flat = torch.stack(flat).float().tolist()
+            dt = max(time.perf_counter() - t_window, 1e-9)
+            tps = sum(p[4] for p in pending) / dt  # the window's tokens/s (one step: that step's)
+            done, j = [], 0
+            for st, m, cnt, lr_, _ in pending:
+                loss_sum = 0.0
+                for x in flat[j:j + len(m)]:
+                    loss_sum += x
+                j += len(m)
+                step_loss = loss_sum / cnt
+                history.append({"step": st, "loss": round(step_loss, 6), "lr": lr_, "tokens_per_s": round(tps, 1)})
+                done.append((st, step_loss))
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tps:.0f}")
+            pending = []
             if step % cfg.save_steps == 0 and step < sched_plan.total_steps:
                 rank_rngs = None if _dist is None else _dist.gather_object(_rng_state(one_device=True))
                 if rank == 0:
                     _save_checkpoint(ckdir, step, model, opt, lr_sched, history, head, rank_rngs)
             if progress is not None:
-                progress(step, sched_plan.total_steps, step_loss, tps)
+                for st, step_loss in done:
+                    progress(st, sched_plan.total_steps, step_loss, tps)
+            t_window = time.perf_counter()
     finally:
         bar.close()
+        attention.close()
+        for f in (gen_fn, head_fn):  # the saved model and the blend's scoring run eagerly
+            if f is not None:
+                f.release()
     runtime = time.perf_counter() - t_start
     if rank > 0:
         return None  # rank 0 writes the artifact
@@ -808,6 +1135,7 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
         "resumed": latest is not None,
         "quantization": quant.describe(cfg, plan),
         "warnings": list(plan.warnings),
+        "fast_path": fast.describe() if fast.on else None,
     }
     if _dist is not None:
         summary.update(_dist.summary(summary["hardware"], peak_src, cfg.batch_size))
