@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from pricefit.report import markdown_table
+from pricefit.markdown import markdown_table  # not pricefit.report: the train step imports this module
 
 from .steps import BY_NAME, NAMES
 

@@ -2,8 +2,9 @@
 
 Reusable pieces for anyone who reports metrics (baselines, comparison):
 
-- :func:`markdown_table(header, rows, align)`: the one Markdown table writer (every table of
-  pricefit's reports, the comparison and the run report goes through it).
+- :func:`markdown_table(header, rows, align)` (defined in pricefit.markdown): the one Markdown
+  table writer (every table of pricefit's reports, the comparison, the run report and the UI's
+  contract artifact goes through it).
 - :func:`render_metrics_table(rows)`: one Markdown row per model (``name`` + metrics dicts).
 - :func:`render_breakdown(metrics, "by_category" | "by_band")`: one row per group.
 - :func:`worst_items(rows, k)`: the items with the largest absolute error.
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .artifacts import write_json_atomic, write_text_atomic
+from .markdown import markdown_table  # noqa: F401 - also imported from here (compare, tests)
 from .metrics import UNPARSED_FALLBACK
 
 DEFAULT_COLUMNS = ("n", "n_unparsed", "mae", "rmsle", "hit_rate", "mdape")
@@ -47,20 +49,6 @@ def fmt(key: str, value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def _cell(s: Any) -> str:
-    return str(s).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> list[str]:
-    """The lines of one Markdown table; ``align`` holds ``l`` or ``r`` per column (default: the first
-    left, the rest right); cells are escaped (``|``, newlines)."""
-    align = align or "l" + "r" * (len(header) - 1)
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
-             "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return lines
 
 
 def render_metrics_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = DEFAULT_COLUMNS, key: str = "name") -> str:

@@ -156,8 +156,8 @@ def _run_name_input(page):
 
 
 def test_custom_run_keeps_the_typed_name_through_a_retry(served, prefect_server, prefect_api, page):
-    """A Custom run named in the form fails (test-only fault switch in compare, a step that reruns
-    even when its inputs are cached), is retried with the UI's Retry button and keeps its name.
+    """A Custom run named in the form fails (test-only fault switch in compare, whose cached output
+    the test removes so that it runs), is retried with the UI's Retry button and keeps its name.
 
     The UI retries only a run that did not complete (a Completed run with a persisted result
     refuses to leave that state), hence the failure first."""
@@ -176,6 +176,10 @@ def test_custom_run_keeps_the_typed_name_through_a_retry(served, prefect_server,
             field = page.locator(".schema-form-property").filter(has=page.get_by_text(label, exact=True)).last
             assert field.locator("input[type='text'], input:not([type]), textarea").count() == 1, (label, str(page.shots))
     step = "report" if served.toy else "compare"
+    # the step must run, not come back Cached from an earlier run of the same inputs (other tests'
+    # runs, in any order): its outputs removed, the cache rebuilds it instead of serving it
+    for out in list(served.workdir.rglob(f"artifacts/{step}")):
+        shutil.rmtree(out)
     served.fault_file.write_text(f"{step}\n")
     try:
         _run_name_input(page).fill(typed)

@@ -142,7 +142,10 @@ def test_baselines_rerun_once_a_key_is_set_and_a_failed_request_is_never_cached(
         include=["constant", "frontier"],
         frontier=FrontierConfig(max_retries=2, backoff_base_s=0.01, backoff_max_s=0.05, timeout_s=5.0),
     )
-    once = baselines.with_options(retries=0)  # Prefect's own retries (30 s, 120 s) would only slow the test
+    once = baselines.with_options(retries=0)
+    import tasks.baselines as task_mod
+
+    monkeypatch.setattr(task_mod, "OUTAGE_RETRY_DELAYS", ())  # no outage retry: item x's 3 failed attempts fail the step
 
     @flow
     def run_baselines(workdir: str) -> list:

@@ -1,4 +1,4 @@
-"""Prefect retries wrap the frontier requests alone: an outage repeats no other baseline."""
+"""The outage retries wrap the frontier requests alone: an outage repeats no other baseline."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_a_frontier_outage_is_retried_without_rerunning_the_other_baselines(tmp_
     fits = []
     real_fit = constant.fit_predict
     monkeypatch.setattr(constant, "fit_predict", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
-    monkeypatch.setattr(task_mod, "frontier_requests", task_mod.frontier_requests.with_options(retry_delay_seconds=0))
+    monkeypatch.setattr(task_mod, "OUTAGE_RETRY_DELAYS", (0.0, 0.0))
 
     with FakeOpenAI() as server:
         curated = _curated(tmp_path, ["x [[fail:503x3]] [[price:7]]", "y [[price:2]]"])
@@ -52,7 +52,7 @@ def test_a_frontier_outage_is_retried_without_rerunning_the_other_baselines(tmp_
             return task_mod.baselines(curated, cfg, str(tmp_path / "wd"))
 
         ref = one_step()
-        # 3 attempts of item x fail (its tenacity retries), the Prefect retry sends x alone: answered
+        # 3 attempts of item x fail (its per-request retries), the outage retry sends x alone: answered
         assert server.requests == 3 + 1 + 1
     assert fits == [1]  # the constant baseline ran once, not once per frontier retry
     preds = pl.read_parquet(ref.dir / "frontier" / "predictions.parquet")
@@ -64,7 +64,7 @@ def test_a_rejected_key_is_not_retried(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PRICEFIT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-retries")
-    monkeypatch.setattr(task_mod, "frontier_requests", task_mod.frontier_requests.with_options(retry_delay_seconds=0))
+    monkeypatch.setattr(task_mod, "OUTAGE_RETRY_DELAYS", (0.0, 0.0))
     with FakeOpenAI() as server:
         curated = _curated(tmp_path, ["x [[fail:401x9]] [[price:7]]"])
         cfg = BaselinesConfig(include=["frontier"], frontier=FrontierConfig(base_url=server.base_url, timeout_s=5.0))

@@ -21,37 +21,9 @@ from pricefit import artifacts  # noqa: E402
 from pricefit.config import TrainConfig  # noqa: E402
 from pricefit.errors import PricefitError  # noqa: E402
 
-PROMPT = "How much does this cost to the nearest dollar?\n\n{text}\n\nPrice is $"
-ITEMS = [(f"Widget model {i} in {c} with {w} parts", p) for i, (c, w, p) in enumerate(
-    [(c, w, p) for c, p in [("red", 12), ("blue", 340), ("green", 7), ("black", 89)] for w in ("two", "six", "ten", "many", "few", "some")]
-)]
+from test_training import ITEMS, tokenized  # noqa: E402,F401 - the same tiny widget data as the one-process tests
+
 NVLS = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-
-
-@pytest.fixture(scope="module")
-def tokenized(home, tmp_path_factory) -> Path:
-    from datasets import Dataset, DatasetDict
-
-    from pricefit.models import load_tokenizer
-
-    tok = load_tokenizer("tiny-random")
-    rows = {"item_id": [], "category": [], "text": [], "price": [], "input_ids": [], "attention_mask": [], "labels": []}
-    for i, (text, price) in enumerate(ITEMS):
-        p = tok(PROMPT.format(text=text), add_special_tokens=False)["input_ids"]
-        c = tok(f"{price}.00", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        rows["item_id"].append(f"i{i}")
-        rows["category"].append("Widgets")
-        rows["text"].append(text)
-        rows["price"].append(float(price))
-        rows["input_ids"].append(p + c)
-        rows["attention_mask"].append([1] * (len(p) + len(c)))
-        rows["labels"].append([-100] * len(p) + c)
-    ds = Dataset.from_dict(rows)
-    out = tmp_path_factory.mktemp("tok") / "tokenized"
-    out.mkdir()
-    DatasetDict({"train": ds, "validation": ds.select(range(4)), "test": ds.select(range(4))}).save_to_disk(str(out / "dataset"))
-    artifacts.write_manifest(out, {"kind": "tokenized", "base_model": "tiny-random", "rows": {"train": len(ds)}})
-    return out
 
 
 def cfg(**kw) -> TrainConfig:
