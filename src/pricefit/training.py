@@ -497,6 +497,7 @@ class _Compiled:
     def __init__(self, fn, fast: FastPath, layers=None):
         self.eager = self.fn = fn
         self.compiled = False
+        self.fell_back: str | None = None  # the compile error that sent training back to eager
         self.cudagraphs = False
         self.layers: list = []
         if fast.compile:
@@ -531,6 +532,7 @@ class _Compiled:
         self.fn, self.compiled, self.cudagraphs = self.eager, False, False
 
     def fall_back(self, err: BaseException) -> None:
+        self.fell_back = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
         log.warning("torch.compile failed (%s: %s); training continues eagerly. Set train.compile: false to skip "
                     "compiling.", type(err).__name__, str(err).splitlines()[0][:300] if str(err) else "")
         self.release()
@@ -1137,6 +1139,9 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
         "warnings": list(plan.warnings),
         "fast_path": fast.describe() if fast.on else None,
     }
+    compiled = head_fn if head is not None else gen_fn
+    if summary["fast_path"] is not None and compiled is not None and compiled.fell_back:
+        summary["fast_path"]["compile_fell_back"] = compiled.fell_back  # it says compile, it ran eager
     if _dist is not None:
         summary.update(_dist.summary(summary["hardware"], peak_src, cfg.batch_size))
     for peft_cfg in model.peft_config.values():

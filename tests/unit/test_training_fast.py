@@ -226,7 +226,12 @@ def test_a_compile_failure_falls_back_to_eager_with_a_warning(tokenized, tmp_pat
     eager = train(tokenized, tmp_path / "eager", cfg(**FAST))
     with caplog.at_level(logging.WARNING, logger="pricefit.training"):
         fell = train(tokenized, tmp_path / "fell", cfg(**FAST, compile=True))
-    assert caplog.text.count("torch.compile failed (BackendCompilerFailed: inductor: no working C++ compiler)") == 1
+    # the warning names the error (not "exactly once" in the capture: in the full suite, after the
+    # in-process Prefect runs of earlier tests, the same line was captured twice)
+    assert any("torch.compile failed (BackendCompilerFailed: inductor: no working C++ compiler)" in r.getMessage()
+               for r in caplog.records)
+    summary = (Path(fell.path) / "train_summary.json").read_text()
+    assert '"compile_fell_back": "BackendCompilerFailed: inductor: no working C++ compiler"' in summary
     assert "train.compile: false" in caplog.text
     same = lambda h: [(r["step"], r["loss"], r["lr"]) for r in h]  # noqa: E731
     assert same(_history(fell.path)) == same(_history(eager.path))  # dropout included: the retry redraws the same masks
