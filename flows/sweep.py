@@ -224,6 +224,8 @@ def sweep(params: SweepParams = SweepParams()) -> dict[str, Any]:
     get_run_logger().info("sweep: %d trials, %d at once (%d per device on %s)", len(trials), placement.concurrency,
                           placement.share, ", ".join(f"GPU {d}" for d in placement.devices if d) or cfg.train.device)
     with contextlib.ExitStack() as stack:
+        if placement.concurrency > 1:
+            stack.enter_context(_share_ephemeral_server())
         runners = [stack.enter_context(r) for r in _runners(placement)]
         futures = [runners[i % len(runners)].submit(run_trial, {"params": base, "overrides": overrides, "tokenized": tokenized,
                                                                  "share": placement.share, "label": trial_label(overrides)})
@@ -233,6 +235,27 @@ def sweep(params: SweepParams = SweepParams()) -> dict[str, Any]:
     failed = [trial_label(r["overrides"]) for r in results if r.get("error") is not None]
     out = publish_table(results, cfg.promote.metric)
     return out | {"failed": failed, "concurrency": placement.concurrency, "states": dict(steps.states)}
+
+
+@contextlib.contextmanager
+def _share_ephemeral_server():
+    """Worker processes talk to this process's temporary Prefect server, not one each.
+
+    With no PREFECT_API_URL, Prefect starts a temporary server in each process that needs one: a
+    sweep's workers would each start their own (seconds apiece), their trial runs would be recorded
+    there and lost with it, and the accelerator slots (tasks/gpu.py) would be counted per worker,
+    not across them. The workers get Prefect's settings from the submitting context, so that
+    context names the running server's URL.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    server = SubprocessASGIServer()  # this process's temporary server (started with the flow run), if any
+    if get_current_settings().api.url or not server.running:
+        yield
+        return
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield
 
 
 def _trial_result(future: Any, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,45 @@
+"""`pricefit sweep --concurrency 2` with no Prefect server configured: one temporary server for all.
+
+Without PREFECT_API_URL Prefect starts a temporary server in each process that needs one. The
+sweep's worker processes must use the sweep's own instead (flows.sweep._share_ephemeral_server):
+otherwise each starts another, records its trial there (lost when it stops) and counts the
+accelerator slots of tasks/gpu.py on its own. The command runs in a subprocess, outside the
+test harness's server, as a user runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from test_sweep_concurrency import PROFILE
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_concurrent_cli_sweep_starts_one_temporary_server(tmp_path):
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text(textwrap.dedent(PROFILE))
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("trials:\n  - {train.learning_rate: 5.0e-4}\n  - {train.learning_rate: 2.0e-3}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO), env.get("PYTHONPATH", "")]),
+               PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.setdefault("PRICEFIT_HOME", str(tmp_path / "home"))
+    p = subprocess.run([sys.executable, "-m", "pricefit", "sweep", "--profile", str(profile), "--grid", str(grid),
+                        "--workdir", str(tmp_path / "work"), "--concurrency", "2", "--json"],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout)
+    assert out["concurrency"] == 2 and out["failed"] == []
+    assert [r["state"] for r in out["rows"]] == ["Completed", "Completed"]
+    # the sweep's process starts one; its two worker processes use it
+    assert p.stderr.count("Starting temporary server") == 1, p.stderr[-3000:]
