@@ -8,7 +8,7 @@ tokens, with the same seed and steps, back to back in this process; each prints 
     python bench/train_speed.py train --steps 60 --out $OUT/train.jsonl
     python bench/train_speed.py train --steps 60 --quant none,4bit --head regression,generate \\
         --variants baseline,sync,pad,data,compile,all,all-ro --out $OUT/train.jsonl
-    python bench/train_speed.py eval --items 4096 --batch 512 --out $OUT/eval.jsonl
+    python bench/train_speed.py eval --items 4096 --batches 512,1024 --out $OUT/eval.jsonl
     # CPU smoke test (tiny-random, seconds):
     python bench/train_speed.py train --model tiny-random --device cpu --steps 4 --warmup 2 \\
         --batch 4 --seq 64 --variants baseline,all-eager --out /tmp/ts.jsonl
@@ -24,8 +24,10 @@ before the levers, all levers off):
   compile-ro   + compile mode reduce-overhead (CUDA graphs), layers, with pad_to=max
   compile-model + compile of the whole decoder + loss as one graph (compile_scope=model), pad_to=max
   all-eager    sync + pad + data, no compile
-  all          sync + pad + data + compile (default mode, layers): what `pricefit train` does on CUDA by default
+  all          sync + pad + data + compile (default mode, layers): the CUDA default until 2026-12-01
   all-ro       all with compile_mode=reduce-overhead
+  default      TrainConfig's own "auto" values: what `pricefit train` does on this device today (on CUDA
+               with quantization none: all-ro with the loss read every 25 steps; with 4bit: all)
   all-model    all with compile_scope=model;  all-model-ro: and reduce-overhead
   all-buckets  all with pad_to=buckets (multiples of 32) instead of max
 
@@ -45,9 +47,13 @@ so padded variants draw other masks: --dropout 0 compares the arithmetic alone),
 torch.compile fell back to eager.
 
 eval: trains a small price-head adapter (--train-steps, all levers on), then scores --items
-prompts with PricePredictor.predict(mode="head") at --batch: head_fast off (the left-padded path)
-against on (tokenized once, right-padded, bf16 autocast, no mask), and with --compile also the
-compiled decoder; items/s and the largest relative difference to the head_fast=off prices.
+prompts with PricePredictor.predict(mode="head") at each of --batches: head_fast off (the
+left-padded path) against on (tokenized once, right-padded, bf16 autocast, no mask), then
+head_fast with the adapter merged into the base (merge_lora: what `pricefit evaluate` does on
+CUDA), and with --compile also compiled decoder layers; items/s (tokenization included),
+tokenize_s (the tokenizer alone on the same prompts, measured beside it) and the largest
+relative difference to the head_fast=off prices. TOKENIZERS_PARALLELISM is recorded: set to
+false, the Rust tokenizer runs on one thread.
 """
 
 from __future__ import annotations
@@ -87,6 +93,7 @@ def variants(window: int) -> dict[str, dict]:
                       "compile_mode": "default", "compile_scope": "model"},
         "all-model-ro": {"loss_sync_steps": window, "pad_to": "max", "device_data": True, "compile": True,
                          "compile_mode": "reduce-overhead", "compile_scope": "model"},
+        "default": {},
         "all-buckets": {"loss_sync_steps": window, "pad_to": "buckets", "pad_multiple": 32, "device_data": True,
                         "compile": True, "compile_mode": "default"},
     }
@@ -344,29 +351,41 @@ def cmd_eval(a) -> None:
     from datasets import load_from_disk
 
     prompts = load_from_disk(str(tok_dir / "dataset"))["train"]["prompt"][: a.items]
-    results = {}
-    modes = [("baseline", False, False), ("head_fast", True, False)] + ([("head_fast+compile", True, True)] if a.compile else [])
-    for name, fast, comp in modes:
-        pred = PricePredictor(adapter_dir=adapter, device=a.device, head_fast=fast, compile=comp)
-        pred.predict(prompts[: a.batch], mode="head", batch_size=a.batch, progress=False, prompts=True)  # warm-up
-        if comp:  # every batch shape once (compilation is not what is timed)
-            pred.predict(prompts, mode="head", batch_size=a.batch, progress=False, prompts=True)
-        if a.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+    env["tokenizers_parallelism"] = os.environ.get("TOKENIZERS_PARALLELISM")
+    # (name, head_fast, merge, compile)
+    modes = [("baseline", False, False, False), ("head_fast", True, False, False), ("head_fast+merge", True, True, False)]
+    if a.compile:
+        modes.append(("head_fast+merge+compile", True, True, True))
+    batches = [int(b) for b in str(a.batches or a.batch).split(",")]
+    ref = None
+    for name, fast, merge, comp in modes:
+        pred = PricePredictor(adapter_dir=adapter, device=a.device, head_fast=fast, compile=comp, merge=merge)
         t0 = time.perf_counter()
-        got = pred.predict(prompts, mode="head", batch_size=a.batch, progress=False, prompts=True)
-        if a.device == "cuda":
-            torch.cuda.synchronize()
-        secs = time.perf_counter() - t0
-        vals = [p.value for p in got]
-        results[name] = vals
-        ref = results["baseline"]
-        diff = max(abs(x - y) / max(abs(y), 1e-9) for x, y in zip(vals, ref))
-        _emit({"bench": "eval", "variant": name, "model": a.model, "items": len(prompts), "batch": a.batch,
-               "items_per_s": round(len(prompts) / secs, 1), "seconds": round(secs, 4),
-               "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if a.device == "cuda" else None,
-               "max_rel_diff_vs_baseline": round(diff, 6), **env}, out)
+        pred.tokenizer(list(prompts))
+        tokenize_s = time.perf_counter() - t0
+        for batch in batches:
+            pred.predict(prompts[:batch], mode="head", batch_size=batch, progress=False, prompts=True)  # warm-up
+            if comp:  # every batch shape once (compilation is not what is timed; compile_s says what it cost)
+                t0 = time.perf_counter()
+                pred.predict(prompts, mode="head", batch_size=batch, progress=False, prompts=True)
+                compile_s = time.perf_counter() - t0
+            if a.device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            got = pred.predict(prompts, mode="head", batch_size=batch, progress=False, prompts=True)
+            if a.device == "cuda":
+                torch.cuda.synchronize()
+            secs = time.perf_counter() - t0
+            vals = [p.value for p in got]
+            ref = vals if ref is None else ref  # the first variant at the first batch size
+            diff = max(abs(x - y) / max(abs(y), 1e-9) for x, y in zip(vals, ref))
+            _emit({"bench": "eval", "variant": name, "model": a.model, "items": len(prompts), "batch": batch,
+                   "items_per_s": round(len(prompts) / secs, 1), "seconds": round(secs, 4),
+                   "tokenize_s": round(tokenize_s, 4), "merged": pred.merged,
+                   **({"first_pass_s": round(compile_s, 2)} if comp else {}),
+                   "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if a.device == "cuda" else None,
+                   "max_rel_diff_vs_baseline": round(diff, 6), **env}, out)
         del pred
         _cleanup()
     import shutil
@@ -403,6 +422,8 @@ def main() -> None:
             s.add_argument("--items", type=int, default=4096)
             s.add_argument("--train-steps", type=int, default=20, help="steps of the price-head adapter scored")
             s.add_argument("--compile", action="store_true", help="also time the compiled head path")
+            s.add_argument("--batches", default=None, help="comma list of batch sizes, each timed per variant "
+                           "(default: --batch)")
     a = p.parse_args()
     {"train": cmd_train, "eval": cmd_eval}[a.cmd](a)
 

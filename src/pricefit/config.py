@@ -213,8 +213,10 @@ class TrainConfig(_Stage):
         "auto", description="torch.compile the decoder + loss (auto: on for CUDA); falls back to eager with a warning "
         "if compilation fails.",
     )
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"] = Field(
-        "default", description="torch.compile mode (reduce-overhead: CUDA graphs).",
+    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"] = Field(
+        "auto", description="torch.compile mode. reduce-overhead adds CUDA graphs (one replay per layer instead of its "
+        "kernel launches); auto: reduce-overhead on CUDA for an unquantized base in throughput mode (where the step is "
+        "bound by launches), default otherwise (a 4-bit base, gradient checkpointing, the CPU).",
     )
     compile_scope: Literal["layers", "model"] = Field(
         "layers", description="layers: compile each decoder layer (one graph for all: compiles in seconds); model: the "
@@ -264,7 +266,12 @@ class EvaluateConfig(_Stage):
         "auto", description="head mode: tokenize once, right-pad length-sorted batches with no attention mask, bf16 "
         "autocast, one device read at the end (auto: on for CUDA).",
     )
-    compile: bool = Field(False, description="head mode with head_fast: torch.compile the decoder (widths padded to multiples of 32).")
+    compile: bool = Field(False, description="head mode with head_fast: torch.compile each decoder layer (widths padded to "
+                          "multiples of 32); pays off on large item counts only (seconds of compilation per width).")
+    merge_lora: bool | Literal["auto"] = Field(
+        "auto", description="Fold the adapter into the base weights before predicting (one matmul per layer instead of "
+        "three); auto: on for CUDA with an unquantized base. Never with a 4-bit or 8-bit base.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "EvaluateConfig":

@@ -90,6 +90,7 @@ def make_predictor(cfg: EvaluateConfig, base_model: str | None, adapter_dir: str
         beam=cfg.beam,
         head_fast=cfg.head_fast,
         compile=cfg.compile,
+        merge=cfg.merge_lora,
     )
 
 

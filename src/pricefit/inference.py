@@ -218,6 +218,7 @@ class PricePredictor:
         tokenizer: Any = None,
         head_fast: bool | str = "auto",
         compile: bool = False,
+        merge: bool | str = False,
     ):
         if base_model is None and model is None:
             base_model = base_model_of(adapter_dir) if adapter_dir else None
@@ -234,6 +235,7 @@ class PricePredictor:
             raise PricefitError("beam must be >= 1")
         self.base_model = base_model
         self.adapter_dir = str(adapter_dir) if adapter_dir else None
+        loaded_here = model is None
         if model is None:
             model, tokenizer, self.device = load_model(base_model, adapter_dir, device, quantization, compute_dtype)
         else:
@@ -265,11 +267,32 @@ class PricePredictor:
         self.head_fast = self.device == "cuda" if head_fast == "auto" else bool(head_fast)
         self.compile = bool(compile)
         self._hidden_fn = None
+        self.merged = self._merge(merge, quantization, loaded_here)
         # transformers 5.24 renamed forward(past_key_values=) to forward(cache=); support both
         import inspect
 
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self._cache_kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+    def _merge(self, merge: bool | str, quantization: str, loaded_here: bool) -> bool:
+        """Fold the LoRA update into the base weights (``W + scale * B @ A``) for inference.
+
+        auto: on CUDA, for an unquantized base this predictor loaded itself (a model handed in
+        is not changed under its owner). Each LoRA layer then runs one matmul instead of three
+        plus the add; the sums are rounded to the base's dtype (bf16 on CUDA), as autocast already
+        rounds the unmerged LoRA matmuls. A 4-bit or 8-bit base is never merged: that would
+        requantize it.
+        """
+        if not hasattr(self.model, "merge_adapter"):
+            return False  # no adapter
+        want = (self.device == "cuda" and quantization == "none" and loaded_here) if merge == "auto" else bool(merge)
+        if not want:
+            return False
+        if quantization != "none":
+            raise PricefitError(f"merging the adapter into a {quantization} base would requantize it",
+                                hint="set evaluate.merge_lora: false (or auto), or evaluate with quantization: none")
+        self.model.merge_adapter()
+        return True
 
     # -- prompts ---------------------------------------------------------------------------------
 
@@ -419,13 +442,14 @@ class PricePredictor:
                 with ctx:
                     return decoder(input_ids=ids, use_cache=False).last_hidden_state
 
-            fn = hidden
-            if self.compile:
+            if self.compile:  # each decoder layer in place, as training's compile_scope "layers": one graph per width
                 import torch._dynamo
 
                 torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-                fn = torch.compile(hidden, dynamic=False)
-            self._hidden_fn = fn
+                torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 4096)
+                for layer in getattr(decoder, "layers", None) or []:
+                    layer.compile(dynamic=False)
+            self._hidden_fn = hidden
         return self._hidden_fn
 
     def _predict_head_fast(self, prompts: list[str], batch_size: int, progress: bool) -> list[Prediction]:

@@ -339,8 +339,12 @@ def fast_path(cfg, plan, distributed: bool = False) -> FastPath:
 
     sync = (LOSS_SYNC_CUDA if cuda else 1) if cfg.loss_sync_steps == "auto" else int(cfg.loss_sync_steps)
     pad = ("max" if cuda else "longest") if cfg.pad_to == "auto" else cfg.pad_to
-    fp = FastPath(sync, pad, cfg.pad_multiple, pick(cfg.device_data), pick(cfg.compile), cfg.compile_mode,
-                  cfg.compile_scope)
+    compile_ = pick(cfg.compile)
+    mode = cfg.compile_mode
+    if mode == "auto":  # CUDA graphs where the step is launch-bound and nothing else is in the way (docs/PERFORMANCE.md)
+        graphs = compile_ and cuda and plan.quantization == "none" and not use_checkpointing(cfg, plan)
+        mode = "reduce-overhead" if graphs else "default"
+    fp = FastPath(sync, pad, cfg.pad_multiple, pick(cfg.device_data), compile_, mode, cfg.compile_scope)
     if distributed and fp.on:
         log.info("data-parallel run: the fast-path levers (%s) are not used; the per-step loop runs", fp.describe())
         return FastPath()

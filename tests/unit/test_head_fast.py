@@ -53,3 +53,35 @@ def test_evaluate_config_reaches_the_predictor(trained):
 
     assert make_predictor(EvaluateConfig(device="cpu", head_fast=True), None, trained).head_fast
     assert not make_predictor(EvaluateConfig(device="cpu"), None, trained).head_fast
+
+
+def test_merged_adapter_gives_the_unmerged_prices(trained):
+    """merge_lora folds W + scale * B @ A into the base: the same prices in float32, and the
+    model's LoRA layers then skip their own matmuls (peft's merged flag)."""
+    from pricefit.inference import PricePredictor
+
+    want = [p.value for p in PricePredictor(adapter_dir=trained, device="cpu").predict(_texts(), mode="head", batch_size=4, progress=False)]
+    merged = PricePredictor(adapter_dir=trained, device="cpu", head_fast=True, merge=True)
+    assert merged.merged
+    lora = [m for m in merged.model.modules() if hasattr(m, "merged_adapters")]
+    assert lora and all(m.merged for m in lora)
+    got = [p.value for p in merged.predict(_texts(), mode="head", batch_size=4, progress=False)]
+    assert got == pytest.approx(want, rel=1e-5)
+    # auto merges on CUDA only, and never a model handed in (its owner keeps it as it was)
+    assert not PricePredictor(adapter_dir=trained, device="cpu", merge="auto").merged
+    handed = PricePredictor(adapter_dir=trained, device="cpu")
+    again = PricePredictor(model=handed.model, tokenizer=handed.tokenizer, adapter_dir=trained, merge="auto")
+    assert not again.merged and not any(m.merged for m in handed.model.modules() if hasattr(m, "merged_adapters"))
+
+
+def test_merging_into_a_quantized_base_is_refused(trained):
+    from pricefit.errors import PricefitError
+    from pricefit.inference import PricePredictor
+
+    p = PricePredictor(adapter_dir=trained, device="cpu")
+    with pytest.raises(PricefitError, match="requantize"):
+        p._merge(True, "4bit", True)
+    p.device = "cuda"  # what auto decides on a GPU (the merge itself runs on this CPU model)
+    assert p._merge("auto", "4bit", True) is False
+    assert p._merge("auto", "none", False) is False  # a model handed in
+    assert p._merge("auto", "none", True) is True

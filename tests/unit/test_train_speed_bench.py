@@ -37,7 +37,9 @@ def test_train_speed_bench_writes_one_line_per_variant(home, tmp_path):
     assert rows[0]["fast_path"] is None
     assert rows[1]["fast_path"] == {"loss_sync_steps": 2, "pad_to": "max", "pad_multiple": 32, "device_data": True,
                                     "compile": False}
-    ev = _run(["eval", "--items", "24", "--batch", "8", "--train-steps", "2", "--lora-r", "8"], tmp_path)
-    assert [r["variant"] for r in ev] == ["baseline", "head_fast"]
-    assert all(r["items"] == 24 and r["items_per_s"] > 0 for r in ev)
-    assert ev[1]["max_rel_diff_vs_baseline"] < 1e-5
+    ev = _run(["eval", "--items", "24", "--batches", "8,5", "--train-steps", "2", "--lora-r", "8"], tmp_path)
+    assert [(r["variant"], r["batch"]) for r in ev] == [
+        (v, b) for v in ("baseline", "head_fast", "head_fast+merge") for b in (8, 5)]
+    assert all(r["items"] == 24 and r["items_per_s"] > 0 and r["tokenize_s"] > 0 for r in ev)
+    assert [r["merged"] for r in ev] == [False] * 4 + [True] * 2
+    assert all(r["max_rel_diff_vs_baseline"] < 1e-5 for r in ev)

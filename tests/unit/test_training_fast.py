@@ -41,14 +41,19 @@ def test_levers_resolve_on_for_cuda_and_off_on_cpu():
     from pricefit.training import LOSS_SYNC_CUDA, FastPath, fast_path
 
     c = TrainConfig()
-    assert fast_path(c, SimpleNamespace(device="cpu")) == FastPath()
+    cpu, cuda, cuda4 = (SimpleNamespace(device=d, quantization=q) for d, q in (("cpu", "none"), ("cuda", "none"), ("cuda", "4bit")))
+    assert fast_path(c, cpu) == FastPath()
     assert not FastPath().on
-    assert fast_path(c, SimpleNamespace(device="cuda")) == FastPath(LOSS_SYNC_CUDA, "max", 32, True, True, "default")
-    assert fast_path(c, SimpleNamespace(device="cuda"), distributed=True) == FastPath()  # DP keeps the per-step loop
+    # CUDA graphs (reduce-overhead) by default only for an unquantized base in throughput mode
+    assert fast_path(c, cuda) == FastPath(LOSS_SYNC_CUDA, "max", 32, True, True, "reduce-overhead")
+    assert fast_path(c, cuda4) == FastPath(LOSS_SYNC_CUDA, "max", 32, True, True, "default")
+    assert fast_path(TrainConfig(mode="memory"), cuda).compile_mode == "default"
+    assert fast_path(TrainConfig(compile_mode="default"), cuda).compile_mode == "default"
+    assert fast_path(c, cuda, distributed=True) == FastPath()  # DP keeps the per-step loop
     off = TrainConfig(loss_sync_steps=1, pad_to="longest", device_data=False, compile=False)
-    assert fast_path(off, SimpleNamespace(device="cuda")) == FastPath()
+    assert fast_path(off, cuda) == FastPath()
     on = TrainConfig(loss_sync_steps=3, pad_to="buckets", pad_multiple=16, device_data=True, compile="true")
-    assert fast_path(on, SimpleNamespace(device="cpu")) == FastPath(3, "buckets", 16, True, True, "default")
+    assert fast_path(on, cpu) == FastPath(3, "buckets", 16, True, True, "default")
     with pytest.raises(ValueError):
         TrainConfig(loss_sync_steps=0)
 
