@@ -218,7 +218,7 @@ class PricePredictor:
         tokenizer: Any = None,
         head_fast: bool | str = "auto",
         compile: bool = False,
-        merge: bool | str = False,
+        merge: bool | str = "auto",
     ):
         if base_model is None and model is None:
             base_model = base_model_of(adapter_dir) if adapter_dir else None
