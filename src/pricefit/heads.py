@@ -131,6 +131,27 @@ def head_prices_right(hidden_fn, head, spec: HeadSpec, input_ids, lengths):
 CAUSAL_ATTENTION = "pricefit_causal_sdpa"
 
 
+def raise_compile_limits() -> None:
+    """Room in torch.compile's caches for one graph per input shape (and per layer, where layers
+    do not share theirs): the widths of a run, the epoch's short last batch, the evaluation batches."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    cfg.cache_size_limit = max(cfg.cache_size_limit, 256)
+    cfg.accumulated_cache_size_limit = max(cfg.accumulated_cache_size_limit, 4096)
+
+
+def compile_layers(layers, mode: str | None = None) -> list:
+    """torch.compile each decoder layer in place (``nn.Module.compile``, static shapes): the layers
+    share one graph, so it compiles in seconds, and the module and its state-dict keys stay as they
+    are. Undo with ``layer._compiled_call_impl = None``."""
+    raise_compile_limits()
+    layers = list(layers)
+    for layer in layers:
+        layer.compile(mode=mode, dynamic=False)
+    return layers
+
+
 @contextlib.contextmanager
 def causal_attention(model):
     """Run ``model``'s attention as plain causal SDPA with no mask, for RIGHT-padded batches.

@@ -442,13 +442,10 @@ class PricePredictor:
                 with ctx:
                     return decoder(input_ids=ids, use_cache=False).last_hidden_state
 
-            if self.compile:  # each decoder layer in place, as training's compile_scope "layers": one graph per width
-                import torch._dynamo
+            if self.compile:  # as training's compile_scope "layers": one graph per width
+                from .heads import compile_layers
 
-                torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-                torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 4096)
-                for layer in getattr(decoder, "layers", None) or []:
-                    layer.compile(dynamic=False)
+                compile_layers(getattr(decoder, "layers", None) or [])
             self._hidden_fn = hidden
         return self._hidden_fn
 

@@ -506,18 +506,14 @@ class _Compiled:
         self.layers: list = []
         if fast.compile:
             import torch
-            import torch._dynamo
 
-            # one graph per micro-batch shape (one with pad_to max, a few buckets, the epoch's short
-            # last batch), per layer if the layers do not share theirs
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
-            torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 4096)
+            from .heads import compile_layers, raise_compile_limits
+
             mode = None if fast.compile_mode == "default" else fast.compile_mode
             if fast.compile_scope == "layers" and layers:
-                self.layers = list(layers)
-                for layer in self.layers:
-                    layer.compile(mode=mode, dynamic=False)
+                self.layers = compile_layers(layers, mode)
             else:
+                raise_compile_limits()
                 self.fn = torch.compile(fn, mode=mode, dynamic=False)
             self.compiled = True
             self.cudagraphs = fast.compile_mode in ("reduce-overhead", "max-autotune")
