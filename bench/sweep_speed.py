@@ -32,6 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: the warm-up trial's learning rate: below every rung of the ladder, so no timed trial equals it
+WARMUP_LR = 1e-4
+
+
 def ladder(n: int, offset: int) -> list[float]:
     """n distinct learning rates from 2e-4 up by 10% steps, starting ``offset`` steps in."""
     return [float(f"{2e-4 * 1.1 ** (offset + i):.6g}") for i in range(n)]
@@ -90,7 +94,7 @@ def main() -> None:
 
     offset = 0
     if not a.no_warmup:
-        out, wall = run_sweep(a, ladder(1, 1000), a.warmup_set, Path(a.workdir) / "warmup.log")
+        out, wall = run_sweep(a, [WARMUP_LR], a.warmup_set, Path(a.workdir) / "warmup.log")
         emit({"bench": "sweep", "phase": "warmup (data steps)", "wall_s": round(wall, 2), "states": out.get("states")})
     base = None
     for n in counts:
