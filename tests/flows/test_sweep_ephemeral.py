@@ -26,15 +26,21 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_concurrent_cli_sweep_starts_one_temporary_server(tmp_path):
+def _setup(tmp_path) -> tuple[Path, dict[str, str]]:
+    """The tiny profile, and an environment with no Prefect server named (and its own PREFECT_HOME)."""
     profile = tmp_path / "tiny.yaml"
     profile.write_text(textwrap.dedent(PROFILE))
-    grid = tmp_path / "grid.yaml"
-    grid.write_text("trials:\n  - {train.learning_rate: 5.0e-4}\n  - {train.learning_rate: 2.0e-3}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env.update(PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO), env.get("PYTHONPATH", "")]),
                PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     env.setdefault("PRICEFIT_HOME", str(tmp_path / "home"))
+    return profile, env
+
+
+def test_concurrent_cli_sweep_starts_one_temporary_server(tmp_path):
+    profile, env = _setup(tmp_path)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("trials:\n  - {train.learning_rate: 5.0e-4}\n  - {train.learning_rate: 2.0e-3}\n")
     p = subprocess.run([sys.executable, "-m", "pricefit", "sweep", "--profile", str(profile), "--grid", str(grid),
                         "--workdir", str(tmp_path / "work"), "--concurrency", "2", "--json"],
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
@@ -49,12 +55,8 @@ def test_concurrent_cli_sweep_starts_one_temporary_server(tmp_path):
 def test_sweep_speed_bench_times_each_sweep_with_cached_data_steps(tmp_path):
     """bench/sweep_speed.py (the H200 measurement's script) on the tiny profile: a warm-up caches
     the data steps, then each timed sweep runs only its own, distinct trials."""
-    profile = tmp_path / "tiny.yaml"
-    profile.write_text(textwrap.dedent(PROFILE))
+    profile, env = _setup(tmp_path)
     out = tmp_path / "sweep.jsonl"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    env.setdefault("PRICEFIT_HOME", str(tmp_path / "home"))
     p = subprocess.run([sys.executable, str(REPO / "bench" / "sweep_speed.py"), "--profile", str(profile), "--trials", "1,2",
                         "--concurrency", "2", "--workdir", str(tmp_path / "w"), "--out", str(out)],
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
