@@ -556,12 +556,21 @@ def _is_compile_error(err: BaseException) -> bool:
     return mod.startswith(("torch._dynamo", "torch._inductor", "torch.fx", "triton", "torch._subclasses"))
 
 
-def _fast_accumulate(data: _FastData, step: int, cfg, gen_fn, head_fn, head) -> tuple[list, int, int, int]:
+def _fast_accumulate(data: _FastData, step: int, cfg, gen_fn, head_fn, head,
+                     params: list | None = None) -> tuple[list, int, int, int]:
     """One optimizer step's micro-batches: (per-micro-batch loss tensors, tokens, counted, widest).
 
     No device -> host read: the tokens and label counts come from the host-side row lengths, the
     losses stay on the device until the loop reads a window of them at once.
+
+    With CUDA graphs and ``grad_accum`` > 1 the first backward's gradients are CUDA-graph outputs:
+    autograd keeps them as ``.grad``, and the next micro-batch's replay would overwrite them before
+    its backward adds to them (torch raises "accessing tensor output of CUDAGraphs that has been
+    overwritten", seen on an H200). They are copied out of the graph's memory after each backward
+    but the last; ``params`` are the parameters whose gradients the step accumulates.
     """
+    fn = head_fn if head is not None else gen_fn
+    copy_grads = bool(params) and cfg.grad_accum > 1 and getattr(fn, "cudagraphs", False)
     losses, tokens, width = [], 0, 0
     for a in range(cfg.grad_accum):
         mb = data.get(step * cfg.grad_accum + a)
@@ -576,6 +585,10 @@ def _fast_accumulate(data: _FastData, step: int, cfg, gen_fn, head_fn, head) -> 
                            cfg.head_lm_weight > 0 and mb["n_labels"] > 0)
         (loss / cfg.grad_accum).backward()
         losses.append(loss.detach().clone())  # clone: a CUDA-graph output is overwritten by the next replay
+        if copy_grads and a < cfg.grad_accum - 1:
+            for p in params:
+                if p.grad is not None:
+                    p.grad = p.grad.clone()
     return losses, tokens, len(losses), width
 
 
@@ -1041,14 +1054,14 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
                 fn = head_fn if head is not None else gen_fn
                 rng = _rng_state() if fn.compiled else None
                 try:
-                    micro, step_tokens, counted, seq = _fast_accumulate(data, step, cfg, gen_fn, head_fn, head)
+                    micro, step_tokens, counted, seq = _fast_accumulate(data, step, cfg, gen_fn, head_fn, head, clip_params)
                 except Exception as e:  # noqa: BLE001 - only compile failures are caught, see _is_compile_error
                     if not fn.compiled or not _is_compile_error(e):
                         raise
                     fn.fall_back(e)
                     opt.zero_grad(set_to_none=True)
                     _set_rng_state(rng)  # the eager retry draws the dropout masks the first try drew
-                    micro, step_tokens, counted, seq = _fast_accumulate(data, step, cfg, gen_fn, head_fn, head)
+                    micro, step_tokens, counted, seq = _fast_accumulate(data, step, cfg, gen_fn, head_fn, head, clip_params)
                 max_seq = max(max_seq, seq)
             else:
                 micro, step_tokens, counted = [], 0, 0

@@ -253,3 +253,52 @@ def test_an_error_that_is_not_compilation_is_not_swallowed(tokenized, tmp_path, 
     monkeypatch.setattr(torch, "compile", compile_then_fail)
     with pytest.raises(ValueError, match="a bug in the loss"):
         train(tokenized, tmp_path / "bug", cfg(**FAST, compile=True))
+
+
+class _GraphOwnedGrad(torch.autograd.Function):
+    """loss = sum(w * x), its gradient handed back in memory the "graph" owns and reuses.
+
+    A CUDA-graph replay writes its outputs into the same static memory every time: the backward
+    returns a new tensor over one static buffer (autograd keeps it as ``.grad`` without copying)
+    and the next forward "replays" by overwriting that buffer, as cudagraph trees do.
+    """
+
+    static = None
+
+    @staticmethod
+    def forward(ctx, w, x):
+        _GraphOwnedGrad.static.fill_(1e6)  # the next replay reuses the graph's memory
+        ctx.save_for_backward(x)
+        return (w * x).sum()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        buf = _GraphOwnedGrad.static
+        buf.copy_(g * x)
+        return torch.empty(0).set_(buf.untyped_storage(), 0, buf.shape, buf.stride()), None
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_grad_accum_with_cuda_graphs_copies_each_gradient_out_of_the_graph_memory(copy):
+    """On an H200, grad_accum 2 under CUDA graphs raised "accessing tensor output of CUDAGraphs that
+    has been overwritten": the first micro-batch's gradient lived in graph memory that the second
+    replay reused. _fast_accumulate copies it out; without the copy (``copy=False``, the parameters
+    not handed in) the accumulated gradient here is the overwritten buffer plus the second one."""
+    from pricefit.training import _fast_accumulate
+
+    w = torch.zeros(3, requires_grad=True)
+    _GraphOwnedGrad.static = torch.zeros(3)
+    xs = [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 20.0, 30.0])]
+    data = SimpleNamespace(get=lambda k: {"tokens": 3, "width": 3, "n_labels": 1, "ids": xs[k], "mask": None,
+                                          "pos": None, "tgt": None})
+    fn = type("Graphed", (), {"cudagraphs": True, "__call__": lambda self, ids, *_: _GraphOwnedGrad.apply(w, ids)})()
+    losses, tokens, counted, width = _fast_accumulate(data, 0, SimpleNamespace(grad_accum=2), fn, None, None,
+                                                      [w] if copy else None)
+    assert (counted, tokens, width) == (2, 6, 3)
+    assert [float(x) for x in losses] == [0.0, 0.0]
+    expected = torch.tensor([5.5, 11.0, 16.5])  # (x1 + x2) / 2
+    if copy:
+        assert torch.equal(w.grad, expected)
+    else:
+        assert not torch.equal(w.grad, expected)
