@@ -7,6 +7,7 @@ on the weights' values, so the model is the real architecture with random weight
     python bench/gpu_bench.py prepare --arch llama-3.1-8b --dir /tmp/pf8b
     python bench/gpu_bench.py plain   --dir /tmp/pf8b --batch 32 --optim paged_adamw_32bit
     python bench/gpu_bench.py ours    --dir /tmp/pf8b --batch 32 --mode throughput
+    python bench/gpu_bench.py unsloth --dir /tmp/pf8b --batch 32 --optim adamw_torch_fused
     python bench/gpu_bench.py eval    --dir /tmp/pf8b --items 1024 --ref-items 64 --batch 256
 
 `plain` is the baseline of docs/PERFORMANCE.md: the Trainer + peft + bitsandbytes setup of the
@@ -20,6 +21,7 @@ with `pricefit.inference.PricePredictor.predict` on the same model and prompts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -60,6 +62,15 @@ def _versions() -> dict:
         except Exception:  # noqa: BLE001
             out[name] = None
     return out
+
+
+def _arch(model_dir) -> str:
+    """The ARCHS name of a prepared model directory ("?" for another shape)."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    for name, shape in ARCHS.items():
+        if all(cfg.get(k) == v for k, v in shape.items() if k != "tie_word_embeddings"):
+            return name
+    return "?"
 
 
 def _bench_tokenizer(out: Path) -> None:
@@ -142,26 +153,19 @@ def _bnb(compute="bfloat16"):  # noqa: D401 - the reference quantization
                               bnb_4bit_compute_dtype=getattr(torch, compute))
 
 
-def cmd_plain(a) -> None:
-    """The plain Hugging Face setup (the baseline)."""
+def _trainer_run(model, a, impl: str, extra: dict | None = None) -> None:
+    """Train ``model`` with a plain transformers Trainer on the synthetic rows; print the JSON row.
+
+    Each step is timed between two CUDA synchronisations; the first ``--warmup`` steps are dropped.
+    """
     import torch
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import (AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments,
-                              default_data_collator)
+    from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
     steps = a.warmup + a.steps
     ids, labels = _synthetic_rows(a.batch * steps, a.seq)
     ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * a.seq] * len(ids),
                             "labels": labels.tolist()})
-    t_load = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(a.dir, quantization_config=_bnb(), dtype=torch.bfloat16,
-                                                 device_map={"": 0})
-    load_s = time.perf_counter() - t_load
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=a.gc)
-    model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, lora_dropout=0.1, bias="none",
-                                             task_type="CAUSAL_LM",
-                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     times, losses = [], []
 
     class Clock(TrainerCallback):
@@ -177,22 +181,64 @@ def cmd_plain(a) -> None:
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
 
-    args = TrainingArguments(output_dir="/tmp/pf-bench-plain", per_device_train_batch_size=a.batch,
+    args = TrainingArguments(output_dir=f"/tmp/pf-bench-{impl}", per_device_train_batch_size=a.batch,
                              max_steps=steps, learning_rate=1e-4, lr_scheduler_type="cosine", warmup_steps=max(1, round(0.03 * steps)),
                              optim=a.optim, max_grad_norm=0.3, bf16=True, logging_steps=1, save_strategy="no",
                              report_to=[], gradient_checkpointing=a.gc, dataloader_num_workers=0,
                              remove_unused_columns=False, seed=42, disable_tqdm=True,
                              gradient_checkpointing_kwargs={"use_reentrant": False} if a.gc else None)
     torch.cuda.reset_peak_memory_stats()
-    Trainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator,
-            callbacks=[Clock()]).train()
+    with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its logs: stdout is the one JSON row
+        Trainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator,
+                callbacks=[Clock()]).train()
     step_s = statistics.median(times[a.warmup:])
-    _emit({"bench": "train", "impl": "plain-hf", "batch": a.batch, "seq": a.seq, "optim": a.optim, "gc": a.gc,
+    _emit({"bench": "train", "impl": impl, "arch": _arch(a.dir), "batch": a.batch, "seq": a.seq, "optim": a.optim, "gc": a.gc,
            "steps_timed": len(times[a.warmup:]), "step_s": round(step_s, 4),
            "tokens_per_s": round(a.batch * a.seq / step_s, 1),
            "peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
            "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
-           "load_s": round(load_s, 1), "losses": [round(x, 4) for x in losses], **_gpu(), **_versions()})
+           "losses": [round(x, 4) for x in losses], **(extra or {}), **_gpu(), **_versions()})
+
+
+def cmd_plain(a) -> None:
+    """The plain Hugging Face setup (the baseline)."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    t_load = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(a.dir, quantization_config=_bnb(), dtype=torch.bfloat16,
+                                                 device_map={"": 0})
+    load_s = time.perf_counter() - t_load
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=a.gc)
+    model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, lora_dropout=0.1, bias="none",
+                                             task_type="CAUSAL_LM",
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    _trainer_run(model, a, "plain-hf", {"load_s": round(load_s, 1)})
+
+
+def cmd_unsloth(a) -> None:
+    """Unsloth's FastLanguageModel (its own 4-bit load, LoRA kernels and loss) under the same Trainer.
+
+    Same NF4 + double quantization, r=32 alpha=64 on q/k/v/o, same rows, schedule and clip as
+    ``plain``. LoRA dropout is 0 (``--dropout``): Unsloth's fused LoRA kernels only run without it.
+    Unsloth must be importable (it is not a pricefit dependency: it pins datasets < 5).
+    """
+    import unsloth  # noqa: F401 - first: it patches transformers and peft on import
+    import torch
+    from unsloth import FastLanguageModel
+
+    t_load = time.perf_counter()
+    model, _tok = FastLanguageModel.from_pretrained(a.dir, max_seq_length=a.seq, dtype=torch.bfloat16,
+                                                    load_in_4bit=True,
+                                                    use_gradient_checkpointing=a.gc)
+    load_s = time.perf_counter() - t_load
+    model = FastLanguageModel.get_peft_model(model, r=32, lora_alpha=64, lora_dropout=a.dropout, bias="none",
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                             use_gradient_checkpointing="unsloth" if a.gc else False,
+                                             random_state=42)
+    _trainer_run(model, a, "unsloth", {"load_s": round(load_s, 1), "lora_dropout": a.dropout,
+                                       "unsloth": unsloth.__version__})
 
 
 def cmd_ours(a) -> None:
@@ -207,27 +253,57 @@ def cmd_ours(a) -> None:
     steps = a.warmup + a.steps
     tok = _tokenized_dir(Path(a.dir), a.batch * steps, a.seq)
     out = Path(f"/tmp/pf-bench-ours-{a.mode}-{a.batch}-{os.getpid()}")
-    overrides = json.loads(a.set) if a.set else {}
-    cfg = TrainConfig(base_model=a.dir, device="cuda", quantization="4bit", quant_type="nf4", double_quant=True,
-                      compute_dtype="bfloat16", lora_r=32, lora_alpha=64, lora_dropout=0.1,
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], learning_rate=1e-4,
-                      batch_size=a.batch, max_steps=steps, lr_scheduler="cosine", warmup_ratio=0.03,
-                      max_grad_norm=0.3, save_steps=10**9, seed=42, mode=a.mode, **overrides)
+    fields = dict(base_model=a.dir, device="cuda", quantization="4bit", quant_type="nf4", double_quant=True,
+                  compute_dtype="bfloat16", lora_r=32, lora_alpha=64, lora_dropout=0.1,
+                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], learning_rate=1e-4,
+                  batch_size=a.batch, max_steps=steps, lr_scheduler="cosine", warmup_ratio=0.03,
+                  max_grad_norm=0.3, save_steps=10**9, seed=42, mode=a.mode)
+    fields.update(json.loads(a.set) if a.set else {})  # --set wins over the reference setup
+    cfg = TrainConfig(**fields)
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     train(tok, out, cfg)
     wall = time.perf_counter() - t0
     rows = list(csv.DictReader(open(out / "loss.csv")))
-    tps = [float(r["tokens_per_s"]) for r in rows][a.warmup:]
     summary = json.loads((out / "train_summary.json").read_text())
-    _emit({"bench": "train", "impl": "pricefit", "mode": a.mode, "batch": a.batch, "seq": a.seq,
+    sync = _sync_steps(summary)
+    timed = _steady_rows(rows, a.warmup, sync)
+    _emit({"bench": "train", "impl": "pricefit", "arch": _arch(a.dir), "mode": a.mode, "batch": a.batch, "seq": a.seq,
            "config": {k: v for k, v in cfg.model_dump(mode="json").items()
-                      if k in ("optimizer", "gradient_checkpointing", "mode", "batch_size")},
-           "steps_timed": len(tps), "tokens_per_s": round(statistics.median(tps), 1),
+                      if k in ("optimizer", "gradient_checkpointing", "mode", "batch_size", "grad_accum",
+                               "quantization", "compile", "compile_mode", "lora_dropout")},
+           "fast_path": summary.get("fast_path"), "loss_sync_steps": sync,
+           "steps_timed": len(timed), "tokens_per_s": round(_tokens_per_s(timed, a.batch * cfg.grad_accum * a.seq), 1),
            "peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
            "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
            "estimate_gib": summary.get("estimate_gib"), "wall_s": round(wall, 1),
            "losses": [round(float(r["loss"]), 4) for r in rows], **_gpu(), **_versions()})
+
+
+def _sync_steps(summary: dict) -> int:
+    """How many steps share one loss read (and so one tokens/s figure) in loss.csv."""
+    fast = summary.get("fast_path") or {}
+    return int(fast.get("loss_sync_steps", 1))
+
+
+def _steady_rows(rows: list[dict], warmup: int, sync: int) -> list[dict]:
+    """The loss.csv rows of the loss-read windows that start after the warm-up steps.
+
+    With loss_sync_steps N the loop times N steps at once and writes that window's average
+    tokens/s on each of its rows, so a window that holds a warm-up (compiling) step is dropped
+    whole. Raises when no such window is left: ask for more --steps.
+    """
+    timed = [r for r in rows if (int(r["step"]) - 1) // sync * sync >= warmup]
+    if not timed:
+        raise SystemExit(f"no loss-read window starts after the {warmup} warm-up steps (windows of {sync} steps, "
+                         f"{len(rows)} steps in all): raise --steps to at least {-(-warmup // sync) * sync + sync - warmup}")
+    return timed
+
+
+def _tokens_per_s(rows: list[dict], tokens_per_step: int) -> float:
+    """Steady-state tokens/s: all timed steps' tokens over their time (each row holds its window's rate)."""
+    seconds = sum(tokens_per_step / float(r["tokens_per_s"]) for r in rows)
+    return tokens_per_step * len(rows) / seconds
 
 
 def cmd_eval(a) -> None:
@@ -274,17 +350,19 @@ def main() -> None:
     s = sub.add_parser("prepare", help="random-weight model of a real architecture + a full-vocab tokenizer")
     s.add_argument("--arch", default="llama-3.1-8b", choices=sorted(ARCHS))
     s.add_argument("--dir", required=True)
-    for name in ("plain", "ours"):
+    for name in ("plain", "unsloth", "ours"):
         s = sub.add_parser(name)
         s.add_argument("--dir", required=True)
         s.add_argument("--batch", type=int, default=4)
         s.add_argument("--seq", type=int, default=182)
-        s.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+        s.add_argument("--steps", type=int, default=10, help="timed steps (plain, unsloth: the median step; ours: the loss-read windows after the warm-up)")
         s.add_argument("--warmup", type=int, default=3, help="untimed first steps")
-        if name == "plain":
+        if name in ("plain", "unsloth"):
             s.add_argument("--optim", default="paged_adamw_32bit")
             s.add_argument("--gc", action="store_true", help="gradient checkpointing")
-        else:
+        if name == "unsloth":
+            s.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (Unsloth's fast path needs 0)")
+        if name == "ours":
             s.add_argument("--mode", default="throughput", choices=["auto", "throughput", "memory"])
             s.add_argument("--set", default=None, help='JSON of extra TrainConfig fields, e.g. {"optimizer":"adamw_fused"}')
     s = sub.add_parser("eval")
@@ -296,7 +374,7 @@ def main() -> None:
     s.add_argument("--compute", default="bfloat16", choices=["bfloat16", "float32"],
                    help="compute dtype of the 4-bit layers (float32: no bf16 near-tie flips)")
     a = p.parse_args()
-    {"prepare": cmd_prepare, "plain": cmd_plain, "ours": cmd_ours, "eval": cmd_eval}[a.cmd](a)
+    {"prepare": cmd_prepare, "plain": cmd_plain, "unsloth": cmd_unsloth, "ours": cmd_ours, "eval": cmd_eval}[a.cmd](a)
 
 
 if __name__ == "__main__":
