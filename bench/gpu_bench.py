@@ -296,7 +296,7 @@ def _steady_rows(rows: list[dict], warmup: int, sync: int) -> list[dict]:
     timed = [r for r in rows if (int(r["step"]) - 1) // sync * sync >= warmup]
     if not timed:
         raise SystemExit(f"no loss-read window starts after the {warmup} warm-up steps (windows of {sync} steps, "
-                         f"{len(rows)} steps in all): raise --steps to at least {-(-warmup // sync) * sync + sync - warmup}")
+                         f"{len(rows)} steps in all): --steps {-(-warmup // sync) * sync + sync - warmup} gives one whole window after them")
     return timed
 
 
