@@ -570,7 +570,7 @@ def _fast_accumulate(data: _FastData, step: int, cfg, gen_fn, head_fn, head,
     but the last; ``params`` are the parameters whose gradients the step accumulates.
     """
     fn = head_fn if head is not None else gen_fn
-    copy_grads = bool(params) and cfg.grad_accum > 1 and getattr(fn, "cudagraphs", False)
+    copy_grads = bool(params) and cfg.grad_accum > 1 and fn.cudagraphs
     losses, tokens, width = [], 0, 0
     for a in range(cfg.grad_accum):
         mb = data.get(step * cfg.grad_accum + a)
