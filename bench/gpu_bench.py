@@ -6,7 +6,7 @@ on the weights' values, so the model is the real architecture with random weight
 
     python bench/gpu_bench.py prepare --arch llama-3.1-8b --dir /tmp/pf8b
     python bench/gpu_bench.py plain   --dir /tmp/pf8b --batch 32 --optim paged_adamw_32bit
-    python bench/gpu_bench.py ours    --dir /tmp/pf8b --batch 32 --mode throughput
+    python bench/gpu_bench.py ours    --dir /tmp/pf8b --batch 48 --warmup 25 --steps 25  # whole 25-step loss windows
     python bench/gpu_bench.py unsloth --dir /tmp/pf8b --batch 32 --optim adamw_torch_fused
     python bench/gpu_bench.py eval    --dir /tmp/pf8b --items 1024 --ref-items 64 --batch 256
 
