@@ -122,7 +122,7 @@ def test_planner_within_15_percent_of_every_h200_measurement():
     rows = [json.loads(line) for f in results for line in f.read_text().splitlines() if line.strip()]
     # bench/gpu_bench.py's rows (the 8B architecture, with "impl"); bench/train_speed.py's are SmolLM2's
     # plan-memory models the per-step loop; a row of the CUDA fast path (marked fast_path) is not held to it:
-    # its one 8B row peaked at 43.8 GiB against the planner's 55.6 (docs/PERFORMANCE.md)
+    # at batch 48 its 8B rows peak at 43.8 GiB against the planner's 55.6 (docs/PERFORMANCE.md)
     # the rows of other architectures or of Unsloth's own loop are not what the planner models either
     trains = [r for r in rows if r.get("bench") == "train" and r.get("impl") in ("pricefit", "plain-hf")
               and r.get("arch", "llama-3.1-8b") == "llama-3.1-8b" and not r.get("superseded") and not r.get("fast_path")]
