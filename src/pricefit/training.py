@@ -522,10 +522,7 @@ class _Compiled:
         if self.cudagraphs:
             import torch
 
-            torch.compiler.cudagraph_mark_step_begin()
-            if not self.layers:  # scope "model": the loss is a graph output, overwritten by the next replay,
-                out = self.fn(*args)  # and the loop keeps it for loss_sync_steps steps
-                return out.clone() if isinstance(out, torch.Tensor) else out
+            torch.compiler.cudagraph_mark_step_begin()  # the loss it returns is copied by _fast_accumulate
         return self.fn(*args)
 
     def release(self) -> None:
