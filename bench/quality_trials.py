@@ -42,6 +42,8 @@ TRIALS: dict[str, dict] = {
     "head-mse": {"head_loss": "mse"},
     "head-r16": {"lora_r": 16, "lora_alpha": 32},
     "generate": {"head": "generate", "learning_rate": 1e-3, "epochs": 2},
+    "head-lr2e-4": {"learning_rate": 2e-4},
+    "head-lr5e-5": {"learning_rate": 5e-5},
 }
 
 
@@ -62,7 +64,7 @@ def child(a) -> None:
     s = json.loads((Path(ref.path) / "train_summary.json").read_text())
     row = {"trial": a.trial, "seed": a.seed, "overrides": TRIALS[a.trial], "steps": s["steps"], "train_s": round(train_s, 1),
            "tokens_per_s": s["tokens_per_s"], "first_loss": s["first_loss"], "final_loss": s["final_loss"],
-           "peak_mem_gib": s["peak_mem_gib"]}
+           "peak_mem_gib": s["peak_mem_gib"], "blend": s.get("blend")}
     frames = []
     for split in a.splits.split(","):
         ecfg = run.evaluate.model_copy(update={"split": split, "max_items": a.max_items})
@@ -72,7 +74,7 @@ def child(a) -> None:
         row[split] = {k: m.get(k) for k in ("n", "n_unparsed", "mae", "rmsle", "hit_rate")} | {
             "slices": {n: {k: v.get(k) for k in ("n", "mae", "rmsle", "hit_rate")} for n, v in m["slices"].items()},
             "eval_s": round(time.perf_counter() - t1, 2), "items_per_s": json.loads((Path(ev.path) / "manifest.json").read_text()).get("items_per_s")}
-        frames.append(pl.read_parquet(Path(ev.path) / "predictions.parquet").select("item_id", "category", "price", "prediction")
+        frames.append(pl.read_parquet(Path(ev.path) / "predictions.parquet").select("item_id", "category", "price", "prediction", "raw")
                       .with_columns(pl.lit(a.trial).alias("trial"), pl.lit(a.seed).alias("seed"), pl.lit(split).alias("split")))
     pl.concat(frames).write_parquet(work / "predictions.parquet")
     (work / "row.json").write_text(json.dumps(row))
@@ -100,6 +102,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0")
     p.add_argument("--splits", default="validation")
     p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--runs", help="explicit TRIAL:SEED list run in this order (instead of --trials x --seeds)")
     p.add_argument("--max-steps", type=int, default=None, help="cap every trial (smoke tests)")
     p.add_argument("--max-items", type=int, default=None, help="score at most N items per split (smoke tests)")
     p.add_argument("--set", action="append", default=[], help="profile override key=value (repeatable)")
@@ -110,7 +113,8 @@ def main() -> None:
     if a.child:
         a.trial, a.seed = a.child[0], int(a.child[1])
         return child(a)
-    names = [n for n in a.trials.split(",") if n]
+    runs = [(r.split(":")[0], int(r.split(":")[1])) for r in a.runs.split(",")] if a.runs else None
+    names = sorted({n for n, _ in runs}) if runs else [n for n in a.trials.split(",") if n]
     unknown = [n for n in names if n not in TRIALS]
     if unknown:
         p.error(f"unknown trial(s) {', '.join(unknown)}; choose from: {', '.join(TRIALS)}")
@@ -130,7 +134,7 @@ def main() -> None:
             t0 = time.perf_counter()
             tokenize(a.curated, a.tokenized, run.tokenize)
             print(json.dumps({"tokenized": a.tokenized, "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
-    jobs = [(n, s) for n in names for s in (int(x) for x in a.seeds.split(","))]
+    jobs = runs or [(n, s) for n in names for s in (int(x) for x in a.seeds.split(","))]
     common = ["--tokenized", a.tokenized, "--work", str(work), "--profile", a.profile, "--splits", a.splits]
     common += [x for o in a.set for x in ("--set", o)]
     common += (["--max-steps", str(a.max_steps)] if a.max_steps else []) + (["--max-items", str(a.max_items)] if a.max_items else [])

@@ -176,10 +176,11 @@ class TrainConfig(_Stage):
     head_lm_weight: float = Field(
         0.0, ge=0, description="regression: also train the digit completion with this weight (0: the head's loss only)."
     )
-    blend: Literal["none", "tfidf"] = Field(
+    blend: Literal["none", "tfidf", "knn", "tfidf+knn"] = Field(
         "none",
-        description="regression: blend the head with TF-IDF + ridge in log space, the weight chosen on the validation "
-        "split (pricefit.blend; weight 0 = the head alone).",
+        description="regression: blend the head in log space with TF-IDF + ridge (tfidf) and/or the prices of the nearest "
+        "training items in the fine-tuned model's embedding space (knn), the weights chosen on the validation split "
+        "(pricefit.blend, pricefit.retrieval; weights 0 = the head alone).",
     )
     oversample: dict[str, float] = Field(
         default_factory=dict,

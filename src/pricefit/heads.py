@@ -94,10 +94,11 @@ def to_price(z, spec: HeadSpec):
     return torch.expm1(z.double() * spec.std + spec.mean).clamp(min=0.0)
 
 
-def head_prices(model, head, spec: HeadSpec, input_ids, attention_mask):
+def head_prices(model, head, spec: HeadSpec, input_ids, attention_mask, return_pooled: bool = False):
     """Dollar prices (float64 tensor) of LEFT-padded prompts: one forward pass, the pooled final state.
 
     Positions are counted from each row's first real token, as in (right-padded) training.
+    ``return_pooled``: also return the pooled states (float32), what retrieval compares.
     """
     import torch
 
@@ -108,10 +109,38 @@ def head_prices(model, head, spec: HeadSpec, input_ids, attention_mask):
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False).last_hidden_state
         last = torch.full((hidden.shape[0],), hidden.shape[1] - 1, device=hidden.device)
         with torch.autocast(hidden.device.type, enabled=False):  # the head in float32, as in training
-            return to_price(head(pool_hidden(hidden, attention_mask, last, spec.pool)).squeeze(-1), spec)
+            pooled = pool_hidden(hidden, attention_mask, last, spec.pool)
+            prices = to_price(head(pooled).squeeze(-1), spec)
+    return (prices, pooled) if return_pooled else prices
 
 
-def head_prices_right(hidden_fn, head, spec: HeadSpec, input_ids, lengths):
+def head_outputs(prompts, model, tokenizer, head, spec: HeadSpec, device, autocast, pooled: bool, batch: int = 64):
+    """The head's prices (list) and, with ``pooled``, the pooled states (float32 array) of ``prompts``,
+    left-padded batches of ``batch`` under ``autocast()`` (training's scoring of the blend's splits)."""
+    import numpy as np
+
+    model.eval()
+    head.eval()
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    prices: list[float] = []
+    states = []
+    try:
+        for i in range(0, len(prompts), batch):
+            enc = tokenizer(prompts[i:i + batch], return_tensors="pt", padding=True)
+            with autocast():
+                out = head_prices(model, head, spec, enc["input_ids"].to(device), enc["attention_mask"].to(device), return_pooled=pooled)
+            if pooled:
+                out, st = out
+                states.append(st.float().cpu().numpy())
+            prices += out.tolist()
+    finally:
+        tokenizer.padding_side = side
+    return prices, (np.concatenate(states) if states else None)
+
+
+def head_prices_right(hidden_fn, head, spec: HeadSpec, input_ids, lengths, return_pooled: bool = False):
     """Dollar prices (float64) of RIGHT-padded prompts of ``lengths`` tokens: one forward pass.
 
     ``hidden_fn(input_ids)`` returns the decoder's last hidden state with no attention mask (run
@@ -125,7 +154,9 @@ def head_prices_right(hidden_fn, head, spec: HeadSpec, input_ids, lengths):
     last = lengths - 1
     mask = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]
     with torch.autocast(hidden.device.type, enabled=False):
-        return to_price(head(pool_hidden(hidden, mask, last, spec.pool)).squeeze(-1), spec)
+        pooled = pool_hidden(hidden, mask, last, spec.pool)
+        prices = to_price(head(pooled).squeeze(-1), spec)
+    return (prices, pooled) if return_pooled else prices
 
 
 CAUSAL_ATTENTION = "pricefit_causal_sdpa"

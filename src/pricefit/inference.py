@@ -413,17 +413,34 @@ class PricePredictor:
         from .heads import head_prices
 
         enc = self._encode(prompts)
-        prices = head_prices(self.model, self.head, self.head_spec, enc["input_ids"], enc["attention_mask"])
-        return self._head_predictions(prompts, prices.clamp(self.low, self.high).tolist())
+        prices = head_prices(self.model, self.head, self.head_spec, enc["input_ids"], enc["attention_mask"],
+                             return_pooled=self._wants_pooled)
+        pooled = None
+        if self._wants_pooled:
+            prices, pooled = prices
+            pooled = pooled.float().cpu().numpy()
+        return self._head_predictions(prompts, prices.clamp(self.low, self.high).tolist(), pooled)
 
-    def _head_predictions(self, prompts: list[str], prices: list[float]) -> list[Prediction]:
+    @property
+    def _wants_pooled(self) -> bool:
+        """Whether the blend has a retrieval part (it compares the pooled states)."""
+        return self.blend is not None and "knn" in self.blend.parts
+
+    def _head_predictions(self, prompts: list[str], prices: list[float], pooled: Any = None) -> list[Prediction]:
         if self.blend is None:
             return [Prediction(value=float(v), raw=f"head {v:.2f}", parsed=True) for v in prices]
-        tfidf = self.blend.tfidf(prompts).tolist()
-        mixed = self.blend.combine(prices, prompts).clip(self.low, self.high).tolist()
-        w = self.blend.weight
-        return [Prediction(value=float(m), raw=f"blend {m:.2f} (head {h:.2f}, tfidf {t:.2f}, weight {w:.2f})", parsed=True)
-                for m, h, t in zip(mixed, prices, tfidf)]
+        parts = self.blend.components(prices, prompts, pooled)
+        weights = self.blend.weights()
+        from .blend import mix
+
+        mixed = mix(parts, weights).clip(self.low, self.high).tolist()
+        shown = [k for k in parts if k != "head"]
+        wtxt = ", ".join(f"{k} {weights[k]:.2f}" for k in shown)
+        return [Prediction(value=float(m), parsed=True,
+                           raw=f"blend {m:.2f} (head {parts['head'][i]:.2f}, "
+                               + ", ".join(f"{k} {parts[k][i]:.2f}" for k in shown)
+                               + (f", weight {weights['tfidf']:.2f}" if shown == ["tfidf"] else f"; weights {wtxt}") + ")")
+                for i, m in enumerate(mixed)]
 
     def _head_hidden_fn(self):
         """decoder(input_ids) -> last hidden state, no mask, under inference mode and (CUDA) autocast."""
@@ -468,7 +485,7 @@ class PricePredictor:
         pad = self.tokenizer.pad_token_id
         dev = self.model.device
         fn = self._head_hidden_fn()
-        outs = []
+        outs, states = [], []
         with torch.inference_mode(), causal_attention(self.model), \
                 progress_bar(total=len(ids), desc="predict (head)", unit="item", file=sys.stderr, enabled=progress) as bar:
             for start in range(0, len(ids), batch_size):
@@ -482,12 +499,21 @@ class PricePredictor:
                     batch[j, :lens[j]] = ids[i]
                 t = torch.from_numpy(batch).to(dev, non_blocking=True)
                 lt = torch.from_numpy(lens).to(dev, non_blocking=True)
-                outs.append(head_prices_right(fn, self.head, self.head_spec, t, lt))
+                out = head_prices_right(fn, self.head, self.head_spec, t, lt, return_pooled=self._wants_pooled)
+                if self._wants_pooled:
+                    out, st = out
+                    states.append(st)
+                outs.append(out)
                 bar.update(len(idx))
             prices = torch.cat(outs).clamp(self.low, self.high).cpu().numpy()  # the one device read
+            pooled_sorted = torch.cat(states).float().cpu().numpy() if states else None
         values = np.empty(len(ids), dtype=np.float64)
         values[order] = prices
-        return self._head_predictions(list(prompts), values.tolist())
+        pooled = None
+        if pooled_sorted is not None:
+            pooled = np.empty_like(pooled_sorted)
+            pooled[order] = pooled_sorted
+        return self._head_predictions(list(prompts), values.tolist(), pooled)
 
     # -- expected value over complete prices -----------------------------------------------------
 

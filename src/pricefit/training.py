@@ -589,35 +589,28 @@ def _fast_accumulate(data: _FastData, step: int, cfg, gen_fn, head_fn, head,
     return losses, tokens, len(losses), width
 
 
-def _fit_blend(tokenized_dir: Path, model, tokenizer, head, head_spec, plan):
-    """train.blend: TF-IDF on the training prompts, its weight against the head chosen on validation."""
+def _fit_blend(tokenized_dir: Path, model, tokenizer, head, head_spec, plan, parts: str):
+    """train.blend: TF-IDF on the training prompts and/or a retrieval index of the training items'
+    embeddings, their weights against the head chosen on validation."""
     from datasets import load_from_disk
 
     from .blend import fit_blend
-    from .heads import head_prices
+    from .heads import head_outputs
 
     dd = load_from_disk(str(tokenized_dir / "dataset"))
     if "validation" not in dd or "prompt" not in dd["validation"].column_names:
         raise PricefitError("train.blend needs the tokenized validation split with its prompts", hint="re-run `pricefit tokenize`")
-    val = dd["validation"]
-    model.eval()
-    head.eval()
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    head_val: list[float] = []
-    try:
-        prompts = val["prompt"]
-        for i in range(0, len(prompts), 64):
-            enc = tokenizer(prompts[i:i + 64], return_tensors="pt", padding=True)
-            with _autocast(plan):
-                out = head_prices(model, head, head_spec, enc["input_ids"].to(plan.device), enc["attention_mask"].to(plan.device))
-            head_val += out.tolist()
-    finally:
-        tokenizer.padding_side = side
-    blend = fit_blend(dd["train"]["prompt"], dd["train"]["price"], val["prompt"], val["price"], head_val)
-    log.info("blend: TF-IDF weight %.2f chosen on %d validation items (MAE head $%.2f, TF-IDF $%.2f, blend $%.2f)",
-             blend.weight, len(val), blend.validation["head_mae"], blend.validation["tfidf_mae"], blend.validation["blend_mae"])
+    val, knn = dd["validation"], "knn" in parts.split("+")
+    def score(prompts, pooled):
+        return head_outputs(prompts, model, tokenizer, head, head_spec, plan.device, lambda: _autocast(plan), pooled=pooled)
+
+    head_val, val_pooled = score(val["prompt"], knn)
+    train_pooled = score(dd["train"]["prompt"], True)[1] if knn else None
+    blend = fit_blend(dd["train"]["prompt"], dd["train"]["price"], val["prompt"], val["price"], head_val,
+                      parts=parts.split("+"), train_pooled=train_pooled, val_pooled=val_pooled)
+    v = blend.validation
+    log.info("blend: weights %s chosen on %d validation items (MAE: %s)", ", ".join(f"{k} {w:.2f}" for k, w in v["weights"].items()),
+             len(val), ", ".join(f"{k[:-4]} ${x:.2f}" for k, x in v.items() if k.endswith("_mae")))
     return blend
 
 
@@ -1168,8 +1161,8 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
             from .heads import save_price_head
 
             save_price_head(tmp / "adapter", head, head_spec)
-        if cfg.blend == "tfidf":
-            blend = _fit_blend(tokenized_dir, model, tokenizer, head, head_spec, plan)
+        if cfg.blend != "none":
+            blend = _fit_blend(tokenized_dir, model, tokenizer, head, head_spec, plan, cfg.blend)
             from .blend import save_blend
 
             save_blend(tmp / "adapter", blend)

