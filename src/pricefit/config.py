@@ -635,7 +635,8 @@ def load_run_config(profile: str | None = None, config_file: str | None = None, 
     where = "defaults"
     if profile:
         path = Path(profile)
-        if not path.suffix:
+        # a name unless it looks like a file: "gpu-qwen1.5b" has a suffix (".5b") but is a name
+        if path.suffix not in (".yaml", ".yml") and "/" not in profile and not path.is_file():
             path = profiles_dir() / f"{profile}.yaml"
         if not path.exists():
             raise PricefitError(

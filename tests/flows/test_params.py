@@ -69,8 +69,8 @@ def test_profiles_resolve(monkeypatch, tmp_path):
 def test_profiles_start_with_the_command_that_runs_them():
     from pricefit.config import list_profiles, profiles_dir
 
-    assert {"demo", "shared-cpu", "gpu-8b", "gpu-smollm2"} <= set(list_profiles())
-    for name in ("demo", "shared-cpu", "gpu-8b", "gpu-smollm2"):
+    assert {"demo", "shared-cpu", "gpu-8b", "gpu-smollm2", "gpu-qwen1.5b"} <= set(list_profiles())
+    for name in list_profiles():
         first = (profiles_dir() / f"{name}.yaml").read_text().splitlines()[0]
         assert first.startswith("# ") and f"--profile {name}" in first
 
