@@ -320,3 +320,70 @@ def test_a_lock_left_by_a_dead_process_is_cleared(tmp_path):
     fresh = cache.lock_manager(tmp_path)  # another run, which never held it
     assert not fresh.is_locked("k") and not (tmp_path / ".prefect-locks" / "k.lock").exists()
     assert fresh.acquire_lock("k", holder="next")
+
+
+def _same_stat_edit(path: Path, old: bytes, new: bytes) -> None:
+    """Rewrite ``path`` in place with bytes of the same length and put its mtime back."""
+    st = path.stat()
+    data = path.read_bytes()
+    assert len(old) == len(new) and old in data
+    path.write_bytes(data.replace(old, new))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+@pytest.mark.parametrize("form", ["comma", "recursive_glob", "home", "csv_prefix", "envvar", "plain"])
+def test_ingest_key_sees_every_source_form_grow_and_change_in_place(tmp_path, monkeypatch, form):
+    """Issue 21 #4: comma lists, ``**`` globs and ``~/`` paths were never fingerprinted, and an
+    in-place edit that kept size and mtime was served stale."""
+    data = tmp_path / "data" / "a"
+    data.mkdir(parents=True)
+    one, two = data / "one.jsonl", data / "two.jsonl"
+    one.write_text('{"title": "a", "price": 1}\n')
+    two.write_text('{"title": "b", "price": 2}\n')
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("LISTINGS_DIR", str(data))
+    spec = {
+        "comma": f"{one},{two}",
+        "recursive_glob": f"{tmp_path}/data/**/*.jsonl",
+        "home": "~/data/a/one.jsonl,~/data/a/two.jsonl",
+        "csv_prefix": f"csv:{one},{two}",
+        "envvar": "${LISTINGS_DIR}/one.jsonl,${LISTINGS_DIR}/two.jsonl",
+        "plain": str(two),
+    }[form]
+    inputs = {"source": spec, "options": {}, "workdir": str(tmp_path)}
+    key = cache.step_key("ingest", inputs)
+    assert cache.step_key("ingest", inputs) == key  # stable
+    _same_stat_edit(two, b'"price": 2', b'"price": 9')  # an edit that keeps size and mtime
+    edited = cache.step_key("ingest", inputs)
+    assert edited != key
+    two.write_text('{"title": "b", "price": 9}\n{"title": "c", "price": 3}\n')  # listings added
+    assert cache.step_key("ingest", inputs) not in (key, edited)
+    if form == "recursive_glob":  # a file that appears deeper in the glob
+        grown = cache.step_key("ingest", inputs)
+        (data / "deeper").mkdir()
+        (data / "deeper" / "three.jsonl").write_text('{"title": "d", "price": 4}\n')
+        assert cache.step_key("ingest", inputs) != grown
+
+
+def test_a_slice_ids_file_and_any_file_a_config_names_are_in_the_key_by_content(tmp_path, monkeypatch):
+    """Issue 21 #4: editing a slice's ``ids_file`` served the old slice MAE."""
+    from pricefit.config import EvaluateConfig
+    from pricefit.slices import SliceSpec
+
+    ids = tmp_path / "ids.csv"
+    ids.write_text("item_id\nA1\nA2\n")
+    monkeypatch.setenv("IDS_DIR", str(tmp_path))
+    spec = SliceSpec(name="ref", ids_file="${IDS_DIR}/ids.csv")
+    inputs = {"cfg": EvaluateConfig(), "slices": [spec], "workdir": str(tmp_path)}
+    key = cache.step_key("evaluate", inputs)
+    assert cache.outside_inputs("evaluate", inputs) == {"files": [[".slices[0].ids_file", [[str(ids), cache.outside.content_hash(str(ids))]]]]}
+    _same_stat_edit(ids, b"A2", b"B7")
+    assert cache.step_key("evaluate", inputs) != key
+    # a CSV source's category file (curate.csv_categories) counts the same way
+    cats = tmp_path / "cats.csv"
+    cats.write_text("id,category_name\n1,Tools\n")
+    cfg_inputs = {"source": "demo:10", "options": {"csv_categories": str(cats)}, "workdir": str(tmp_path)}
+    k1 = cache.step_key("ingest", cfg_inputs)
+    _same_stat_edit(cats, b"Tools", b"Pools")
+    assert cache.step_key("ingest", cfg_inputs) != k1
