@@ -393,6 +393,6 @@ def test_an_error_message_carrying_the_key_is_redacted_in_the_raised_error(serve
     with pytest.raises(FrontierIncomplete) as err:
         run_baselines(curated, tmp_path / "bl", cfg, progress=False)
     message = f"{err.value} {err.value.hint}"
-    assert "HTTP 400: bad request from [REDACTED]" in message
+    assert "HTTP 400: Error code: 400 - bad request from [REDACTED])" in message
     written = "\n".join([_all_text_under(tmp_path), caplog.text, message])
     assert [p for p in _pieces(KEY) if p in written] == []
