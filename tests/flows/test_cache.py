@@ -387,3 +387,42 @@ def test_a_slice_ids_file_and_any_file_a_config_names_are_in_the_key_by_content(
     k1 = cache.step_key("ingest", cfg_inputs)
     _same_stat_edit(cats, b"Tools", b"Pools")
     assert cache.step_key("ingest", cfg_inputs) != k1
+
+
+@pytest.mark.parametrize("corruption", ["flip_bytes_same_size_and_mtime", "truncate", "append"])
+def test_a_corrupt_artifact_is_never_served_nor_read(tmp_path, corruption):
+    """Issue 21 #3: flipping floats in a cached adapter's price head left train Cached and evaluate
+    scored from it (and cached that). Now the record is dropped at lookup (the producer recomputes)
+    and a step refuses a damaged input before computing anything."""
+    records = tmp_path / "records"
+    records.mkdir()
+    workdir = tmp_path / "wd"
+    adapter_dir = workdir / "artifacts" / "train" / "0123456789abcdef"
+    with atomic_dir(adapter_dir) as tmp:
+        (tmp / "price_head.safetensors").write_bytes(bytes(range(64)))
+        write_manifest(tmp, {"kind": "adapter"})
+    ref = ref_for(adapter_dir, "adapter")
+    _record(records, "k1", ref)
+    cache._drop_stale_record(str(records), "k1")
+    cache.check_inputs("evaluate", {"adapter": ref, "cfg": CurateConfig()})
+    assert (records / "k1").exists()  # intact: served, read
+    f = adapter_dir / "price_head.safetensors"
+    st = f.stat()
+    if corruption == "flip_bytes_same_size_and_mtime":
+        f.write_bytes(bytes(reversed(range(64))))
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    elif corruption == "truncate":
+        f.write_bytes(bytes(range(10)))
+    else:
+        with f.open("ab") as fh:
+            fh.write(b"\0")
+    with pytest.raises(PricefitError) as err:
+        cache.check_inputs("evaluate", {"adapter": ref, "cfg": CurateConfig()})
+    assert f"step evaluate: its input adapter artifact {adapter_dir} is damaged: {f} changed after it was written" in err.value.message
+    assert "nothing was computed or cached" in err.value.message
+    assert err.value.hint.startswith("run again: the train step sees the damage at its cache lookup and recomputes it")
+    # the champion's adapter comes as a path + manifest sha256 pair: checked the same way
+    with pytest.raises(PricefitError, match="step champion: its input adapter artifact"):
+        cache.check_inputs("champion", {"adapter_path": str(adapter_dir), "adapter_sha256": ref.sha256})
+    cache._drop_stale_record(str(records), "k1")
+    assert not (records / "k1").exists()  # the producer's record is dropped: it recomputes
