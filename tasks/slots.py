@@ -116,7 +116,7 @@ def _release(client: Any, name: str, rec: dict[str, Any] | None, slots: int) -> 
             if e.response.status_code != 404:
                 raise
     if slots > 0:
-        client.release_concurrency_slots(names=[name], slots=slots, occupancy_seconds=0.0)
+        client.release_concurrency_slots(names=[name], slots=slots, occupancy_seconds=1.0)
 
 
 def reap(client: Any, name: str, folder: Path, state: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -212,8 +212,8 @@ def hold(name: str, occupy: int, limit_id: Any, step: str | None, run: tuple[str
                 raise PricefitError(
                     f"the {name} slot ({meaning(name)}) has been taken for {now - unexplained_since:.0f} s by no "
                     "running pricefit this machine knows of, so waiting would not end",
-                    hint=f"if no other run is training, free it: `prefect gcl update {name} --slot-decay-per-second 0` "
-                    f"or `prefect gcl delete {name}` (pricefit recreates it); {ORPHAN_TIMEOUT_ENV} sets this wait",
+                    hint=f"if no run is training on {name}, free it with `prefect gcl update {name} --active-slots 0` "
+                    f"(same PREFECT_API_URL); {ORPHAN_TIMEOUT_ENV} sets how long to wait first",
                 )
             if timeout is not None and waited > timeout:
                 raise PricefitError(
