@@ -129,7 +129,7 @@ class _GuardedSubprocess:
         import subprocess
 
         if isinstance(args, list) and args[1:3] == ["-m", "uvicorn"]:
-            args = [args[0], "-m", "flows.server_guard", *args[1:]]
+            args = [args[0], "-m", "flows.server_guard", "--parent", str(os.getpid()), *args[1:]]
         return subprocess.Popen(args, *a, **kw)
 
 

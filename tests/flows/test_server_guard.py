@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # stands in for `pricefit run`: starts a long-lived server under the guard, as Prefect's command would run
 PARENT = """
 import subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-m", "flows.server_guard", "-m", "http.server", "0", "--bind", "127.0.0.1"],
+import os
+child = subprocess.Popen([sys.executable, "-m", "flows.server_guard", "--parent", str(os.getpid()), "-m", "http.server", "0", "--bind", "127.0.0.1"],
                          cwd={root!r}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 print(child.pid, flush=True)
 time.sleep(600)
@@ -59,6 +61,6 @@ def test_prefects_temporary_server_command_runs_under_the_guard(monkeypatch):
     commands.guard_temporary_server()
     server_mod.subprocess.Popen([sys.executable, "-m", "uvicorn", "--port", "8001"], env={})
     server_mod.subprocess.Popen([sys.executable, "-m", "other"])
-    assert seen == [[sys.executable, "-m", "flows.server_guard", "-m", "uvicorn", "--port", "8001"],
+    assert seen == [[sys.executable, "-m", "flows.server_guard", "--parent", str(os.getpid()), "-m", "uvicorn", "--port", "8001"],
                     [sys.executable, "-m", "other"]]
     assert server_mod.subprocess.PIPE == subprocess.PIPE
