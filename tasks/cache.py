@@ -9,8 +9,8 @@ Here a step's key is
             wrapper and its library function's module (STEP_ENTRY), every ``import`` and
             ``from ... import`` (module level and function-local, read with ``ast``, never
             imported) followed transitively within pricefit, tasks, flows and data_contracts
-          + its inputs: ArtifactRefs by (path, sha256), stage configs by model_dump JSON,
-            plain values as JSON
+          + its inputs: ArtifactRefs by (path, sha256), stage configs by model_dump JSON less
+            the settings that change only speed (SPEED_ONLY), plain values as JSON
           + what it reads from outside (outside_inputs): every file a string in its inputs names
             (source files, slice id files, ...), by content hash (tasks/outside.py); for ``baselines`` with the frontier model the endpoint, the model and
             whether an API key is set (never the key) )
@@ -66,7 +66,7 @@ from pydantic import BaseModel
 
 from pricefit import endpoints
 from pricefit.artifacts import ArtifactRef, canonical_json, damage, sha256_file
-from pricefit.config import BaselinesConfig
+from pricefit.config import BaselinesConfig, FrontierConfig, TrainConfig
 from pricefit.errors import PricefitError
 
 from . import outside, steps
@@ -232,12 +232,35 @@ def code_hash(modules: Iterable[str]) -> str:
     return h.hexdigest()
 
 
+#: Settings that change how fast a step runs, never what it writes: kept out of its key, so changing
+#: one reuses the cached result. train: ``loss_sync_steps`` (when the loss is read from the device;
+#: loss.csv is the same to the bit), ``save_steps`` (checkpoint cadence; a resumed run ends with the
+#: same bytes), ``logging_steps`` (read by nothing that writes); baselines' frontier: ``concurrency``
+#: (requests in flight; each reply is per item). Speed levers that can move the numbers stay in the
+#: key: ``pad_to``/``pad_multiple``/``device_data`` (tensor shapes), ``compile*`` (kernels), batch sizes.
+SPEED_ONLY: dict[type, tuple[str, ...]] = {
+    TrainConfig: ("loss_sync_steps", "save_steps", "logging_steps"),
+    FrontierConfig: ("concurrency",),
+}
+
+
+def _key_dump(model: BaseModel) -> dict[str, Any]:
+    """``model_dump(mode="json")`` without the SPEED_ONLY fields, nested models included."""
+    skip = next((names for cls, names in SPEED_ONLY.items() if isinstance(model, cls)), ())
+    out = model.model_dump(mode="json", exclude=set(skip))
+    for name in out:
+        inner = getattr(model, name, None)
+        if isinstance(inner, BaseModel):
+            out[name] = _key_dump(inner)
+    return out
+
+
 def fingerprint(value: Any) -> Any:
-    """The part of a task input that goes into the key."""
+    """The part of a task input that goes into the key (configs without their SPEED_ONLY fields)."""
     if isinstance(value, ArtifactRef):
         return {"artifact": value.kind, "path": value.path, "sha256": value.sha256}
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        return _key_dump(value)
     if isinstance(value, dict):
         return {str(k): fingerprint(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

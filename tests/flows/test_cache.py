@@ -239,6 +239,29 @@ def test_baselines_key_covers_the_endpoint_the_model_and_whether_a_key_is_set(mo
     assert cache.step_key("baselines", plain) == k and cache.outside_inputs("baselines", plain) == {}
 
 
+def test_settings_that_change_only_speed_are_not_in_the_key_and_the_rest_are(tmp_path):
+    """Issue 21 #6: train.loss_sync_steps (and save/logging cadence, frontier concurrency) must not retrain."""
+    from pricefit.config import TrainConfig
+
+    ref = ArtifactRef(kind="tokenized", path=str(tmp_path / "tok"), sha256="0" * 64)
+
+    def key(**train):
+        return cache.step_key("train", {"tokenized": ref, "cfg": TrainConfig(**train), "workdir": "/w"})
+
+    base = key()
+    for speed_only in ({"loss_sync_steps": 7}, {"loss_sync_steps": 1}, {"save_steps": 3}, {"logging_steps": 10}):
+        assert key(**speed_only) == base, speed_only  # was: a new key, so a full retrain
+    for result_changing in ({"learning_rate": 2e-4}, {"seed": 1}, {"pad_to": "max"}, {"device_data": False},
+                            {"compile": False}, {"merge": True}, {"batch_size": 8}):
+        assert key(**result_changing) != base, result_changing
+    assert set(cache.fingerprint(TrainConfig())) == set(TrainConfig.model_fields) - {"loss_sync_steps", "save_steps", "logging_steps"}
+
+    def bkey(**frontier):
+        return cache.step_key("baselines", {"cfg": BaselinesConfig(include=["constant"], frontier=frontier), "workdir": "/w"})
+
+    assert bkey(concurrency=16) == bkey() != bkey(model="gpt-4o-mini")  # nested: the frontier's concurrency too
+
+
 def test_key_ignores_nothing_but_refuses_payloads(tmp_path):
     import polars as pl
 
