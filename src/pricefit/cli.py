@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import click
 import typer
 
 from . import commands, logs
@@ -107,6 +108,8 @@ def command(func: Callable) -> Callable:
             if as_json:
                 emit({"ok": False, "error": message, "hint": hint}, True)
             raise typer.Exit(2) from None
+        except _EXITS:  # a command's own exit code (typer.Exit is a RuntimeError): not an error of ours
+            raise
         except Exception as e:  # a bug: the traceback goes to stderr, and --json still prints one object
             if as_json:
                 emit({"ok": False, "error": f"internal error: {type(e).__name__}: {e}",
@@ -116,6 +119,7 @@ def command(func: Callable) -> Callable:
     return wrapper
 
 
+_EXITS = (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException)
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 

@@ -224,3 +224,19 @@ def test_cli_json_prints_one_error_object_even_for_an_unexpected_error(tmp_path,
     out = json.loads(res.stdout.strip())
     assert out == {"ok": False, "error": "internal error: KeyError: 'surprise'",
                    "hint": "this is a bug in pricefit; the traceback is on stderr"}
+
+
+@pytest.mark.parametrize("exit_kind", ["typer", "click"])
+def test_a_commands_own_exit_code_is_not_an_internal_error(exit_kind, capsys):
+    import click
+    import typer
+
+    from pricefit.cli import command
+
+    @command
+    def finishes_with_3(as_json: bool = True):
+        raise typer.Exit(3) if exit_kind == "typer" else click.exceptions.Exit(3)
+
+    with pytest.raises((typer.Exit, click.exceptions.Exit)) as e:
+        finishes_with_3(as_json=True)
+    assert e.value.exit_code == 3 and capsys.readouterr().out == ""  # no "internal error" object
