@@ -110,8 +110,37 @@ def _run_flow(fn, params: Any, as_json: bool) -> Any:
     import contextlib
     import sys
 
+    guard_temporary_server()
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         return fn(params, return_state=True)
+
+
+class _GuardedSubprocess:
+    """Stands in for ``subprocess`` inside Prefect's server module: the temporary API server's
+    ``python -m uvicorn ...`` runs under flows/server_guard.py, so it dies with this process."""
+
+    def __getattr__(self, name: str) -> Any:
+        import subprocess
+
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(args: Any, *a: Any, **kw: Any) -> Any:  # noqa: N802 - subprocess's name
+        import subprocess
+
+        if isinstance(args, list) and args[1:3] == ["-m", "uvicorn"]:
+            args = [args[0], "-m", "flows.server_guard", "--parent", str(os.getpid()), *args[1:]]
+        return subprocess.Popen(args, *a, **kw)
+
+
+def guard_temporary_server() -> None:
+    """Without PREFECT_API_URL, Prefect starts a temporary server process that outlived a killed
+    run; under the guard it exits when this process is gone."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    import prefect.server.api.server as server_mod
+
+    server_mod.subprocess = _GuardedSubprocess()
 
 
 def _params(profile: str, overrides: list[str] | None, source: str | None, workdir: str | None, refresh: str | None, **extra: Any):

@@ -21,7 +21,7 @@ import logging
 import os
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import typer
 
@@ -208,11 +208,24 @@ DOCS_DIR_NAME = "data_docs"  # data_contracts.runner.DOCS_DIR
 DEFAULT_DOCS_PORT = 4210
 
 
-def docs_file(url_path: str) -> Path | None:
+def _inside(target: Path, roots: Iterable[Path]) -> bool:
+    for root in roots:
+        try:
+            rel = target.relative_to(root)
+        except ValueError:
+            continue
+        if DOCS_DIR_NAME in (root.name, *rel.parent.parts):
+            return True
+    return False
+
+
+def docs_file(url_path: str, roots: Iterable[str | os.PathLike]) -> Path | None:
     """The file a Data Docs URL path names (``/data-docs/<absolute path>``), or None when it is not one to serve.
 
-    Only regular files inside a ``data_docs`` folder are served (the GX pages and their static
-    files), after symlinks and ``..`` are resolved; a folder serves its index.html.
+    Only regular files inside a ``data_docs`` folder under one of ``roots`` (the runs' own docs
+    roots: the served workdir and the docs folders runs linked) are served, after symlinks and
+    ``..`` are resolved (in the roots too); a folder serves its index.html. A ``data_docs`` folder
+    elsewhere on disk is not served.
     """
     from urllib.parse import unquote, urlsplit
 
@@ -223,23 +236,68 @@ def docs_file(url_path: str) -> Path | None:
         return None
     try:
         target = Path(path[len(DOCS_PREFIX):]).resolve()
+        resolved = [Path(r).resolve() for r in roots]
     except (OSError, RuntimeError):
         return None
     if target.is_dir():
         target = target / "index.html"
-    if DOCS_DIR_NAME not in target.parent.parts or not target.is_file():
+    if DOCS_DIR_NAME not in target.parent.parts or not _inside(target, resolved) or not target.is_file():
         return None
     return target
 
 
-def start_docs_server(host: str = "127.0.0.1", port: int = DEFAULT_DOCS_PORT) -> tuple[Any, str]:
+class DocsRoots:
+    """The folders the Data Docs server may serve from: fixed ones (the served workdir) plus the docs
+    folders runs linked, one a line in ``registry`` (tasks/ui.py: ``PRICEFIT_DOCS_ROOTS_FILE``)."""
+
+    def __init__(self, fixed: Iterable[str | os.PathLike] = (), registry: str | os.PathLike | None = None):
+        self.fixed = [Path(r) for r in fixed]
+        self.registry = Path(registry) if registry else None
+
+    def __iter__(self):
+        yield from self.fixed
+        if self.registry is not None:
+            try:
+                lines = self.registry.read_text(encoding="utf-8").splitlines()
+            except OSError:
+                lines = []
+            yield from (Path(x) for x in dict.fromkeys(lines) if x.strip() and Path(x).is_absolute())
+
+
+def allowed_hosts(host: str) -> set[str]:
+    """Host header names the docs server answers: loopback names and the bound host (DNS rebinding:
+    a page of evil.example resolved to 127.0.0.1 sends ``Host: evil.example`` and gets 403)."""
+    names = {"localhost", "127.0.0.1", "::1"}
+    if host and host not in ("0.0.0.0", "::"):
+        names.add(host.strip("[]").lower())
+    return names
+
+
+def host_allowed(header: str | None, names: set[str]) -> bool:
+    if not header:
+        return False
+    value = header.strip().lower()
+    if value.startswith("["):  # [::1]:4210
+        name = value[1:value.find("]")] if "]" in value else value
+    else:
+        name = value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+    return name in names
+
+
+def start_docs_server(host: str = "127.0.0.1", port: int = DEFAULT_DOCS_PORT,
+                      roots: Iterable[str | os.PathLike] = ()) -> tuple[Any, str]:
     """Serve Data Docs read-only on ``host:port`` from a daemon thread; returns (server, base URL).
 
+    Serves only files under ``data_docs`` folders inside ``roots`` (:func:`docs_file`; re-read on
+    every request, so a :class:`DocsRoots` picks up the folders runs link later), and only to
+    requests whose Host header is a loopback name or ``host`` (else 403).
     Port 0, or a port in use, takes a free one (said in a warning). Requests are not logged.
     """
     import http.server
     import mimetypes
     import threading
+
+    hosts = allowed_hosts(host)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
@@ -248,17 +306,22 @@ def start_docs_server(host: str = "127.0.0.1", port: int = DEFAULT_DOCS_PORT) ->
         def do_HEAD(self) -> None:  # noqa: N802
             self._answer(body=False)
 
+        def _plain(self, status: int, msg: bytes, body: bool) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(msg)))
+            self.end_headers()
+            if body:
+                self.wfile.write(msg)
+
         def _answer(self, body: bool) -> None:
-            target = docs_file(self.path)
+            if not host_allowed(self.headers.get("Host"), hosts):
+                self._plain(403, b"pricefit Data Docs server: wrong Host header (open it as localhost or 127.0.0.1)\n", body)
+                return
+            target = docs_file(self.path, roots)
             if target is None:
-                msg = (b"pricefit Data Docs server: open a contract artifact's Data Docs link in the Prefect UI "
-                       b"(only files under data_docs/ folders are served)\n")
-                self.send_response(404)
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
-                self.send_header("Content-Length", str(len(msg)))
-                self.end_headers()
-                if body:
-                    self.wfile.write(msg)
+                self._plain(404, b"pricefit Data Docs server: open a contract artifact's Data Docs link in the Prefect UI "
+                            b"(only the runs' own data_docs/ folders are served)\n", body)
                 return
             data = target.read_bytes()
             self.send_response(200)
@@ -284,6 +347,23 @@ def start_docs_server(host: str = "127.0.0.1", port: int = DEFAULT_DOCS_PORT) ->
     threading.Thread(target=server.serve_forever, name="pricefit-data-docs", daemon=True).start()
     shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
     return server, f"http://{shown}:{server.server_address[1]}"
+
+
+def served_docs_roots(prefect_file: str | os.PathLike, profile: str | None) -> DocsRoots:
+    """The served runs' docs roots: the profile's workdir (resolved from the project root, where the
+    served runs start) and a registry file, private to this process, of the docs folders runs link."""
+    import atexit
+    import tempfile
+
+    from pricefit.config import load_run_config
+
+    root = Path(prefect_file).resolve().parent
+    project = root.parent if root.name == "deployments" else root
+    workdir = Path(os.path.expanduser(os.path.expandvars(load_run_config(profile).workdir)))
+    fd, registry = tempfile.mkstemp(prefix="pricefit-docs-roots-", suffix=".txt")  # mode 0600
+    os.close(fd)
+    atexit.register(lambda: os.path.exists(registry) and os.unlink(registry))
+    return DocsRoots([workdir if workdir.is_absolute() else project / workdir], registry)
 
 
 def _docs_prefix() -> str:
@@ -364,10 +444,12 @@ def serve(
         "data_docs": None,
     }
     if not check and docs:
-        from tasks.ui import DOCS_URL_ENV
+        from tasks.ui import DOCS_ROOTS_ENV, DOCS_URL_ENV
 
-        _, result["data_docs"] = start_docs_server("127.0.0.1", docs_port)
+        roots = served_docs_roots(prefect_file, profile)
+        _, result["data_docs"] = start_docs_server("127.0.0.1", docs_port, roots=roots)
         os.environ[DOCS_URL_ENV] = result["data_docs"]  # the served flow runs (subprocesses) link there
+        os.environ[DOCS_ROOTS_ENV] = str(roots.registry)  # ... and name the docs folders they link
     emit(result, as_json, _human)
     if check:
         return

@@ -9,10 +9,10 @@ Here a step's key is
             wrapper and its library function's module (STEP_ENTRY), every ``import`` and
             ``from ... import`` (module level and function-local, read with ``ast``, never
             imported) followed transitively within pricefit, tasks, flows and data_contracts
-          + its inputs: ArtifactRefs by (path, sha256), stage configs by model_dump JSON,
-            plain values as JSON
-          + what it reads from outside (outside_inputs): for ``ingest`` (size, mtime) of the
-            source files; for ``baselines`` with the frontier model the endpoint, the model and
+          + its inputs: ArtifactRefs by (path, sha256), stage configs by model_dump JSON less
+            the settings that change only speed (SPEED_ONLY), plain values as JSON
+          + what it reads from outside (outside_inputs): every file a string in its inputs names
+            (source files, slice id files, ...), by content hash (tasks/outside.py); for ``baselines`` with the frontier model the endpoint, the model and
             whether an API key is set (never the key) )
 
 and nothing else: no run id, no flow parameters, no timestamps, so results carry across runs,
@@ -28,8 +28,12 @@ answered items are saved in its per-item reply cache, so the retry sends only th
 
 Results are persisted as small JSON records (an ArtifactRef) in ``<workdir>/.prefect-results``;
 DataFrames and models never travel. On a lookup the policy also checks that the artifact a record
-points at is still there with the same manifest hash; a record whose artifact was deleted or
-rewritten is dropped, so the step recomputes instead of handing out a dangling reference.
+points at is still there, every file with the sha256 its manifest recorded (hashed once per file
+per process while it is unchanged: ``pricefit.artifacts.damage``); a record whose artifact was
+deleted, rewritten or corrupted is dropped, so the step recomputes instead of handing out a bad
+reference. A step checks its input artifacts the same way before it computes anything
+(``check_inputs``, from ``current_key``): a damaged input fails the step, so no result computed
+from it is ever cached.
 
 Two runs at once: outputs go to ``<workdir>/artifacts/<step>/<key[:16]>`` built with
 ``pricefit.artifacts.atomic_dir``, and the transaction is SERIALIZABLE with a file lock per key
@@ -46,7 +50,6 @@ say so explicitly (tests/flows/test_cache_flow.py shows the difference).
 from __future__ import annotations
 
 import ast
-import glob
 import hashlib
 import importlib.util
 import json
@@ -62,11 +65,11 @@ from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel
 
 from pricefit import endpoints
-from pricefit.artifacts import ArtifactRef, canonical_json, sha256_file, verify
-from pricefit.config import BaselinesConfig
+from pricefit.artifacts import ArtifactRef, canonical_json, damage, sha256_file
+from pricefit.config import BaselinesConfig, FrontierConfig, TrainConfig
 from pricefit.errors import PricefitError
 
-from . import steps
+from . import outside, steps
 
 log = logging.getLogger("pricefit.tasks")
 
@@ -229,23 +232,35 @@ def code_hash(modules: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def _source_state(source: str) -> list[Any]:
-    """(name, size, mtime_ns) of the files a path/glob source names; [] for demo/hub sources."""
-    spec = source.split(":", 1)[1] if source.startswith("csv:") else source
-    files = sorted(glob.glob(os.path.expandvars(spec))) if any(c in spec for c in "/*.") else []
-    out = []
-    for f in files:
-        st = os.stat(f)
-        out.append([os.path.abspath(f), st.st_size, st.st_mtime_ns])
+#: Settings that change how fast a step runs, never what it writes: kept out of its key, so changing
+#: one reuses the cached result. train: ``loss_sync_steps`` (when the loss is read from the device;
+#: loss.csv is the same to the bit), ``save_steps`` (checkpoint cadence; a resumed run ends with the
+#: same bytes), ``logging_steps`` (read by nothing that writes); baselines' frontier: ``concurrency``
+#: (requests in flight; each reply is per item). Speed levers that can move the numbers stay in the
+#: key: ``pad_to``/``pad_multiple``/``device_data`` (tensor shapes), ``compile*`` (kernels), batch sizes.
+SPEED_ONLY: dict[type, tuple[str, ...]] = {
+    TrainConfig: ("loss_sync_steps", "save_steps", "logging_steps"),
+    FrontierConfig: ("concurrency",),
+}
+
+
+def _key_dump(model: BaseModel) -> dict[str, Any]:
+    """``model_dump(mode="json")`` without the SPEED_ONLY fields, nested models included."""
+    skip = next((names for cls, names in SPEED_ONLY.items() if isinstance(model, cls)), ())
+    out = model.model_dump(mode="json", exclude=set(skip))
+    for name in out:
+        inner = getattr(model, name, None)
+        if isinstance(inner, BaseModel):
+            out[name] = _key_dump(inner)
     return out
 
 
 def fingerprint(value: Any) -> Any:
-    """The part of a task input that goes into the key."""
+    """The part of a task input that goes into the key (configs without their SPEED_ONLY fields)."""
     if isinstance(value, ArtifactRef):
         return {"artifact": value.kind, "path": value.path, "sha256": value.sha256}
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        return _key_dump(value)
     if isinstance(value, dict):
         return {str(k): fingerprint(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -260,14 +275,17 @@ def fingerprint(value: Any) -> Any:
 def outside_inputs(step: str, inputs: dict[str, Any]) -> dict[str, Any]:
     """What a step reads from outside its arguments and that changes its result.
 
-    ingest: (path, size, mtime) of the source files. baselines, when the frontier model is
+    Every file a string in the inputs names (the ingest source, however it is written: a path, a
+    comma list, a ``**`` glob, ``~/``; a slice's ``ids_file``; any setting that names a file), by
+    path and content hash (tasks/outside.py). baselines, when the frontier model is
     included: the endpoint it would call (config, else OPENAI_BASE_URL, credentials stripped), the
     model, and whether an API key is set (a boolean: never the key or any part of it), so a result
     whose frontier was "skipped: no API key" is not served once the key is there.
     """
     out: dict[str, Any] = {}
-    if step == "ingest" and isinstance(inputs.get("source"), str):
-        out["source_files"] = _source_state(inputs["source"])
+    files = outside.named_files({k: fingerprint(v) for k, v in inputs.items()})
+    if files:
+        out["files"] = files
     cfg = inputs.get("cfg")
     if step == "baselines" and isinstance(cfg, BaselinesConfig) and "frontier" in cfg.include:
         out["frontier"] = endpoints.key_inputs(cfg.frontier)
@@ -319,10 +337,12 @@ def _drop_stale_record(records_dir: str | None, key: str) -> None:
             result = json.loads(result)
     except (OSError, ValueError):
         return  # Prefect treats an unreadable record as a miss already
-    stale = [r for r in refs_in(result) if not verify(r, hashes=False)]
-    if stale:
-        log.warning("cache record %s… points at a missing or changed artifact (%s); recomputing", key[:12], stale[0].path)
-        record.unlink(missing_ok=True)
+    for ref in refs_in(result):
+        problem = damage(ref)  # every file's recorded sha256 (once per file per process while it is unchanged)
+        if problem:
+            log.warning("cache record %s… points at a damaged artifact (%s); recomputing", key[:12], problem)
+            record.unlink(missing_ok=True)
+            return
 
 
 @dataclass
@@ -401,10 +421,47 @@ def policy_for(step: str, workdir: str | os.PathLike) -> ArtifactCachePolicy:
     )
 
 
+def producer_of(path: str | os.PathLike) -> str:
+    """The step that wrote an artifact directory (``<workdir>/artifacts/<step>/<key>``), or its path."""
+    p = Path(path)
+    return p.parent.name if p.parent.parent.name == "artifacts" and p.parent.name in STEPS else str(p)
+
+
+def input_refs(inputs: dict[str, Any]) -> list[ArtifactRef]:
+    """The artifacts a step reads: every ArtifactRef in its inputs, and an ``X_path``/``X_sha256``
+    pair (the champion's adapter) as the reference it stands for."""
+    refs = refs_in(list(inputs.values()))
+    for name, value in inputs.items():
+        if name.endswith("_path") and isinstance(value, str):
+            sha = inputs.get(name[: -len("_path")] + "_sha256")
+            if isinstance(sha, str):
+                refs.append(ArtifactRef(kind=name[: -len("_path")], path=value, sha256=sha))
+    return refs
+
+
+def check_inputs(step: str, inputs: dict[str, Any]) -> None:
+    """Refuse to run ``step`` on an artifact whose files no longer have their recorded hashes: a
+    result computed from it would be wrong, and cached under the same key as the right one."""
+    for ref in input_refs(inputs):
+        problem = damage(ref)
+        if problem:
+            producer = producer_of(ref.path)
+            again = (
+                f"run again: the {producer} step sees the damage at its cache lookup and recomputes it "
+                f"(or `--refresh {producer}`)" if producer in STEPS else "rebuild that artifact"
+            )
+            raise PricefitError(
+                f"step {step}: its input {ref.kind} artifact {ref.path} is damaged: {problem}; nothing was computed or cached",
+                hint=again,
+            )
+
+
 def current_key(step: str, inputs: dict[str, Any]) -> str:
-    """The key of the running task (the transaction's), or the same key computed from ``inputs``."""
+    """The key of the running task (the transaction's), or the same key computed from ``inputs``;
+    first checks every input artifact's recorded hashes (:func:`check_inputs`)."""
     from prefect.transactions import get_transaction
 
+    check_inputs(step, inputs)
     txn = get_transaction()
     if txn is not None and txn.key:
         return txn.key

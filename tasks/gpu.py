@@ -9,7 +9,9 @@ training waits for them (and they for it). ``CAPACITY`` is 5040, so ``k`` up to 
 unguarded, so the limit is created (``CAPACITY`` slots) the first time a step asks for it; a limit
 of another size (an older pricefit made them with 1 slot) is resized. Against the ephemeral API
 (``pricefit run`` without PREFECT_API_URL) or the test harness the limit lives in that process's
-database and guards only runs that share it; with a real server it guards every worker.
+database and guards only runs that share it; with a real server it guards every worker. The
+slots are taken by :func:`tasks.slots.hold`: a holder killed while it held them (whose lease died
+with its temporary server) is freed by the next run, and a waiting step logs who holds the slot.
 
 Slot names: ``cpu-train`` on CPU (two CPU trainings on a 2-core box would only slow each other
 down, unless a sweep asks for it), ``gpu`` for physical GPU 0 and ``gpu:N`` for physical GPU N.
@@ -35,6 +37,8 @@ from pathlib import Path
 from typing import Iterator
 
 from pricefit import devices
+
+from . import slots
 
 log = logging.getLogger("pricefit.tasks")
 
@@ -104,7 +108,8 @@ def pin_worker(physical: str | None) -> None:
     torch.cuda.init()
 
 
-def ensure_limit(name: str, limit: int = CAPACITY) -> None:
+def ensure_limit(name: str, limit: int = CAPACITY) -> Any:
+    """Create (or resize) the limit ``name``; returns its id."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -114,14 +119,15 @@ def ensure_limit(name: str, limit: int = CAPACITY) -> None:
             found = client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
             try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+                created = client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
                 log.info("created global concurrency limit %r with %d slot(s)", name, limit)
+                return created
             except ObjectAlreadyExists:  # another run created it first
-                pass
-            return
+                return client.read_global_concurrency_limit_by_name(name).id
         if found.limit != limit:
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit))
             log.info("resized global concurrency limit %r from %d to %d slots", name, found.limit, limit)
+        return found.id
 
 
 def holds(flow_run_id: str) -> list[tuple[str, float, float]]:
@@ -135,6 +141,20 @@ def _flow_run_id() -> str | None:
 
     ctx = FlowRunContext.get()
     return str(ctx.flow_run.id) if ctx is not None and ctx.flow_run is not None else None
+
+
+def _flow_run_name() -> str | None:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return str(ctx.flow_run.name) if ctx is not None and ctx.flow_run is not None else None
+
+
+def _step_name() -> str | None:
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    return ctx.task.name if ctx is not None else None
 
 
 def _barrier() -> None:
@@ -155,12 +175,10 @@ def _barrier() -> None:
 @contextlib.contextmanager
 def slot(device: str) -> Iterator[str]:
     """Hold this accelerator's concurrency slots while the block runs; yields the slot name."""
-    from prefect.concurrency.sync import concurrency
-
     name = slot_name(device)
-    ensure_limit(name)
+    limit_id = ensure_limit(name)
     run_id = _flow_run_id()
-    with concurrency(name, occupy=occupy_for(_share.get()), strict=True, raise_on_lease_renewal_failure=False):
+    with slots.hold(name, occupy_for(_share.get()), limit_id, _step_name(), (run_id, _flow_run_name())):
         start = time.time()
         try:
             _barrier()

@@ -39,6 +39,9 @@ MAX_EMBED_BYTES = 1_500_000  # one picture
 MAX_PAGE_EMBED_BYTES = 4_000_000  # all pictures of one page
 DOCS_URL_ENV = "PRICEFIT_DOCS_URL"  # base URL of a Data Docs server (flows/serve.py: start_docs_server)
 DOCS_PREFIX = "/data-docs"  # <base>/data-docs/<absolute path of a file under a data_docs folder>
+# a file the Data Docs server reads: one docs folder a line, the only folders it serves (besides the
+# served workdir's); a run appends the folder of each page it links (flows/serve.py: docs roots)
+DOCS_ROOTS_ENV = "PRICEFIT_DOCS_ROOTS_FILE"
 
 
 def _safe(fn, *args, **kwargs) -> Any:
@@ -151,7 +154,12 @@ def data_docs_url(index: str | os.PathLike, base_url: str | None = None) -> str 
     base = base_url if base_url is not None else os.environ.get(DOCS_URL_ENV, "")
     if not base:
         return None
-    return base.rstrip("/") + DOCS_PREFIX + quote(Path(index).resolve().as_posix())
+    page = Path(index).resolve()
+    roots_file = os.environ.get(DOCS_ROOTS_ENV)
+    if roots_file:  # the server serves this run's docs folder, and no folder no run linked
+        with open(roots_file, "a", encoding="utf-8") as f:
+            f.write(page.parent.as_posix() + "\n")
+    return base.rstrip("/") + DOCS_PREFIX + quote(page.as_posix())
 
 
 def contract_rows(report: dict[str, Any]) -> list[dict[str, Any]]:

@@ -262,3 +262,53 @@ def verify(ref: ArtifactRef, *, hashes: bool = True) -> bool:
         return False
     files = read_manifest(d).get("files", {})
     return all((d / rel).exists() and (not hashes or sha256_file(d / rel) == h) for rel, h in files.items())
+
+
+# (directory, manifest sha256, each listed file's stat signature) -> what damage() found; a file
+# rewritten in place moves its ctime (which a writer cannot set back), so a change is always re-hashed
+_CHECKED: dict[tuple[Any, ...], str | None] = {}
+
+
+def _stat_sig(path: Path) -> tuple[int, int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def damage(ref: ArtifactRef) -> str | None:
+    """What is wrong with the artifact ``ref`` points at, or None when every file still has the
+    sha256 its manifest recorded (and the manifest the ref's hash).
+
+    Every listed file is hashed, once per process for an unchanged file (memoized on its stat
+    signature, ctime included): the check a stage makes of the artifacts it reads, and the cache
+    makes of a record's artifact before serving it.
+    """
+    d = ref.dir
+    manifest = d / MANIFEST
+    msig = _stat_sig(manifest)
+    if msig is None:
+        return f"{manifest} is missing"
+    try:
+        body = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return f"{manifest} is unreadable"
+    files = body.get("files", {}) if isinstance(body, dict) else {}
+    sig = (str(d), ref.sha256, msig, tuple(sorted((rel, _stat_sig(d / rel)) for rel in files)))
+    if sig in _CHECKED:
+        return _CHECKED[sig]
+    found: str | None = None
+    if sha256_file(manifest) != ref.sha256:
+        found = f"{manifest} is not the manifest this reference was made from (sha256 differs)"
+    else:
+        for rel, want in sorted(files.items()):
+            if sig[3] and dict(sig[3]).get(rel) is None:
+                found = f"{d / rel} is missing"
+                break
+            got = sha256_file(d / rel)
+            if got != want:
+                found = f"{d / rel} changed after it was written (sha256 {got[:12]}…, recorded {want[:12]}…)"
+                break
+    _CHECKED[sig] = found
+    return found

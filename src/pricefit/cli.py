@@ -9,6 +9,7 @@ Subcommands live in ``pricefit.commands.<name>`` and register themselves on :dat
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import click
 import typer
 
 from . import commands, logs
@@ -99,8 +101,40 @@ def command(func: Callable) -> Callable:
             if as_json:
                 emit({"ok": False, "error": e.message, "hint": e.hint}, True)
             raise typer.Exit(2) from None
+        except OSError as e:  # disk full, a read-only or foreign output folder: say which file and what to do
+            message, hint = os_error_message(e)
+            typer.echo(f"error: {message}", err=True)
+            typer.echo(f"  hint: {hint}", err=True)
+            if as_json:
+                emit({"ok": False, "error": message, "hint": hint}, True)
+            raise typer.Exit(2) from None
+        except _EXITS:  # a command's own exit code (typer.Exit is a RuntimeError): not an error of ours
+            raise
+        except Exception as e:  # a bug: the traceback goes to stderr, and --json still prints one object
+            if as_json:
+                emit({"ok": False, "error": f"internal error: {type(e).__name__}: {e}",
+                      "hint": "this is a bug in pricefit; the traceback is on stderr"}, True)
+            raise
 
     return wrapper
+
+
+_EXITS = (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException)
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def os_error_message(e: OSError) -> tuple[str, str]:
+    """(message, hint) for an OSError: the file, what happened, and what to change."""
+    where = f" {e.filename}" if e.filename else ""
+    what = e.strerror or str(e)
+    if e.errno in _NO_SPACE or "os error 28" in str(e):
+        return (f"no space left on the device to write{where}: {what}",
+                "free disk space (or quota) on that device, or give --out (or workdir) on another disk, then rerun")
+    if e.errno in _READ_ONLY:
+        return (f"cannot write{where}: {what} (the folder is read-only or not yours)",
+                "give an --out (or workdir) you can write to, or fix the folder's permissions, then rerun")
+    return f"cannot access{where}: {what}", "check the path, its permissions and free space, then rerun"
 
 
 # what makes each artifact kind (manifest.json "kind"), for messages that say where an input comes from

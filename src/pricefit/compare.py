@@ -390,6 +390,19 @@ def promote(
         return _decide_and_record(wd, challenger, cfg, rescored, guard)
 
 
+def _stale_rescore(rescored: dict[str, Any] | None, champion: dict[str, Any] | None) -> str | None:
+    """Why the re-scored champion is not the champion in place now (read under the promotion lock),
+    or None. The adapter's sha256 identifies it (every evaluation records it); a rescore or a
+    champion without one cannot be checked and is taken as it is."""
+    if rescored is None or champion is None:
+        return None
+    then, now = rescored.get("adapter_sha256"), champion.get("adapter_sha256")
+    if then is None or now is None or then == now:
+        return None
+    return (f"the champion was replaced (now adapter {str(now)[:12]}) after this run re-scored the one before "
+            f"({str(then)[:12]}): that score is not used, the decision is against the champion in place")
+
+
 def _decide_and_record(wd: Path, challenger: dict[str, Any], cfg: PromoteConfig, rescored: dict[str, Any] | None = None,
                        guard: str | None = None) -> dict[str, Any]:
     champ_path = wd / "champion.json"
@@ -399,6 +412,10 @@ def _decide_and_record(wd: Path, challenger: dict[str, Any], cfg: PromoteConfig,
         write_json_atomic(champ_path, {**challenger, "promoted_at": pending["time"]})
         log.info("promotion accepted (finishing the recorded decision of %s): %s", pending["time"], pending["reason"])
         return pending
+    stale = _stale_rescore(rescored, champion)
+    if stale is not None:  # another run replaced the champion after this one re-scored the old one
+        log.warning("%s", stale)
+        rescored = {**rescored, "stale": stale}
     lower = LOWER_IS_BETTER[cfg.metric]
     same_adapter = (
         champion is not None and challenger.get("adapter_sha256") is not None
@@ -415,7 +432,7 @@ def _decide_and_record(wd: Path, challenger: dict[str, Any], cfg: PromoteConfig,
         promoted, improvement, reason = False, None, guard
     elif champion is None:
         promoted, improvement, reason = True, None, "no champion yet; it beats the classical baselines" if cfg.require_beat_baselines else "no champion yet"
-    elif rescored is not None and rescored["value"] is not None:
+    elif rescored is not None and rescored["value"] is not None and "stale" not in rescored:
         promoted, improvement = decide(challenger["value"], rescored["value"], cfg.margin, lower)
         verb = "beats" if promoted else "does not beat"
         gain = "undefined" if improvement is None else f"{improvement:.2%}"
@@ -445,6 +462,8 @@ def _decide_and_record(wd: Path, challenger: dict[str, Any], cfg: PromoteConfig,
             f"challenger {cfg.metric} {challenger['value']:.4f} {verb} champion {champ_value:.4f} "
             f"by the margin {cfg.margin:.2%} (relative improvement {gain})"
         )
+    if stale is not None and not reason.startswith("this adapter"):
+        reason = f"{stale}; {reason}"
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record = {
         "time": now,

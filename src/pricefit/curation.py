@@ -42,7 +42,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -57,7 +56,8 @@ from . import artifacts
 from .config import CurateConfig
 from .errors import ContractError, PricefitError
 from .models import load_tokenizer
-from .prices import DROP_REASON, parse_price
+from .prices import DROP_REASON
+from .records import normalize_record, row_or_quarantine
 from .sources import Quarantined, resolve
 
 log = logging.getLogger("pricefit.curation")
@@ -103,79 +103,6 @@ DROPPED_COLUMNS = ["item_id", "source_file", "source_line", "reason", "title", "
 # ingest: source records -> raw rows
 
 
-def _join(value: Any) -> str:
-    """description / features: list of strings (or a string, or null) -> one string, entries on lines."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple)):
-        return "\n".join(_join(v) for v in value if v is not None)
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    return str(value)
-
-
-def _detail_value(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k} {_detail_value(v)}" for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_detail_value(v) for v in value)
-    return "" if value is None else str(value)
-
-
-def _details(value: Any) -> str:
-    """details (object, JSON text or null) -> JSON object text whose values are all strings."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except (json.JSONDecodeError, RecursionError):
-            return json.dumps({"details": value}, ensure_ascii=False)
-    if not isinstance(value, Mapping):
-        return "{}"
-    return json.dumps({str(k): _detail_value(v) for k, v in value.items() if v is not None}, ensure_ascii=False)
-
-
-def _text_or_none(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    text = _join(value) if not isinstance(value, str) else value
-    return text if text.strip() else None
-
-
-def normalize_record(
-    data: Mapping[str, Any], source_file: str, source_line: int, id_key: str | None = None
-) -> dict[str, Any]:
-    """One item-metadata object -> one raw row (the raw.parquet schema).
-
-    ``item_id`` is parent_asin (or asin); without one it is ``<id_key>:<line>``, where ``id_key`` names
-    the file uniquely within its source (:attr:`pricefit.sources.Source.id_keys`; default: the file name).
-    """
-    raw_price = data.get("price")
-    price, issue = parse_price(raw_price)
-    asin = data.get("parent_asin") or data.get("asin")
-    if asin is not None and str(asin).strip():
-        item_id = str(asin).strip()
-    else:
-        item_id = f"{id_key or Path(source_file).name}:{source_line}"
-    category = data.get("main_category")
-    return {
-        "item_id": item_id,
-        "source_file": source_file,
-        "source_line": source_line,
-        "category": str(category) if category not in (None, "") else None,
-        "title": _text_or_none(data.get("title")),
-        "description": _join(data.get("description")),
-        "features": _join(data.get("features")),
-        "details": _details(data.get("details")),
-        "price_raw": None if raw_price is None else (raw_price if isinstance(raw_price, str) else json.dumps(raw_price)),
-        "price": price,
-        "price_issue": issue,
-    }
-
-
 def _progress(total: int | None, desc: str):
     from tqdm.auto import tqdm
 
@@ -199,9 +126,12 @@ def _raw_chunks(src: Any, source: str, quarantine: list[dict[str, Any]]) -> Iter
                     {"source_file": item.source_file, "source_line": item.source_line, "reason": item.reason, "excerpt": item.excerpt}
                 )
                 continue
+            row = row_or_quarantine(item, src.id_keys.get(item.source_file))
+            if "reason" in row:  # a record no listing can be made of (too deeply nested, lone surrogates)
+                quarantine.append(row)
+                continue
             if item.data.get("synthetic") is True:  # e.g. a saved demo catalog: stays labelled synthetic
                 synthetic = True
-            row = normalize_record(item.data, item.source_file, item.source_line, src.id_keys.get(item.source_file))
             for k, v in row.items():
                 cols[k].append(v)
             if len(cols["item_id"]) >= INGEST_CHUNK:

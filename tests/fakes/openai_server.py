@@ -15,6 +15,14 @@ tests stay deterministic under concurrency (each prompt keeps its own attempt co
                         misconfigured proxy's error page might; PAD places the key where a
                         client that cuts the text before redacting it would split the key
 
+``[[leak:FORM]]``       HTTP 200 whose answer (and a response header, and an extra JSON field)
+                        carries the Bearer key of the request in a FORM a hostile server might
+                        choose (see :func:`leak`): ``tail`` (without its first 3 characters),
+                        ``middle`` (characters 5..12), ``json`` (every character ``\\uXXXX``-escaped
+                        in the JSON body, which ``json.loads`` turns back into the key), ``url``
+                        (%XX-escaped), ``html`` (&#NN; escaped), ``double`` (JSON-escaped twice)
+``[[leakerr:FORM]]``    HTTP 400 (not retried) whose error message carries the key in FORM
+
 Server-wide knobs: ``delay_s`` (sleep before every answer, to measure concurrency) and
 ``echo_auth_in_errors`` (error bodies repeat the Authorization header, as a hostile or buggy proxy
 might, so tests can check the client redacts the key from everything it writes).
@@ -159,6 +167,20 @@ class FakeOpenAI:
                         {"Retry-After": "0"} if int(status) == 429 else None,
                     )
                     return
+            if "leak" in marks or "leakerr" in marks:
+                secret = auth.removeprefix("Bearer ")
+                form = marks.get("leak") or marks.get("leakerr")
+                piece = leak(secret, form)
+                if "leakerr" in marks:
+                    # the piece goes into the raw JSON text unescaped by json.dumps (it is already escaped)
+                    body_text = '{"error": {"message": "bad request from ' + piece + '", "type": "fake"}}'
+                    self._send(h, 400, body_text.encode())
+                    return
+                reply = json.dumps(_completion(body, "12 PLACEHOLDER", 3))
+                reply = reply.replace("PLACEHOLDER", piece)
+                reply = reply[:-1] + ', "debug": "' + piece + '"}'
+                self._send(h, 200, reply.encode(), {"X-Debug-Key": leak(secret, "tail")})
+                return
             if "echo" in marks:
                 pad = int(marks["echo"] or 0)
                 filler = ("proxy error: upstream unavailable. " * (pad // 36 + 1))[:pad]
@@ -195,3 +217,20 @@ def _completion(body: dict[str, Any], content: str | None, prompt_words: int = 0
         "choices": choices,
         "usage": {"prompt_tokens": prompt_words + 20, "completion_tokens": 2, "total_tokens": prompt_words + 22},
     }
+
+
+def leak(secret: str, form: str) -> str:
+    """``secret`` as a hostile server might hide it in JSON text (already escaped for a JSON string)."""
+    if form == "tail":
+        return secret[3:]
+    if form == "middle":
+        return secret[5:13]
+    if form == "json":
+        return "".join(f"\\u{ord(c):04x}" for c in secret)
+    if form == "double":  # escaped twice: a JSON string inside a JSON string
+        return "".join(f"\\\\u{ord(c):04x}" for c in secret)
+    if form == "url":
+        return "".join(f"%{ord(c):02X}" for c in secret)
+    if form == "html":
+        return "".join(f"&#{ord(c)};" for c in secret)
+    raise ValueError(f"unknown leak form {form!r}")

@@ -239,6 +239,29 @@ def test_baselines_key_covers_the_endpoint_the_model_and_whether_a_key_is_set(mo
     assert cache.step_key("baselines", plain) == k and cache.outside_inputs("baselines", plain) == {}
 
 
+def test_settings_that_change_only_speed_are_not_in_the_key_and_the_rest_are(tmp_path):
+    """Issue 21 #6: train.loss_sync_steps (and save/logging cadence, frontier concurrency) must not retrain."""
+    from pricefit.config import TrainConfig
+
+    ref = ArtifactRef(kind="tokenized", path=str(tmp_path / "tok"), sha256="0" * 64)
+
+    def key(**train):
+        return cache.step_key("train", {"tokenized": ref, "cfg": TrainConfig(**train), "workdir": "/w"})
+
+    base = key()
+    for speed_only in ({"loss_sync_steps": 7}, {"loss_sync_steps": 1}, {"save_steps": 3}, {"logging_steps": 10}):
+        assert key(**speed_only) == base, speed_only  # was: a new key, so a full retrain
+    for result_changing in ({"learning_rate": 2e-4}, {"seed": 1}, {"pad_to": "max"}, {"device_data": False},
+                            {"compile": False}, {"merge": True}, {"batch_size": 8}):
+        assert key(**result_changing) != base, result_changing
+    assert set(cache.fingerprint(TrainConfig())) == set(TrainConfig.model_fields) - {"loss_sync_steps", "save_steps", "logging_steps"}
+
+    def bkey(**frontier):
+        return cache.step_key("baselines", {"cfg": BaselinesConfig(include=["constant"], frontier=frontier), "workdir": "/w"})
+
+    assert bkey(concurrency=16) == bkey() != bkey(model="gpt-4o-mini")  # nested: the frontier's concurrency too
+
+
 def test_key_ignores_nothing_but_refuses_payloads(tmp_path):
     import polars as pl
 
@@ -320,3 +343,109 @@ def test_a_lock_left_by_a_dead_process_is_cleared(tmp_path):
     fresh = cache.lock_manager(tmp_path)  # another run, which never held it
     assert not fresh.is_locked("k") and not (tmp_path / ".prefect-locks" / "k.lock").exists()
     assert fresh.acquire_lock("k", holder="next")
+
+
+def _same_stat_edit(path: Path, old: bytes, new: bytes) -> None:
+    """Rewrite ``path`` in place with bytes of the same length and put its mtime back."""
+    st = path.stat()
+    data = path.read_bytes()
+    assert len(old) == len(new) and old in data
+    path.write_bytes(data.replace(old, new))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+@pytest.mark.parametrize("form", ["comma", "recursive_glob", "home", "csv_prefix", "envvar", "plain"])
+def test_ingest_key_sees_every_source_form_grow_and_change_in_place(tmp_path, monkeypatch, form):
+    """Issue 21 #4: comma lists, ``**`` globs and ``~/`` paths were never fingerprinted, and an
+    in-place edit that kept size and mtime was served stale."""
+    data = tmp_path / "data" / "a"
+    data.mkdir(parents=True)
+    one, two = data / "one.jsonl", data / "two.jsonl"
+    one.write_text('{"title": "a", "price": 1}\n')
+    two.write_text('{"title": "b", "price": 2}\n')
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("LISTINGS_DIR", str(data))
+    spec = {
+        "comma": f"{one},{two}",
+        "recursive_glob": f"{tmp_path}/data/**/*.jsonl",
+        "home": "~/data/a/one.jsonl,~/data/a/two.jsonl",
+        "csv_prefix": f"csv:{one},{two}",
+        "envvar": "${LISTINGS_DIR}/one.jsonl,${LISTINGS_DIR}/two.jsonl",
+        "plain": str(two),
+    }[form]
+    inputs = {"source": spec, "options": {}, "workdir": str(tmp_path)}
+    key = cache.step_key("ingest", inputs)
+    assert cache.step_key("ingest", inputs) == key  # stable
+    _same_stat_edit(two, b'"price": 2', b'"price": 9')  # an edit that keeps size and mtime
+    edited = cache.step_key("ingest", inputs)
+    assert edited != key
+    two.write_text('{"title": "b", "price": 9}\n{"title": "c", "price": 3}\n')  # listings added
+    assert cache.step_key("ingest", inputs) not in (key, edited)
+    if form == "recursive_glob":  # a file that appears deeper in the glob
+        grown = cache.step_key("ingest", inputs)
+        (data / "deeper").mkdir()
+        (data / "deeper" / "three.jsonl").write_text('{"title": "d", "price": 4}\n')
+        assert cache.step_key("ingest", inputs) != grown
+
+
+def test_a_slice_ids_file_and_any_file_a_config_names_are_in_the_key_by_content(tmp_path, monkeypatch):
+    """Issue 21 #4: editing a slice's ``ids_file`` served the old slice MAE."""
+    from pricefit.config import EvaluateConfig
+    from pricefit.slices import SliceSpec
+
+    ids = tmp_path / "ids.csv"
+    ids.write_text("item_id\nA1\nA2\n")
+    monkeypatch.setenv("IDS_DIR", str(tmp_path))
+    spec = SliceSpec(name="ref", ids_file="${IDS_DIR}/ids.csv")
+    inputs = {"cfg": EvaluateConfig(), "slices": [spec], "workdir": str(tmp_path)}
+    key = cache.step_key("evaluate", inputs)
+    assert cache.outside_inputs("evaluate", inputs) == {"files": [[".slices[0].ids_file", [[str(ids), cache.outside.content_hash(str(ids))]]]]}
+    _same_stat_edit(ids, b"A2", b"B7")
+    assert cache.step_key("evaluate", inputs) != key
+    # a CSV source's category file (curate.csv_categories) counts the same way
+    cats = tmp_path / "cats.csv"
+    cats.write_text("id,category_name\n1,Tools\n")
+    cfg_inputs = {"source": "demo:10", "options": {"csv_categories": str(cats)}, "workdir": str(tmp_path)}
+    k1 = cache.step_key("ingest", cfg_inputs)
+    _same_stat_edit(cats, b"Tools", b"Pools")
+    assert cache.step_key("ingest", cfg_inputs) != k1
+
+
+@pytest.mark.parametrize("corruption", ["flip_bytes_same_size_and_mtime", "truncate", "append"])
+def test_a_corrupt_artifact_is_never_served_nor_read(tmp_path, corruption):
+    """Issue 21 #3: flipping floats in a cached adapter's price head left train Cached and evaluate
+    scored from it (and cached that). Now the record is dropped at lookup (the producer recomputes)
+    and a step refuses a damaged input before computing anything."""
+    records = tmp_path / "records"
+    records.mkdir()
+    workdir = tmp_path / "wd"
+    adapter_dir = workdir / "artifacts" / "train" / "0123456789abcdef"
+    with atomic_dir(adapter_dir) as tmp:
+        (tmp / "price_head.safetensors").write_bytes(bytes(range(64)))
+        write_manifest(tmp, {"kind": "adapter"})
+    ref = ref_for(adapter_dir, "adapter")
+    _record(records, "k1", ref)
+    cache._drop_stale_record(str(records), "k1")
+    cache.check_inputs("evaluate", {"adapter": ref, "cfg": CurateConfig()})
+    assert (records / "k1").exists()  # intact: served, read
+    f = adapter_dir / "price_head.safetensors"
+    st = f.stat()
+    if corruption == "flip_bytes_same_size_and_mtime":
+        f.write_bytes(bytes(reversed(range(64))))
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    elif corruption == "truncate":
+        f.write_bytes(bytes(range(10)))
+    else:
+        with f.open("ab") as fh:
+            fh.write(b"\0")
+    with pytest.raises(PricefitError) as err:
+        cache.check_inputs("evaluate", {"adapter": ref, "cfg": CurateConfig()})
+    assert f"step evaluate: its input adapter artifact {adapter_dir} is damaged: {f} changed after it was written" in err.value.message
+    assert "nothing was computed or cached" in err.value.message
+    assert err.value.hint.startswith("run again: the train step sees the damage at its cache lookup and recomputes it")
+    # the champion's adapter comes as a path + manifest sha256 pair: checked the same way
+    with pytest.raises(PricefitError, match="step champion: its input adapter artifact"):
+        cache.check_inputs("champion", {"adapter_path": str(adapter_dir), "adapter_sha256": ref.sha256})
+    cache._drop_stale_record(str(records), "k1")
+    assert not (records / "k1").exists()  # the producer's record is dropped: it recomputes

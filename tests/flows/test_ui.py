@@ -209,7 +209,7 @@ def test_the_docs_server_serves_data_docs_and_nothing_else(tmp_path):
 
     docs = _contract(tmp_path, "curated")["data_docs"]
     (tmp_path / "curated" / "secret.txt").write_text("not docs")
-    server, base = start_docs_server("127.0.0.1", 0)
+    server, base = start_docs_server("127.0.0.1", 0, roots=[tmp_path])
     try:
         url = ui.data_docs_url(docs, base)
         assert url == f"{base}/data-docs{Path(docs).resolve().as_posix()}"
@@ -220,14 +220,55 @@ def test_the_docs_server_serves_data_docs_and_nothing_else(tmp_path):
         folder = Path(docs).resolve().parent
         for path in (f"/data-docs{folder.parent}/secret.txt", f"/data-docs{folder}/../secret.txt", "/data-docs/etc/passwd", "/"):
             r = httpx.get(base + path)
-            assert r.status_code == 404 and "only files under data_docs/ folders are served" in r.text, path
+            assert r.status_code == 404 and "only the runs' own data_docs/ folders are served" in r.text, path
     finally:
         server.shutdown()
         server.server_close()
     # what a client that does not normalise the path could ask: resolved before the check
     (folder / "link.txt").symlink_to(folder.parent / "secret.txt")
-    assert docs_file(f"/data-docs{folder}/../secret.txt") is None and docs_file(f"/data-docs{folder}/link.txt") is None
-    assert docs_file(f"/data-docs{folder}/%69ndex.html") == folder / "index.html"
+    assert docs_file(f"/data-docs{folder}/../secret.txt", [tmp_path]) is None
+    assert docs_file(f"/data-docs{folder}/link.txt", [tmp_path]) is None
+    assert docs_file(f"/data-docs{folder}/%69ndex.html", [tmp_path]) == folder / "index.html"
+
+
+def test_the_docs_server_serves_only_the_runs_docs_roots_and_only_to_local_host_names(tmp_path, monkeypatch):
+    """Issue 21 #6: a data_docs folder elsewhere on disk (/tmp/x/data_docs/id_rsa) is not served, nor
+    anything to a request whose Host header is not loopback or the bound host (DNS rebinding)."""
+    import httpx
+
+    from flows.serve import DocsRoots, start_docs_server
+    from tasks import ui
+
+    workdir, elsewhere = tmp_path / "runs", tmp_path / "x"
+    run_docs = Path(_contract(workdir, "curated")["data_docs"])
+    linked_docs = Path(_contract(tmp_path / "other-workdir", "curated")["data_docs"])  # a run with its own workdir
+    (elsewhere / "data_docs").mkdir(parents=True)
+    (elsewhere / "data_docs" / "id_rsa").write_text("PRIVATE KEY")
+    registry = tmp_path / "roots.txt"
+    registry.touch()
+    server, base = start_docs_server("127.0.0.1", 0, roots=DocsRoots([workdir], registry))
+    port = server.server_address[1]
+    try:
+        assert httpx.get(ui.data_docs_url(run_docs, base)).status_code == 200
+        secret = f"{base}/data-docs{(elsewhere / 'data_docs' / 'id_rsa').resolve().as_posix()}"
+        assert httpx.get(secret).status_code == 404  # was 200: any data_docs folder on disk was served
+        linked_url = f"{base}/data-docs{linked_docs.resolve().as_posix()}"
+        assert httpx.get(linked_url).status_code == 404  # not linked by a run yet
+        monkeypatch.setenv(ui.DOCS_ROOTS_ENV, str(registry))
+        assert ui.data_docs_url(linked_docs, base) == linked_url  # a run links it: now it is served
+        assert registry.read_text() == f"{linked_docs.resolve().parent.as_posix()}\n"
+        assert httpx.get(linked_url).status_code == 200
+        assert httpx.get(secret).status_code == 404
+
+        page = ui.data_docs_url(run_docs, base)
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "localhost.:1"):
+            r = httpx.get(page, headers={"Host": host})
+            assert r.status_code == 403 and "wrong Host header" in r.text, host  # was 200
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
+            assert httpx.get(page, headers={"Host": host}).status_code == 200, host
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_busy_docs_port_falls_back_to_a_free_one(caplog):

@@ -217,3 +217,32 @@ def test_the_champion_is_rescored_on_todays_items(tmp_path: Path):
     assert better["promoted"] is True and better["relative_improvement"] == pytest.approx(1 / 6)
     with pytest.raises(PricefitError, match="covers other items"):
         promote(_eval_dir(tmp_path, "night4", 50.0, ids=["a", "b"]), wd, cfg, champion_eval=champion_today)
+
+
+def _eval_of(root: Path, name: str, mae: float, adapter_sha: str) -> Path:
+    d = _eval_dir(root, name, mae)
+    (d / "manifest.json").write_text(json.dumps({"kind": "evaluation", "adapter": f"/adapters/{name}", "adapter_sha256": adapter_sha}))
+    return d
+
+
+def test_a_champion_replaced_after_the_rescore_is_judged_as_it_is_now_under_the_lock(tmp_path: Path):
+    """Issue 21 #6: run A re-scores champion c0, run B then promotes c1 (much better), then A decides.
+    A must not beat c1 with a comparison against c0's score (the old code promoted A over c1)."""
+    wd = tmp_path / "work"
+    cfg = PromoteConfig(margin=0.02, **NO_GUARD)
+    assert promote(_eval_of(tmp_path, "c0", 100.0, "sha-c0"), wd, cfg)["promoted"] is True
+    c0_today = _eval_of(tmp_path, "c0-today", 100.0, "sha-c0")  # both runs re-score c0 on today's items
+    b = promote(_eval_of(tmp_path, "c1", 50.0, "sha-c1"), wd, cfg, champion_eval=c0_today)
+    assert b["promoted"] is True  # B wins against c0
+
+    a = promote(_eval_of(tmp_path, "a", 80.0, "sha-a"), wd, cfg, champion_eval=c0_today)  # A still holds c0's score
+
+    assert a["promoted"] is False
+    assert json.loads((wd / "champion.json").read_text())["adapter_sha256"] == "sha-c1"
+    assert a["reason"].startswith("the champion was replaced (now adapter sha-c1) after this run re-scored the one before (sha-c0)")
+    assert "does not beat champion 50.0000" in a["reason"]  # judged against c1's record on the same items
+    assert a["champion_rescored"]["stale"] and a["champion_before"]["adapter_sha256"] == "sha-c1"
+    # a rescore of the champion in place is used as before
+    c1_today = _eval_of(tmp_path, "c1-today", 60.0, "sha-c1")
+    again = promote(_eval_of(tmp_path, "a2", 55.0, "sha-a2"), wd, cfg, champion_eval=c1_today)
+    assert again["promoted"] is True and "the champion re-scored on the same 4 items (60.0000)" in again["reason"]

@@ -294,7 +294,7 @@ def test_redactor_covers_the_key_bearer_tokens_and_cut_off_copies():
     assert r("Authorization: Bearer some-other-token") == "Authorization: Bearer [REDACTED]"
     assert r("authorization: bearer abc.def") == "authorization: bearer [REDACTED]"
     assert r(f"cut here: {KEY[:13]}") == "cut here: [REDACTED]"  # a truncated copy
-    assert r(f"{KEY[:8]}x {KEY[:7]}") == f"[REDACTED]x {KEY[:7]}"  # 8 characters or more
+    assert r(f"{KEY[:8]}x {KEY[:5]}") == f"[REDACTED]x {KEY[:5]}"  # 6 characters or more
     assert r(f'{{"k": "{KEY}", "j": "{KEY[:20]}"}}') == '{"k": "[REDACTED]", "j": "[REDACTED]"}'
     assert Redactor(None)("Bearer x") == "Bearer [REDACTED]" and Redactor("short")("a short b") == "a [REDACTED] b"
 
@@ -339,3 +339,60 @@ def test_sync_wrapper_works_inside_a_running_event_loop(server, env):
         return price_texts(["x [[price:4]]"], _cfg(server), progress=False)
 
     assert [r.prediction for r in asyncio.run(caller()).items] == [4.0]
+
+
+LEAK_FORMS = ("tail", "middle", "json", "double", "url", "html")
+
+
+def _pieces(secret: str, n: int = 6) -> set[str]:
+    return {secret[i : i + n] for i in range(len(secret) - n + 1)}
+
+
+def test_redactor_removes_every_six_character_piece_of_the_key_after_decoding_escapes():
+    r = Redactor(KEY)
+    assert r(f"x{KEY[3:]}y") == "x[REDACTED]y"  # the key without its first characters
+    assert r(f"mid {KEY[5:11]} end") == "mid [REDACTED] end"  # a 6-character middle piece
+    assert r(f"mid {KEY[5:10]} end") == f"mid {KEY[5:10]} end"  # 5 characters: kept
+    escaped = "".join(f"\\u{ord(c):04x}" for c in KEY)
+    assert r(f'{{"k": "{escaped}"}}') == '{"k": "[REDACTED]"}'  # JSON-escaped: decoded, then redacted
+    assert r("".join(f"%{ord(c):02X}" for c in KEY)) == "[REDACTED]"
+    assert r("".join(f"&#{ord(c)};" for c in KEY)) == "[REDACTED]"
+    assert r("".join(f"\\\\u{ord(c):04x}" for c in KEY[:9])) == "[REDACTED]"  # escaped twice
+    assert r.clean({KEY[2:]: [KEY[4:12], 3]}) == {"[REDACTED]": ["[REDACTED]", 3]}
+
+
+@pytest.mark.parametrize("form", LEAK_FORMS)
+def test_a_hostile_server_leaks_no_piece_of_the_key_into_any_file_or_log(server, env, tmp_path, caplog, capfd, form):
+    """Issue 21 #2: the reply carries the key in ``form`` (a piece, or escaped so that json.loads
+    restores it) in its answer, an extra field and a header; nothing written, logged or printed
+    holds any 6-character piece of it."""
+    texts = [f"a [[leak:{form}]]", "b [[fail:500x1]] [[price:9]]"]
+    curated = _curated(tmp_path / "data", texts)
+    caplog.set_level(logging.DEBUG)
+    cfg = BaselinesConfig(include=["constant", "frontier"], frontier=_cfg(server))
+    out = Path(run_baselines(curated, tmp_path / "bl", cfg, progress=False).path)
+    assert server.auth_headers.count(f"Bearer {KEY}") == 3  # the key was really sent
+    preds = pl.read_parquet(out / "frontier" / "predictions.parquet")
+    assert preds["prediction"].to_list() == [12.0, 9.0]  # "12 [REDACTED]" still scores
+    assert preds["raw"][0] == "12 [REDACTED]"
+    cached = [json.loads(p.read_text()) for p in (tmp_path / "home" / "frontier").rglob("*.json")]
+    assert sorted(c["content"] for c in cached) == ["12 [REDACTED]", "9"]
+    assert all(set(c) == {"model", "host", "content", "prompt_tokens", "completion_tokens"} for c in cached)
+    captured = capfd.readouterr()
+    written = "\n".join([_all_text_under(tmp_path), caplog.text, captured.out, captured.err])
+    leaked = [p for p in _pieces(KEY) if p in written]
+    assert leaked == []
+
+
+@pytest.mark.parametrize("form", LEAK_FORMS)
+def test_an_error_message_carrying_the_key_is_redacted_in_the_raised_error(server, env, tmp_path, caplog, form):
+    texts = [f"a [[leakerr:{form}]]", "b [[price:9]]"]
+    curated = _curated(tmp_path / "data", texts)
+    caplog.set_level(logging.DEBUG)
+    cfg = BaselinesConfig(include=["frontier"], frontier=_cfg(server))
+    with pytest.raises(FrontierIncomplete) as err:
+        run_baselines(curated, tmp_path / "bl", cfg, progress=False)
+    message = f"{err.value} {err.value.hint}"
+    assert "HTTP 400: Error code: 400 - bad request from [REDACTED])" in message
+    written = "\n".join([_all_text_under(tmp_path), caplog.text, message])
+    assert [p for p in _pieces(KEY) if p in written] == []

@@ -24,9 +24,10 @@ Operational rules:
   its retry (Prefect's, or a rerun) sends only the failed items. The alternative, recording them
   as failed in a finished result, would need the step cache to know that result is partial;
 - the API key is never written anywhere: it is redacted from reply text, error messages, cached
-  files and (during the run) from the log records of openai/httpx; redaction runs on the whole
-  text before any cut to length, and covers the key's value, Bearer tokens and cut-off copies of
-  the key (8+ character prefixes);
+  files and (during the run) from the log records of openai/httpx; redaction decodes escapes
+  first (JSON, URL, HTML), runs on the whole text before any cut to length, and covers Bearer
+  tokens and every piece of the key of 6+ characters; the reply cache keeps only the answer's
+  text and token counts, never the reply as received;
 - malformed replies (body not JSON, no choices, no number) are counted as unparsed, never a crash:
   the endpoint answered, the answer is scored (as $0, like an unparsed reply of any model).
 """
@@ -87,36 +88,94 @@ def skip_reason(cfg: FrontierConfig) -> str | None:
 
 
 _BEARER = re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/=-]+")
-_PREFIX_MIN = 8  # a cut-off copy of the key this long (or longer) is redacted too
+#: A piece of the key this long (or longer), anywhere in a text, is redacted: a prefix, a suffix, a
+#: middle piece, after any escaping is decoded (see :meth:`Redactor.decode`).
+PIECE_MIN = 6
+_PREFIX_MIN = PIECE_MIN  # older name
+# escapes a server (or a JSON/URL/HTML layer in between) may wrap the key in; decoded before matching
+_ESCAPES = re.compile(
+    r"\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})|\\x([0-9a-fA-F]{2})|%([0-9a-fA-F]{2})"
+    r"|&#[xX]([0-9a-fA-F]{1,6});|&#([0-9]{1,7});|\\([\\/\"'])"
+)
+
+
+def _unescape_one(m: re.Match[str]) -> str:
+    hexa = m.group(1) or m.group(2) or m.group(3) or m.group(4) or m.group(5)
+    try:
+        if hexa:
+            return chr(int(hexa, 16))
+        if m.group(6):
+            return chr(int(m.group(6)))
+    except (ValueError, OverflowError):
+        return m.group(0)
+    return m.group(7)
 
 
 class Redactor:
-    """Scrubs the API key from text: its value anywhere, any Bearer token, and any cut-off copy of
-    the key (an 8+ character prefix of it, as a reply or an error message truncated mid-key leaves).
+    """Scrubs the API key from text: any piece of it of ``PIECE_MIN`` (6) or more characters,
+    wherever it sits (the whole key, a cut-off copy, the key without its first characters, a middle
+    piece), and any Bearer token. The text is decoded first (JSON ``\\uXXXX``, ``\\xXX``, URL
+    ``%XX`` and HTML ``&#...;`` escapes, repeatedly), so an escaped copy that a later ``json.loads``
+    would turn back into the key is caught; what comes back is the decoded, redacted text.
 
     Always redact the whole text, then cut it to length: cutting first can split the key and
-    leave a prefix that no longer matches it.
+    leave a piece that no longer matches it.
     """
 
     def __init__(self, secret: str | None):
         self.secret = secret or None
+        s = self.secret or ""
+        n = min(PIECE_MIN, len(s))
+        self._pieces = {s[i : i + n] for i in range(len(s) - n + 1)} if s else set()
+        self._n = n
+
+    @staticmethod
+    def decode(text: str) -> str:
+        """``text`` with escapes decoded until nothing changes (nested escaping too; bounded)."""
+        for _ in range(8):
+            decoded = _ESCAPES.sub(_unescape_one, text)
+            if decoded == text:
+                break
+            text = decoded
+        return text
+
+    def _scrub_pieces(self, s: str) -> str:
+        n = self._n
+        if not self._pieces or len(s) < n:
+            return s
+        covered = bytearray(len(s))
+        pieces = self._pieces
+        for i in range(len(s) - n + 1):
+            if s[i : i + n] in pieces:
+                covered[i : i + n] = b"\x01" * n
+        if not any(covered):
+            return s
+        out, i = [], 0
+        while i < len(s):
+            if covered[i]:
+                while i < len(s) and covered[i]:
+                    i += 1
+                out.append(REDACTED)
+            else:
+                out.append(s[i])
+                i += 1
+        return "".join(out)
 
     def __call__(self, text: Any) -> str:
         s = "" if text is None else str(text)
-        secret = self.secret
-        if secret:
-            s = s.replace(secret, REDACTED)
-        s = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", s)
-        if secret and len(secret) >= _PREFIX_MIN:
-            head = secret[:_PREFIX_MIN]
-            start = s.find(head)
-            while start != -1:
-                end = start + _PREFIX_MIN
-                while end < len(s) and end - start < len(secret) and s[end] == secret[end - start]:
-                    end += 1
-                s = s[:start] + REDACTED + s[end:]
-                start = s.find(head, start + len(REDACTED))
-        return s
+        if self.secret:
+            s = self._scrub_pieces(self.decode(s))
+        return _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", s)
+
+    def clean(self, value: Any) -> Any:
+        """A JSON value (dict/list/str/...) with every string, keys included, redacted."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {self(k): self.clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.clean(v) for v in value]
+        return value
 
 
 class _ScrubFilter(logging.Filter):
@@ -266,14 +325,19 @@ def _parse_body(text: str, redact: Redactor, price_range: tuple[float, float]) -
     if not choices or not isinstance(choices, list):
         return ItemResult(status="empty_choices", prompt_tokens=pt, completion_tokens=ct, error="no choices in reply")
     msg = choices[0].get("message") if isinstance(choices[0], dict) else None
-    content = redact((msg or {}).get("content") if isinstance(msg, dict) else "")
+    content = (msg or {}).get("content") if isinstance(msg, dict) else ""
+    return _reply_result(redact(content if isinstance(content, str) else ""), pt, ct, price_range)
+
+
+def _reply_result(content: str, prompt_tokens: Any, completion_tokens: Any, price_range: tuple[float, float]) -> ItemResult:
+    """The scored result of one answer's (already redacted) text."""
     pred = parse_price_output(content, *price_range)
     return ItemResult(
         prediction=pred,
         raw=content,
         status="ok" if pred is not None else "no_number",
-        prompt_tokens=pt,
-        completion_tokens=ct,
+        prompt_tokens=_count(prompt_tokens),
+        completion_tokens=_count(completion_tokens),
     )
 
 
@@ -372,7 +436,11 @@ async def _price_one(
     if cache_file is not None and cache_file.exists():
         try:
             cached = json.loads(cache_file.read_text())
-            res = _parse_body(json.dumps(cached["response"]), redact, price_range)
+            if "response" in cached:  # an older cache file: the whole reply
+                res = _parse_body(json.dumps(cached["response"]), redact, price_range)
+            else:
+                res = _reply_result(redact(cached["content"]), cached.get("prompt_tokens"),
+                                    cached.get("completion_tokens"), price_range)
             res.cached = True
             return res
         except (OSError, ValueError, KeyError, TypeError):
@@ -410,8 +478,10 @@ async def _price_one(
     stats.failed_in_a_row = 0
     res = _parse_body(payload, redact, price_range)
     if cache_file is not None and res.status in ("ok", "no_number"):
-        # the reply as received (key scrubbed), never the request headers
-        write_json_atomic(cache_file, {"model": cfg.model, "host": host, "response": json.loads(redact(payload))})
+        # only what scoring needs: the answer's text (decoded, then redacted) and the token counts;
+        # never the reply as received, which a hostile server can fill with (escaped) copies of the key
+        write_json_atomic(cache_file, {"model": cfg.model, "host": host, "content": res.raw,
+                                       "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens})
     return res
 
 

@@ -17,13 +17,15 @@ files in a comma list) are named relative to their common folder instead.
 Iteration never stops on a bad line: it yields a :class:`Quarantined` item (malformed JSON, invalid
 UTF-8, not a JSON object, a CSV row with the wrong number of fields) and goes on. A UTF-8 byte-order
 mark (at the start of a JSONL line, or of a CSV file, gzipped or not) is dropped, not quarantined. A file that
-cannot be opened or read at all raises :class:`pricefit.errors.PricefitError` naming the file.
+cannot be opened or read at all raises :class:`pricefit.errors.PricefitError` naming the file, and so does
+a source that is not a regular file (a FIFO named ``*.jsonl`` would block forever).
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -95,6 +97,22 @@ def _unique_keys(entries: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
     return [(p, renamed.get(os.path.realpath(p), key)) for p, key in entries]
 
 
+def _check_regular(p: Path) -> None:
+    """A source must be a regular file: a FIFO, socket or device named ``*.jsonl`` would block the
+    read (and the cache key) forever or never end."""
+    try:
+        mode = os.stat(p).st_mode
+    except OSError as e:
+        raise PricefitError(f"cannot read source file {p}: {e.strerror or e}", hint="check the path and its permissions") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        raise PricefitError(
+            f"source {p} is {kind}, not a regular file",
+            hint="give a regular .jsonl, .jsonl.gz, .parquet or .csv file (write the stream to a file first)",
+        )
+
+
 def expand_spec(spec: str) -> list[tuple[Path, str]]:
     """Comma-separated paths and globs -> (existing file, fallback-id key), in order; errors name what is missing."""
     entries: list[tuple[Path, str]] = []
@@ -125,6 +143,7 @@ def expand_spec(spec: str) -> list[tuple[Path, str]]:
                     f"source {p} is a directory",
                     hint=f"name the files inside it, e.g. '{p}/*.jsonl.gz'",
                 )
+            _check_regular(p)
             entries.append((p, p.name))
     if not entries:
         raise PricefitError(f"source {spec!r} names no file", hint="give at least one file, a glob, or 'demo'")

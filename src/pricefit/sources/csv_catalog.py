@@ -153,7 +153,61 @@ def _has_surrogates(values) -> bool:
     return False
 
 
+class _Lines:
+    """The physical lines of a CSV text file, numbered (1-based), that csv.reader pulls one at a time.
+
+    ``taken`` holds the lines of the record being read; :meth:`push_back` puts lines in front again
+    (after a record that an unclosed quote merged, its lines are read once more as rows). An iterator
+    class, not a generator: it can yield again after it once reported the end of the file."""
+
+    def __init__(self, f):
+        self._file = iter(f)
+        self._no = 0
+        self._pending: list[tuple[int, str]] = []
+        self.taken: list[tuple[int, str]] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if self._pending:
+            item = self._pending.pop()
+        else:
+            text = next(self._file)  # StopIteration at the end of the file
+            self._no += 1
+            item = (self._no, text)
+        self.taken.append(item)
+        return item[1]
+
+    def push_back(self, lines: list[tuple[int, str]]) -> None:
+        self._pending.extend(reversed(lines))
+
+
+def _whole_rows(lines: list[tuple[int, str]], width: int, price_col: int | None) -> list[int]:
+    """The lines among ``lines`` that are, on their own, a complete row: balanced quotes, ``width``
+    fields and (when the price column is known) a parseable price. A quoted field that legitimately
+    spans lines ends in a line with one closing quote, and prose rarely has the header's exact field
+    count with a number in the price column: such lines inside one record mean a quote was never
+    closed and the rows after it were read as one field."""
+    from ..prices import parse_price  # deferred: only a multi-line record needs it
+
+    found = []
+    for no, text in lines:
+        if text.count('"') % 2:
+            continue
+        fields = next(csv.reader([text]), [])
+        if len(fields) == width and (price_col is None or parse_price(fields[price_col])[0] is not None):
+            found.append(no)
+    return found
+
+
 def iter_csv(path: Path, mapping: Mapping[str, Any], cat_names: Mapping[str, str]) -> Iterator[Record | Quarantined]:
+    """Rows of a CSV catalog; ``source_line`` is the physical line a row starts on.
+
+    A row with the wrong field count or invalid UTF-8 is quarantined. A record that spans several
+    lines among which are complete rows of their own (:func:`_whole_rows`) is an unclosed quote: its
+    first line is quarantined (``csv_unclosed_quote``, naming the lines it swallowed) and the lines
+    after it are read again as rows, so one stray quote costs one row, not the rest of the file."""
     name = str(path)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a 5 MB description must not stop the run
     try:
@@ -163,14 +217,31 @@ def iter_csv(path: Path, mapping: Mapping[str, Any], cat_names: Mapping[str, str
     line = 1
     try:
         with f:
-            reader = csv.reader(f)
+            lines = _Lines(f)
+            reader = csv.reader(lines)
             header = next(reader, [])
             width = len(header)
-            start = reader.line_num + 1
+            price = mapping.get("price")
+            price_col = header.index(price) if isinstance(price, str) and price in header else None
+            lines.taken.clear()
             for fields in reader:
-                line, start = start, reader.line_num + 1
+                taken, lines.taken = lines.taken, []
+                if not taken:
+                    continue
+                line = taken[0][0]
                 if not fields:
                     continue
+                if len(taken) > 1:
+                    merged = _whole_rows(taken[1:], width, price_col)
+                    if merged:
+                        yield Quarantined(
+                            name, line, "csv_unclosed_quote",
+                            f"a quote opened on line {line} runs on to line {taken[-1][0]}: lines "
+                            f"{taken[1][0]}-{taken[-1][0]} ({len(merged)} of them complete rows) were read into "
+                            f"this one row; they are read again as rows: {excerpt_of(taken[0][1].encode('utf-8', 'surrogateescape'))}",
+                        )
+                        lines.push_back(taken[1:])
+                        continue
                 if _has_surrogates(fields):
                     text = ",".join(fields).encode("utf-8", "surrogateescape")
                     yield Quarantined(name, line, "invalid_utf8", excerpt_of(text))
