@@ -44,6 +44,8 @@ TRIALS: dict[str, dict] = {
     "generate": {"head": "generate", "learning_rate": 1e-3, "epochs": 2},
     "head-lr2e-4": {"learning_rate": 2e-4},
     "head-lr5e-5": {"learning_rate": 5e-5},
+    # speed and memory of NF4 + double quantization alone on the GPU (150 steps; not a quality trial)
+    "head-4bit-speed": {"quantization": "4bit", "quant_type": "nf4", "double_quant": True, "max_steps": 150, "blend": "none"},
 }
 
 
