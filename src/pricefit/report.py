@@ -95,7 +95,7 @@ def render_evaluation_report(
 ) -> str:
     m = dict(metrics)
     lines = [f"# {title}", ""]
-    for k in ("base_model", "adapter", "data", "split", "mode", "device", "n_items", "runtime_s", "items_per_s"):
+    for k in ("base_model", "adapter", "data", "split", "mode", "model", "device", "n_items", "runtime_s", "items_per_s"):
         if meta.get(k) is not None:
             lines.append(f"- **{k}**: `{meta[k]}`")
     lines += [
@@ -104,6 +104,7 @@ def render_evaluation_report(
         "",
         render_metrics_table([{"name": meta.get("name", "model"), **m}], (*DEFAULT_COLUMNS, "mae_parsed")),
         "",
+        *_composition_lines(m.get("model")),
         f"Unparsed predictions (no number in the output) are counted and scored as ${m.get('unparsed_scored_as', 0):.0f}; "
         "*MAE (parsed only)* leaves them out. Hit: error under $40 or under 20% of the true price.",
         f"Traffic light: {m.get('green', 0)} green, {m.get('orange', 0)} orange, {m.get('red', 0)} red.",
@@ -128,6 +129,17 @@ def render_evaluation_report(
             "",
         ]
     return "\n".join(lines)
+
+
+def _composition_lines(record: Mapping[str, Any] | None) -> list[str]:
+    """What the model is made of (pricefit.composition) and each component alone, when it has several."""
+    from .composition import component_rows, describe
+
+    rows = component_rows(record)
+    if not rows:
+        return []
+    return [describe(record), "", "Each component alone on the same items:", "",
+            render_metrics_table(rows, DEFAULT_COLUMNS, key="model"), ""]
 
 
 def write_evaluation_report(
