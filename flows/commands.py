@@ -125,8 +125,14 @@ def _params(profile: str, overrides: list[str] | None, source: str | None, workd
     return params
 
 
-PROFILE_HELP = ("Profile name in deployments/profiles, or in $PRICEFIT_PROFILES when set (demo, shared-cpu, gpu-smollm2, "
-                "gpu-8b), or a path to a profile YAML.")
+def _profile_help() -> str:
+    from pricefit.config import list_profiles
+
+    return (f"Profile name in deployments/profiles, or in $PRICEFIT_PROFILES when set ({', '.join(list_profiles())}), "
+            "or a path to a profile YAML.")
+
+
+PROFILE_HELP = _profile_help()
 SET_HELP = "Override a setting: --set train.learning_rate=2e-4 (repeatable)."
 REFRESH_HELP = steps.REFRESH_HELP  # the refreshable steps of the registry (tasks/steps.py)
 
@@ -142,7 +148,7 @@ REFRESH_HELP = steps.REFRESH_HELP  # the refreshable steps of the registry (task
 @command
 def run_cmd(
     profile: str = typer.Option("demo", "--profile", "-p", help=PROFILE_HELP),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help=SET_HELP),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),  # no -s: the stage commands use it for --source
     source: Optional[str] = typer.Option(None, "--source", help="Listings source (overrides the profile's)."),
     workdir: Optional[str] = typer.Option(None, "--workdir", help="Root of artifacts and caches (default: the profile's, runs/)."),
     refresh: Optional[str] = typer.Option(None, "--refresh", metavar="STEP", help=REFRESH_HELP),
@@ -189,7 +195,7 @@ def _human_sweep(out: dict[str, Any]) -> str:
 def sweep_cmd(
     grid: Path = typer.Option(..., "--grid", "-g", help="YAML file with a 'grid' mapping or a 'trials' list of train.* overrides."),
     profile: str = typer.Option("demo", "--profile", "-p", help=PROFILE_HELP),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help=SET_HELP),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),  # no -s: the stage commands use it for --source
     source: Optional[str] = typer.Option(None, "--source", help="Listings source (overrides the profile's)."),
     workdir: Optional[str] = typer.Option(None, "--workdir", help="Root of artifacts and caches."),
     refresh: Optional[str] = typer.Option(None, "--refresh", metavar="STEP", help=REFRESH_HELP),

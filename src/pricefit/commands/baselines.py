@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
+from ..cli import JSON_OPTION_HELP, PROFILE_OPTION_HELP, app, check_config, check_input, command, emit
 from ..errors import PricefitError
 
 BASELINE_NAMES = ("constant", "linear", "tfidf", "base_model", "frontier")
@@ -46,7 +46,7 @@ def baselines_cmd(
     ),
     split: Optional[str] = typer.Option(None, "--split", help="Held-out split: test or validation (match `pricefit evaluate`)."),
     max_items: Optional[int] = typer.Option(None, "--max-items", help="Score the first N held-out items (match `pricefit evaluate`)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML: a baselines mapping or a run profile with a baselines: section."),
+    config: Optional[str] = typer.Option(None, "--profile", "--config", "-p", "-c", help=PROFILE_OPTION_HELP),
     set_: Optional[list[str]] = typer.Option(
         None, "--set", help="Override a setting, e.g. --set frontier.model=gpt-4o-mini --set frontier.concurrency=8."
     ),
@@ -62,7 +62,7 @@ def baselines_cmd(
     Example:  pricefit baselines --data runs/demo/curated --out runs/demo/baselines --include constant,linear,tfidf
     """
     check_input(data, "--data", ("curated",))
-    check_input(config, "--config", file=True)
+    config = check_config(config)
     from ..baselines import read_summary, run_baselines  # deferred: keeps `pricefit --help` fast (loads polars, numpy, pydantic, yaml, tenacity)
     from ..config import BaselinesConfig, load_stage_config  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
 

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
+from ..cli import JSON_OPTION_HELP, PROFILE_OPTION_HELP, app, check_config, check_input, command, emit
 
 
 def _human(r: dict[str, Any]) -> str:
@@ -30,7 +30,7 @@ def tokenize_cmd(
     base_model: Optional[str] = typer.Option(
         None, "--base-model", "-m", help="Tokenizer to use: hub id, local directory, or built-in smollm2-135m / tiny-random."
     ),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file: a tokenize mapping or a run profile with a tokenize: section."),
+    config: Optional[str] = typer.Option(None, "--profile", "--config", "-p", "-c", help=PROFILE_OPTION_HELP),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a tokenize setting, e.g. --set max_length=128 (repeatable)."),
     no_contracts: bool = typer.Option(False, "--no-contracts", help="Skip the tokenized data contract (debugging only)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
@@ -42,7 +42,7 @@ def tokenize_cmd(
     Example:  pricefit tokenize --curated runs/demo/curated --out runs/demo/tokenized --base-model smollm2-135m
     """
     check_input(curated, "--curated", ("curated",))
-    check_input(config, "--config", file=True)
+    config = check_config(config)
     from ..config import TokenizeConfig, load_stage_config  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
     from ..tokenization import tokenize  # deferred: keeps `pricefit --help` fast (loads polars, numpy, pydantic, yaml)
 
