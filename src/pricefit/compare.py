@@ -335,8 +335,8 @@ def baseline_guard(challenger_value: float, baselines_dir: str | Path | None, cf
     if not cfg.require_beat_baselines:
         return None
     if baselines_dir is None:
-        return ("no baselines were given to check the challenger against (pass the baselines artifact, or set "
-                "promote.require_beat_baselines: false)")
+        return ("no baselines were given to check the challenger against (pass --baselines, or promote without the guard: "
+                "--no-baseline-guard, in a profile promote.require_beat_baselines: false)")
     bl = Path(baselines_dir)
     summary = read_summary(bl)
     if summary.get("items_sha256") not in (None, item_sha):
@@ -351,13 +351,14 @@ def baseline_guard(challenger_value: float, baselines_dir: str | Path | None, cf
             scored[name] = value
     if not scored:
         return (f"no classical baseline ({', '.join(CLASSICAL_BASELINES)}) was scored on {_where(cfg)}: include one in "
-                "baselines.include, or set promote.require_beat_baselines: false")
+                "baselines.include, or promote without the guard (--no-baseline-guard; in a profile "
+                "promote.require_beat_baselines: false)")
     best = (min if lower else max)(scored, key=scored.__getitem__)
     beats = challenger_value < scored[best] - _EPS if lower else challenger_value > scored[best] + _EPS
     if beats:
         return None
-    return (f"challenger {cfg.metric} {challenger_value:.4f} on {_where(cfg)} does not beat the best classical baseline, "
-            f"{best} {scored[best]:.4f}: a model no better than {best} is never promoted")
+    return (f"challenger {cfg.metric} {fmt(cfg.metric, challenger_value)} on {_where(cfg)} does not beat the best classical "
+            f"baseline, {best} {fmt(cfg.metric, scored[best])}: a model no better than {best} is never promoted")
 
 
 def promote(
@@ -452,8 +453,8 @@ def _decide_and_record(wd: Path, challenger: dict[str, Any], cfg: PromoteConfig,
         verb = "beats" if promoted else "does not beat"
         gain = "undefined" if improvement is None else f"{improvement:.2%}"
         reason = (
-            f"challenger {cfg.metric} {challenger['value']:.4f} {verb} the champion re-scored on the same "
-            f"{challenger['n']} items ({rescored['value']:.4f}) on {_where(cfg)} by the margin {cfg.margin:.2%} "
+            f"challenger {cfg.metric} {fmt(cfg.metric, challenger['value'])} {verb} the champion re-scored on the same "
+            f"{challenger['n']} items ({fmt(cfg.metric, rescored['value'])}) on {_where(cfg)} by the margin {cfg.margin:.2%} "
             f"(relative improvement {gain})"
         )
     elif champion.get("items_sha256") != challenger["items_sha256"]:
@@ -474,7 +475,7 @@ def _decide_and_record(wd: Path, challenger: dict[str, Any], cfg: PromoteConfig,
         verb = "beats" if promoted else "does not beat"
         gain = "undefined" if improvement is None else f"{improvement:.2%}"
         reason = (
-            f"challenger {cfg.metric} {challenger['value']:.4f} {verb} champion {champ_value:.4f} "
+            f"challenger {cfg.metric} {fmt(cfg.metric, challenger['value'])} {verb} champion {fmt(cfg.metric, champ_value)} "
             f"by the margin {cfg.margin:.2%} (relative improvement {gain})"
         )
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -115,7 +115,11 @@ def compare_cmd(
 
     ref = compare(evaluation, baselines, out, metric=metric)
     table = json.loads((Path(ref.path) / "comparison.json").read_text())
-    emit({"ok": True, "out": ref.path, **table}, as_json, lambda r: to_markdown(table) + f"\n-> {ref.path}")
+    from ..terminal import markdown_to_text  # deferred: keeps `pricefit --help` fast
+
+    # a terminal gets aligned columns; comparison.md (and the UI) keep the Markdown
+    emit({"ok": True, "out": ref.path, **table}, as_json,
+         lambda r: markdown_to_text(to_markdown(table)) + f"\n-> {Path(ref.path) / 'comparison.md'}")
 
 
 @app.command("promote")
@@ -157,7 +161,17 @@ def promote_cmd(
         "command-line options",
     )
     tracking.check(tracking.target())
-    rec = promote(evaluation, workdir, cfg, champion_eval=champion_evaluation, baselines_dir=baselines)
+    import logging
+
+    # the decision is this command's output: its log line (the flow's record of it) would say it twice
+    quiet = logging.getLogger("pricefit.compare")
+    level = quiet.level
+    if not logging.getLogger("pricefit").isEnabledFor(logging.DEBUG):
+        quiet.setLevel(logging.WARNING)
+    try:
+        rec = promote(evaluation, workdir, cfg, champion_eval=champion_evaluation, baselines_dir=baselines)
+    finally:
+        quiet.setLevel(level)
     tracking.register_champion(rec)  # MLFLOW_TRACKING_URI set and promoted: a registered model version
     emit(
         {"ok": True, **rec},

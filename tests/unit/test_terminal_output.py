@@ -1,0 +1,64 @@
+"""Issue 22, item 6: what `compare` and `promote` print on a terminal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+from typer.testing import CliRunner
+
+from pricefit.cli import app
+from pricefit.terminal import markdown_to_text
+
+IDS = ["a", "b", "c", "d"]
+
+
+def _m(mae: float) -> dict:
+    return {"n": 4, "n_unparsed": 0, "mae": mae, "rmsle": 0.5, "hit_rate": 0.5, "mdape": 20.0}
+
+
+def _eval_dir(d: Path, mae: float, kind: str = "evaluation") -> Path:
+    d.mkdir(parents=True)
+    pl.DataFrame({"item_id": IDS, "category": ["X"] * 4, "price": [1.0] * 4, "prediction": [1.0] * 4,
+                  "raw": ["1"] * 4, "parsed": [True] * 4}).write_parquet(d / "predictions.parquet")
+    (d / "metrics.json").write_text(json.dumps(_m(mae)))
+    (d / "manifest.json").write_text(json.dumps({"kind": kind, "adapter": str(d), "adapter_sha256": d.name}))
+    return d
+
+
+def _baselines(root: Path) -> Path:
+    bl = root / "bl"
+    _eval_dir(bl / "tfidf", 141.48623)
+    (bl / "summary.json").write_text(json.dumps({"baselines": {"tfidf": {"status": "ok"}}}))
+    (bl / "manifest.json").write_text(json.dumps({"kind": "baselines"}))
+    return bl
+
+
+def test_markdown_tables_become_aligned_columns():
+    md = "# Model comparison\n\nRanked by **mae**.\n\n| rank | model | MAE |\n|---:|---|---:|\n| 1 | **fine_tuned** | $9.50 |\n| 2 | tfidf | $141.49 |\n"
+    assert markdown_to_text(md) == ("Model comparison\n\nRanked by mae.\n\n"
+                                    "rank  model           MAE\n"
+                                    "   1  fine_tuned    $9.50\n"
+                                    "   2  tfidf       $141.49")
+
+
+def test_compare_prints_a_table_not_markdown(tmp_path):
+    ev, bl = _eval_dir(tmp_path / "ev", 150.0), _baselines(tmp_path)
+    res = CliRunner().invoke(app, ["compare", "-e", str(ev), "-b", str(bl), "-o", str(tmp_path / "cmp")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "|" not in res.stdout and "**" not in res.stdout
+    assert "   1  tfidf       4         0  $141.49" in res.stdout
+    assert res.stdout.rstrip().endswith(f"-> {tmp_path / 'cmp' / 'comparison.md'}")
+    assert (tmp_path / "cmp" / "comparison.md").read_text().count("| **fine_tuned** |") == 1  # the file keeps its Markdown
+
+
+def test_promote_says_its_decision_once_in_dollars_and_names_the_flag(tmp_path):
+    ev, bl = _eval_dir(tmp_path / "ev", 150.0), _baselines(tmp_path)
+    res = CliRunner().invoke(app, ["promote", "-e", str(ev), "-b", str(bl), "-w", str(tmp_path / "w")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert res.output.count("does not beat") == 1
+    assert res.stdout.strip() == ("not promoted: challenger mae $150.00 on all items does not beat the best classical "
+                                  "baseline, tfidf $141.49: a model no better than tfidf is never promoted")
+    res = CliRunner().invoke(app, ["promote", "-e", str(ev), "-w", str(tmp_path / "w")], catch_exceptions=False)
+    assert "--no-baseline-guard" in res.stdout
