@@ -23,6 +23,7 @@ Heavy libraries (torch, transformers, tokenizers) are imported inside the functi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -440,6 +441,22 @@ def _smollm2_gguf(work: Path) -> Path:
     return gguf
 
 
+@contextlib.contextmanager
+def _gguf_bar_off():
+    """transformers' own tqdm bar over the GGUF tensors: shown with -v only (it ignores the HF switches)."""
+    import transformers.modeling_gguf_pytorch_utils as gguf
+
+    from . import logs
+
+    bar = gguf.tqdm
+    if not logs.verbosity():
+        gguf.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf.tqdm = bar
+
+
 def _build_smollm2(out: Path) -> dict[str, Any]:
     import time
 
@@ -456,12 +473,13 @@ def _build_smollm2(out: Path) -> dict[str, Any]:
         tok = AutoTokenizer.from_pretrained(gdir, gguf_file=gname)
         log.info("dequantizing the GGUF weights (Q4_1) to %s", SMOLLM2_DTYPE)
         # dequantize=True: a plain dense model (no GGUF quantizer attached), so save_pretrained works
-        model = AutoModelForCausalLM.from_pretrained(
-            gdir,
-            gguf_file=gname,
-            dtype=getattr(torch, SMOLLM2_DTYPE),
-            quantization_config=GgufConfig(gguf_file=gname, dequantize=True),
-        )
+        with _gguf_bar_off():
+            model = AutoModelForCausalLM.from_pretrained(
+                gdir,
+                gguf_file=gname,
+                dtype=getattr(torch, SMOLLM2_DTYPE),
+                quantization_config=GgufConfig(gguf_file=gname, dequantize=True),
+            )
         _fix_smollm2_tokenizer(tok)
         tok.model_max_length = model.config.max_position_embeddings  # the GGUF leaves it "infinite"
         model.save_pretrained(out)

@@ -170,8 +170,11 @@ def render_run_report(refs: Mapping[str, Any], decision: Mapping[str, Any] | Non
     curated = refs.get("curated")
     if curated:
         m = curated.manifest()
-        lines += [f"Data: {m.get('rows_read')} rows read from `{m.get('source')}`; kept {m.get('kept')}; dropped {m.get('dropped')}; "
-                  f"quarantined {m.get('quarantined')}.", ""]
+        def counts(d: Any) -> str:
+            return ", ".join(f"{v} {k}" for k, v in (d or {}).items()) or "none"
+
+        lines += [f"Data: {m.get('rows_read')} rows read from `{m.get('source')}`; kept {counts(m.get('kept'))}; "
+                  f"dropped {counts(m.get('dropped'))}; quarantined {m.get('quarantined')}.", ""]
     adapter = refs.get("adapter")
     if adapter and (adapter.dir / "train_summary.json").exists():
         s = json.loads((adapter.dir / "train_summary.json").read_text())

@@ -62,3 +62,48 @@ def test_promote_says_its_decision_once_in_dollars_and_names_the_flag(tmp_path):
                                   "baseline, tfidf $141.49: a model no better than tfidf is never promoted")
     res = CliRunner().invoke(app, ["promote", "-e", str(ev), "-w", str(tmp_path / "w")], catch_exceptions=False)
     assert "--no-baseline-guard" in res.stdout
+
+
+def test_curate_names_the_quarantine_file_and_tokenize_says_what_truncated_means():
+    from pricefit.commands.curate import _human as curate_human
+    from pricefit.commands.tokenize import _human as tokenize_human
+
+    r = {"source": "x.jsonl", "synthetic": False, "out": "/runs/c", "rows_read": 3, "kept": {"train": 2}, "dropped": {},
+         "quarantined": 1, "contracts": "raw, curated passed", "sha256": "ab" * 32}
+    assert "  quarantined                      1  -> /runs/c/quarantine.jsonl (file, line, reason)" in curate_human(r)
+    assert "quarantine.jsonl" not in curate_human({**r, "quarantined": 0})
+    t = {"curated": "/runs/c", "base_model": "smollm2-135m", "out": "/runs/t", "rows": {"train": 2},
+         "splits": {"train": {"max_tokens": 96, "mean_tokens": 90.0, "truncated": 450}}, "max_length": 96, "max_tokens": 96,
+         "mean_tokens": 90.0, "truncated": 450, "contracts": "tokenized passed", "sha256": "cd" * 32}
+    assert ("  truncated: 450 items whose item text lost its end to fit 96 tokens (the prompt template and the price "
+            "completion are never cut; tokenize.max_length raises the budget)") in tokenize_human(t)
+
+
+def test_the_run_report_writes_counts_not_python_dicts(tmp_path):
+    from types import SimpleNamespace
+
+    from pricefit.report import render_run_report
+
+    curated = SimpleNamespace(path=str(tmp_path), dir=tmp_path, manifest=lambda: {
+        "rows_read": 400, "source": "demo:400", "kept": {"train": 310, "validation": 33, "test": 51},
+        "dropped": {"duplicate": 6}, "quarantined": 0})
+    md = render_run_report({"curated": curated})
+    assert ("Data: 400 rows read from `demo:400`; kept 310 train, 33 validation, 51 test; dropped 6 duplicate; "
+            "quarantined 0.") in md
+    assert "{" not in md
+
+
+def test_the_gguf_conversion_bar_shows_only_with_verbose(monkeypatch):
+    import transformers.modeling_gguf_pytorch_utils as gguf
+
+    from pricefit import logs
+    from pricefit.models import _gguf_bar_off
+
+    original = gguf.tqdm
+    monkeypatch.setitem(logs._state, "verbose", 0)
+    with _gguf_bar_off():
+        assert gguf.tqdm(range(2)).disable is True
+    assert gguf.tqdm is original
+    monkeypatch.setitem(logs._state, "verbose", 1)
+    with _gguf_bar_off():
+        assert gguf.tqdm is original

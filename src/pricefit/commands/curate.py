@@ -34,7 +34,8 @@ def _human(r: dict[str, Any]) -> str:
         lines.append(f"  {'kept: ' + split:<24}{n:>10,}")
     for reason, n in r["dropped"].items():
         lines.append(f"  {'dropped: ' + reason:<24}{n:>10,}")
-    lines.append(f"  {'quarantined':<24}{r['quarantined']:>10,}")
+    where = f"  -> {Path(r['out']) / 'quarantine.jsonl'} (file, line, reason)" if r["quarantined"] else ""
+    lines.append(f"  {'quarantined':<24}{r['quarantined']:>10,}{where}")
     lines.append(f"  contracts: {r['contracts']}   sha256: {r['sha256'][:16]}")
     return "\n".join(lines)
 

@@ -18,6 +18,9 @@ def _human(r: dict[str, Any]) -> str:
             f"  {split:<12}{n:>8,} rows   max {s['max_tokens']:>4} tokens   mean {s['mean_tokens']:>7.1f}   truncated {s['truncated']:,}"
         )
     lines.append(f"  budget {r['max_length']} tokens; longest {r['max_tokens']}, mean {r['mean_tokens']:.1f}, truncated {r['truncated']:,}")
+    if r["truncated"]:
+        lines.append(f"  truncated: {r['truncated']:,} items whose item text lost its end to fit {r['max_length']} tokens "
+                     "(the prompt template and the price completion are never cut; tokenize.max_length raises the budget)")
     lines.append(f"  contracts: {r['contracts']}   sha256: {r['sha256'][:16]}")
     return "\n".join(lines)
 
