@@ -332,6 +332,7 @@ def predict_listings(
                 "prediction": None if p is None else p.value,
                 "raw": None if p is None else p.raw,
                 "parsed": False if p is None else p.parsed,
+                "parts": None if p is None else p.parts,  # each component's price, for a blend
                 "skipped": None if p is not None else "title_missing",
             }
         )

@@ -107,3 +107,16 @@ def test_the_gguf_conversion_bar_shows_only_with_verbose(monkeypatch):
     monkeypatch.setitem(logs._state, "verbose", 1)
     with _gguf_bar_off():
         assert gguf.tqdm is original
+
+
+def test_evaluate_names_the_model_and_each_component_alone():
+    from pricefit.commands.evaluate import _human_eval
+
+    model = {"label": "fine-tuned head x 0.45 + tfidf x 0.55", "fine_tuned_weight": 0.45,
+             "components": [{"name": "head", "weight": 0.45, "metrics": {"mae": 61.28}},
+                            {"name": "tfidf", "weight": 0.55, "metrics": {"mae": 62.68}}]}
+    r = {"n": 40, "out": "/e", "mae": 57.28, "rmsle": 0.5, "hit_rate": 0.5, "mdape": 20.0, "n_unparsed": 0, "report": "/e/report.md",
+         "model": model}
+    text = _human_eval(r)
+    assert ("evaluated 40 items -> /e\n  model   fine-tuned head x 0.45 + tfidf x 0.55\n  head alone: MAE $61.28\n"
+            "  tfidf alone: MAE $62.68\n  MAE     $57.28\n") in text

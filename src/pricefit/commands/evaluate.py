@@ -185,7 +185,7 @@ def predict_cmd(
         from ..artifacts import write_text_atomic  # deferred: keeps `pricefit --help` fast (loads pydantic)
 
         write_text_atomic(out, "".join(json.dumps(r, default=str) + "\n" for r in rows))
-    public = [{k: r[k] for k in ("item_id", "title", "prediction", "raw", "parsed", "skipped")} for r in rows]
+    public = [{k: r.get(k) for k in ("item_id", "title", "prediction", "raw", "parsed", "parts", "skipped")} for r in rows]
     result: dict[str, Any] = {"ok": True, "n": len(rows), "n_priced": sum(r["parsed"] for r in rows), "mode": cfg.mode}
     if len(rows) == 1:
         result.update({"price": public[0]["prediction"], **public[0]})
@@ -199,6 +199,8 @@ def predict_cmd(
         for p in public:
             price = "no price" if p["prediction"] is None else f"${p['prediction']:,.2f}"
             note = f"  [{p['skipped']}]" if p["skipped"] else f"  (model wrote {p['raw']!r})" if not p["parsed"] else ""
+            if p.get("parts"):  # a blend: what each component said
+                note += "  (" + ", ".join(f"{k} ${v:,.2f}" for k, v in p["parts"].items()) + ")"
             lines.append(f"{price:>12}  {(p['title'] or '(no title)')[:70]}{note}")
         return "\n".join(lines)
 
