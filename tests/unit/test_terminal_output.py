@@ -120,3 +120,19 @@ def test_evaluate_names_the_model_and_each_component_alone():
     text = _human_eval(r)
     assert ("evaluated 40 items -> /e\n  model   fine-tuned head x 0.45 + tfidf x 0.55\n  head alone: MAE $61.28\n"
             "  tfidf alone: MAE $62.68\n  MAE     $57.28\n") in text
+
+
+def test_prefect_run_records_name_their_task_or_flow_run():
+    import logging
+
+    from pricefit import logs
+
+    fmt = logs._Format("%(levelname)s %(name)s: %(message)s")
+
+    def line(**extra) -> str:
+        return fmt.format(logging.makeLogRecord({"name": "prefect.task_runs", "levelname": "INFO", "levelno": 20,
+                                                 "msg": "Finished in state Completed()", **extra}))
+
+    assert line(task_run_name="ingest demo:80") == "INFO Task run 'ingest demo:80': Finished in state Completed()"
+    assert line(flow_run_name="retrain-demo-1") == "INFO Flow run 'retrain-demo-1': Finished in state Completed()"
+    assert line() == "INFO prefect.task_runs: Finished in state Completed()"  # no run: as before
