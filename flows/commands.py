@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import typer
 
-from pricefit.cli import JSON_OPTION_HELP, app, check_input, command, emit
+from pricefit.cli import JSON_OPTION_HELP, app, check_input, command, emit, profile_names
 from pricefit.errors import ContractError, PricefitError
 from tasks import steps
 
@@ -150,14 +150,8 @@ def _params(profile: str, overrides: list[str] | None, source: str | None, workd
     return params
 
 
-def _profile_help() -> str:
-    from pricefit.config import list_profiles
-
-    return (f"Profile name in deployments/profiles, or in $PRICEFIT_PROFILES when set ({', '.join(list_profiles())}), "
-            "or a path to a profile YAML.")
-
-
-PROFILE_HELP = _profile_help()
+PROFILE_HELP = (f"Profile name in deployments/profiles, or in $PRICEFIT_PROFILES when set ({', '.join(profile_names())}), "
+                "or a path to a profile YAML.")
 SET_HELP = "Override a setting: --set train.learning_rate=2e-4 (repeatable)."
 REFRESH_HELP = steps.REFRESH_HELP  # the refreshable steps of the registry (tasks/steps.py)
 

@@ -218,6 +218,18 @@ PROFILE_OPTION_HELP = ("A run profile's settings for this stage: a name in deplo
                        "demo = what `make demo` runs) or a YAML file, a stage mapping or a profile. --set overrides it.")
 
 
+def profile_names() -> list[str]:
+    """The profile names of config.profiles_dir(), found without loading pydantic (``pricefit --help``
+    lists them): ``$PRICEFIT_PROFILES``, else the nearest ``deployments/profiles`` above this package."""
+    import os
+
+    env = os.environ.get("PRICEFIT_PROFILES")
+    here = Path(__file__).resolve().parent
+    folders = [Path(os.path.expanduser(env))] if env else [f / "deployments" / "profiles" for f in (here, *here.parents)]
+    found = next((f for f in folders if f.is_dir()), None)
+    return sorted(p.stem for p in found.glob("*.yaml")) if found else []
+
+
 def check_config(value: Any) -> Path | None:
     """``--profile``/``--config``: a profile name (no suffix, no such file) is read from the profiles
     folder; a path must be a file. Checked at once, before any heavy import."""

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from .metrics import compute_metrics
+
 HEADLINE = ("n", "n_unparsed", "mae", "rmsle", "hit_rate", "mdape")
 _WHAT = {"head": "fine-tuned head", "greedy": "fine-tuned model, digits generated greedily",
          "expected": "fine-tuned model, expected digit value"}
@@ -48,8 +50,6 @@ def record_for(mode: str, blend: Any = None, has_adapter: bool = True) -> dict[s
 def score_components(record: dict[str, Any], truth: Sequence[float], parts: Sequence[Mapping[str, float] | None],
                      categories: Sequence[str], slices: Mapping[str, list[bool]] | None = None) -> dict[str, Any]:
     """``record`` with each component's metrics alone on the same items (when predictions carry parts)."""
-    from .metrics import compute_metrics
-
     if len(record.get("components", [])) < 2 or not parts or any(p is None for p in parts):
         return record
     out = []

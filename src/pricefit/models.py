@@ -38,6 +38,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
+from . import logs
 from .artifacts import sha256_file, write_json_atomic
 from .config import DEFAULT_PROMPT_TEMPLATE, cache_home
 from .errors import PricefitError
@@ -445,8 +446,6 @@ def _smollm2_gguf(work: Path) -> Path:
 def _gguf_bar_off():
     """transformers' own tqdm bar over the GGUF tensors: shown with -v only (it ignores the HF switches)."""
     import transformers.modeling_gguf_pytorch_utils as gguf
-
-    from . import logs
 
     bar = gguf.tqdm
     if not logs.verbosity():

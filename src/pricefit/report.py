@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .artifacts import write_json_atomic, write_text_atomic
+from .composition import component_rows, describe
 from .markdown import markdown_table  # noqa: F401 - also imported from here (compare, tests)
 from .metrics import UNPARSED_FALLBACK
 
@@ -133,8 +134,6 @@ def render_evaluation_report(
 
 def _composition_lines(record: Mapping[str, Any] | None) -> list[str]:
     """What the model is made of (pricefit.composition) and each component alone, when it has several."""
-    from .composition import component_rows, describe
-
     rows = component_rows(record)
     if not rows:
         return []

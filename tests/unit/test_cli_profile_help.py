@@ -63,3 +63,13 @@ def test_the_run_form_and_run_help_list_every_profile_in_the_folder():
     described = RetrainParams.model_fields["profile"].description
     assert f"({', '.join(names)})" in described and f"({', '.join(names)})" in PROFILE_HELP
     assert "gpu-smollm2" in names
+
+
+def test_the_light_profile_listing_agrees_with_the_config(monkeypatch, tmp_path):
+    from pricefit.cli import profile_names
+    from pricefit.config import list_profiles
+
+    assert profile_names() == list_profiles() and "demo" in profile_names()
+    (tmp_path / "mine.yaml").write_text("profile: mine\n")
+    monkeypatch.setenv("PRICEFIT_PROFILES", str(tmp_path))
+    assert profile_names() == list_profiles() == ["mine"]
