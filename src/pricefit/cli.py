@@ -236,7 +236,8 @@ def check_config(value: Any) -> Path | None:
     if value is None:
         return None
     p = Path(value)
-    if not p.suffix and not p.exists() and "/" not in str(value):
+    # a name (gpu-qwen1.5b has a dot, not a .yaml suffix), unless it is a file here
+    if p.suffix not in (".yaml", ".yml") and not p.exists() and "/" not in str(value):
         from .config import list_profiles, profiles_dir  # deferred: keeps `pricefit --help` fast
 
         named = profiles_dir() / f"{p}.yaml"

@@ -35,14 +35,16 @@ def record_for(mode: str, blend: Any = None, has_adapter: bool = True) -> dict[s
     if mode != "head" or blend is None:
         return {"label": _WHAT.get(mode, mode), "fine_tuned_weight": 1.0,
                 "components": [{"name": mode, "fine_tuned": True, "weight": 1.0}]}
-    w = round(float(blend.weight), 4)
-    head_w = round(1.0 - w, 4)
+    # a blend: {"head": w0, "tfidf": w1, ...}; blend.weights() where the blend has several parts,
+    # else the one TF-IDF weight. The head is the fine-tuned part; every other part is post-hoc.
+    weights = dict(blend.weights()) if hasattr(blend, "weights") else {"head": 1.0 - float(blend.weight), "tfidf": float(blend.weight)}
+    weights = {k: round(float(v), 4) for k, v in weights.items()}
+    order = ["head", *[k for k in weights if k != "head"]]
     return {
-        "label": f"fine-tuned head x {head_w:.2f} + tfidf x {w:.2f}",
+        "label": " + ".join(f"{'fine-tuned head' if k == 'head' else k} x {weights[k]:.2f}" for k in order),
         "combine": "log-space blend: expm1(sum(weight * log1p(component))), weights chosen on the validation split",
-        "fine_tuned_weight": head_w,
-        "components": [{"name": "head", "fine_tuned": True, "weight": head_w},
-                       {"name": "tfidf", "fine_tuned": False, "weight": w}],
+        "fine_tuned_weight": weights.get("head", 0.0),
+        "components": [{"name": k, "fine_tuned": k == "head", "weight": weights[k]} for k in order],
         "validation": dict(blend.validation or {}),
     }
 

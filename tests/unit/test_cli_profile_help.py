@@ -73,3 +73,11 @@ def test_the_light_profile_listing_agrees_with_the_config(monkeypatch, tmp_path)
     (tmp_path / "mine.yaml").write_text("profile: mine\n")
     monkeypatch.setenv("PRICEFIT_PROFILES", str(tmp_path))
     assert profile_names() == list_profiles() == ["mine"]
+
+
+def test_a_profile_name_with_a_dot_is_a_name_and_a_yaml_path_is_a_file(monkeypatch, tmp_path):
+    (tmp_path / "gpu-qwen1.5b.yaml").write_text("profile: gpu-qwen1.5b\n")
+    monkeypatch.setenv("PRICEFIT_PROFILES", str(tmp_path))
+    assert check_config("gpu-qwen1.5b") == tmp_path / "gpu-qwen1.5b.yaml"
+    with pytest.raises(PricefitError, match="--config nope.yaml: no such file"):
+        check_config("nope.yaml")

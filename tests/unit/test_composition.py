@@ -103,3 +103,16 @@ def test_promotion_does_not_credit_the_fine_tune_for_tfidfs_work(tmp_path: Path)
     assert mixed["promoted"] is True
     champion = json.loads((tmp_path / "w" / "champion.json").read_text())
     assert champion["model"] == {"label": "fine-tuned head x 0.45 + tfidf x 0.55", "fine_tuned_weight": 0.45}
+
+
+def test_a_blend_of_several_parts_names_each_with_its_weight():
+    """A blend with a weights() mapping (head + TF-IDF + retrieval, say) is recorded part by part."""
+    blend = SimpleNamespace(weights=lambda: {"head": 0.3, "tfidf": 0.5, "knn": 0.2}, validation={})
+    rec = record_for("head", blend)
+    assert rec["label"] == "fine-tuned head x 0.30 + tfidf x 0.50 + knn x 0.20"
+    assert [(c["name"], c["fine_tuned"], c["weight"]) for c in rec["components"]] == [
+        ("head", True, 0.3), ("tfidf", False, 0.5), ("knn", False, 0.2)]
+    assert rec["fine_tuned_weight"] == 0.3 and not adds_nothing(rec)
+    parts = [{"head": h, "tfidf": t, "knn": t} for h, t in zip(HEAD, TFIDF)]
+    scored = score_components(rec, TRUTH, parts, ["X"] * 4)
+    assert [c["metrics"]["mae"] for c in scored["components"]] == [pytest.approx(20.0), pytest.approx(12.5), pytest.approx(12.5)]
