@@ -360,6 +360,9 @@ def _run_gx(
         if docs_dir is not None:
             urls = ctx.build_data_docs(site_names=["pricefit"])
             index = urls.get("pricefit")
+            from .offline_docs import make_offline
+
+            make_offline(docs_dir)  # no CDN: styled and listed without a network
     return entries, index
 
 

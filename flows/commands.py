@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import typer
 
-from pricefit.cli import JSON_OPTION_HELP, app, check_input, command, emit
+from pricefit.cli import JSON_OPTION_HELP, app, check_input, command, emit, profile_names
 from pricefit.errors import ContractError, PricefitError
 from tasks import steps
 
@@ -41,12 +41,35 @@ def _step_states(flow_run_id: Any) -> dict[str, str]:
     return {s: found[s][1] for s in sorted(found, key=lambda s: order.get(s, 99))}
 
 
+DEFAULT_SERVER = "http://127.0.0.1:4200"
+
+
+def _server_answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/api/health", timeout=1.0) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def ui_location(flow_run_id: Any = None) -> str:
     api = os.environ.get("PREFECT_API_URL")
     if not api:
+        try:  # `prefect config set PREFECT_API_URL=...` (a Prefect profile) counts as set
+            from prefect.settings import PREFECT_API_URL
+
+            api = PREFECT_API_URL.value()
+        except Exception:  # noqa: BLE001 - no setting: as unset
+            api = None
+    if not api:
+        if _server_answers(DEFAULT_SERVER):
+            return (f"PREFECT_API_URL is not set, so this run used a temporary Prefect API, not the server running at "
+                    f"{DEFAULT_SERVER}: export PREFECT_API_URL={DEFAULT_SERVER}/api to see runs there")
         return (
-            "no Prefect server was running (ephemeral API): the run is recorded in the local Prefect database; "
-            "`prefect server start` shows it at http://127.0.0.1:4200"
+            "PREFECT_API_URL is not set and no Prefect server answers at " + DEFAULT_SERVER + ": the run used a temporary "
+            "Prefect API and is recorded in the local Prefect database; `prefect server start` shows it at " + DEFAULT_SERVER
         )
     ui = os.environ.get("PREFECT_UI_URL") or api.rstrip("/").removesuffix("/api")
     return f"{ui}/runs/flow-run/{flow_run_id}" if flow_run_id else ui
@@ -86,8 +109,10 @@ def _human_run(out: dict[str, Any]) -> str:
         lines += ["", "fix the cause and run the same command again: finished steps come back Cached."]
     else:
         comparison = Path(out["comparison"])
-        if comparison.exists():
-            lines += ["", comparison.read_text().rstrip()]
+        if comparison.exists():  # aligned columns on a terminal; the file (and the UI) keep the Markdown
+            from pricefit.terminal import markdown_to_text
+
+            lines += ["", markdown_to_text(comparison.read_text().rstrip())]
         verdict = "promoted to champion" if out.get("promoted") else "not promoted"
         lines += ["", f"promotion: {verdict} ({out.get('promotion_reason')})", f"report: {out['report']}"]
     lines += [f"UI: {out['ui']}"]
@@ -154,8 +179,8 @@ def _params(profile: str, overrides: list[str] | None, source: str | None, workd
     return params
 
 
-PROFILE_HELP = ("Profile name in deployments/profiles, or in $PRICEFIT_PROFILES when set (demo, shared-cpu, gpu-smollm2, "
-                "gpu-8b), or a path to a profile YAML.")
+PROFILE_HELP = (f"Profile name in deployments/profiles, or in $PRICEFIT_PROFILES when set ({', '.join(profile_names())}), "
+                "or a path to a profile YAML.")
 SET_HELP = "Override a setting: --set train.learning_rate=2e-4 (repeatable)."
 REFRESH_HELP = steps.REFRESH_HELP  # the refreshable steps of the registry (tasks/steps.py)
 
@@ -171,7 +196,7 @@ REFRESH_HELP = steps.REFRESH_HELP  # the refreshable steps of the registry (task
 @command
 def run_cmd(
     profile: str = typer.Option("demo", "--profile", "-p", help=PROFILE_HELP),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help=SET_HELP),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),  # no -s: the stage commands use it for --source
     source: Optional[str] = typer.Option(None, "--source", help="Listings source (overrides the profile's)."),
     workdir: Optional[str] = typer.Option(None, "--workdir", help="Root of artifacts and caches (default: the profile's, runs/)."),
     refresh: Optional[str] = typer.Option(None, "--refresh", metavar="STEP", help=REFRESH_HELP),
@@ -218,7 +243,7 @@ def _human_sweep(out: dict[str, Any]) -> str:
 def sweep_cmd(
     grid: Path = typer.Option(..., "--grid", "-g", help="YAML file with a 'grid' mapping or a 'trials' list of train.* overrides."),
     profile: str = typer.Option("demo", "--profile", "-p", help=PROFILE_HELP),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help=SET_HELP),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),  # no -s: the stage commands use it for --source
     source: Optional[str] = typer.Option(None, "--source", help="Listings source (overrides the profile's)."),
     workdir: Optional[str] = typer.Option(None, "--workdir", help="Root of artifacts and caches."),
     refresh: Optional[str] = typer.Option(None, "--refresh", metavar="STEP", help=REFRESH_HELP),

@@ -15,7 +15,7 @@ from pydantic import BaseModel, BeforeValidator, Field
 from pricefit import logs, tracking
 from pricefit.artifacts import sha256_dir
 from pricefit.compare import current_champion
-from pricefit.config import RunConfig, load_run_config
+from pricefit.config import RunConfig, list_profiles, load_run_config
 from pricefit.errors import PricefitError
 from tasks import steps
 
@@ -66,7 +66,8 @@ class RetrainParams(BaseModel):
 
     profile: str = Field(
         "demo",
-        description="Profile name in deployments/profiles (demo, shared-cpu, gpu-8b) or a path to a profile YAML.",
+        # listed from the profiles folder when this module loads, so a new profile is named in the form
+        description=f"Profile name in deployments/profiles ({', '.join(list_profiles())}) or a path to a profile YAML.",
     )
     overrides: list[str] = Field(
         default_factory=list,

@@ -50,6 +50,7 @@ def summary(steps: Steps, evaluation, comparison: dict[str, Any], report) -> dic
         "workdir": steps.workdir,
         "states": dict(steps.states),
         "metrics": {k: metrics.get(k) for k in ("n", "n_unparsed", "mae", "rmsle", "hit_rate", "mdape")},
+        "model": (metrics.get("model") or {}).get("label"),  # what "fine_tuned" is, e.g. a blend and its weights
         "comparison": str(comparison["comparison"].dir / "comparison.md"),
         "promoted": decision.get("promoted"),
         "promotion_reason": decision.get("reason"),

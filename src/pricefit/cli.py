@@ -19,11 +19,43 @@ from typing import Any, Callable
 
 import click
 import typer
+import typer.core
 
 from . import commands, logs
 from .errors import ContractError, PricefitError
 
+# the commands in the order a user meets them (the pipeline, then the flow, then the helpers); others after
+COMMAND_ORDER = ("curate", "validate", "tokenize", "train", "evaluate", "baselines", "compare", "promote", "predict",
+                 "run", "sweep", "serve", "profiles", "model", "plan-memory", "version")
+
+
+class _PipelineOrder(typer.core.TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {n: i for i, n in enumerate(COMMAND_ORDER)}
+        return sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))
+
+
+_typer_display_type = typer.core.TyperOption.display_type_rich
+
+
+def _display_type(self: Any, ctx: Any) -> str | None:
+    """Help shows no type for a flag (typer 0.29 prints ``<bool>``), ``<text>...`` for a repeatable
+    option (not ``<list[str]>``) and a plain ``<float>`` for a bounded number (the bound is in the
+    error message; "[x>=0.0]" widened the type column until long option names were cut)."""
+    if self.is_flag or self.count:
+        return None
+    if self.multiple and self.metavar is None:
+        return "<text>..."
+    shown = _typer_display_type(self, ctx)
+    return shown.replace(" range>", ">") if shown else shown
+
+
+# on typer's option class itself: --help is built by typer's own decorator, not from this app
+typer.core.TyperOption.display_type_rich = _display_type
+typer.core.TyperOption._get_number_range_help_str = lambda self: None
 app = typer.Typer(
+    cls=_PipelineOrder,
     name="pricefit",
     help=(
         "Curate product listings, QLoRA fine-tune a causal LM to predict prices, evaluate it against "
@@ -214,6 +246,40 @@ def check_input(path: Any, option: str, kinds: tuple[str, ...] = (), *, file: bo
             f"an artifact of unknown kind {kind!r}")
         raise PricefitError(f"{option} {p} is {what}; {option} expects {wanted}")
     return p
+
+
+PROFILE_OPTION_HELP = ("A run profile's settings for this stage: a name in deployments/profiles (`pricefit profiles`; "
+                       "demo = what `make demo` runs) or a YAML file, a stage mapping or a profile. --set overrides it.")
+
+
+def profile_names() -> list[str]:
+    """The profile names of config.profiles_dir(), found without loading pydantic (``pricefit --help``
+    lists them): ``$PRICEFIT_PROFILES``, else the nearest ``deployments/profiles`` above this package."""
+    import os
+
+    env = os.environ.get("PRICEFIT_PROFILES")
+    here = Path(__file__).resolve().parent
+    folders = [Path(os.path.expanduser(env))] if env else [f / "deployments" / "profiles" for f in (here, *here.parents)]
+    found = next((f for f in folders if f.is_dir()), None)
+    return sorted(p.stem for p in found.glob("*.yaml")) if found else []
+
+
+def check_config(value: Any) -> Path | None:
+    """``--profile``/``--config``: a profile name (no suffix, no such file) is read from the profiles
+    folder; a path must be a file. Checked at once, before any heavy import."""
+    if value is None:
+        return None
+    p = Path(value)
+    # a name (gpu-qwen1.5b has a dot, not a .yaml suffix), unless it is a file here
+    if p.suffix not in (".yaml", ".yml") and not p.exists() and "/" not in str(value):
+        from .config import list_profiles, profiles_dir  # deferred: keeps `pricefit --help` fast
+
+        named = profiles_dir() / f"{p}.yaml"
+        if not named.is_file():
+            raise PricefitError(f"--profile {value}: no such profile in {profiles_dir()}",
+                                hint=f"available profiles: {', '.join(list_profiles()) or '(none)'}; or give a YAML file")
+        return named
+    return check_input(p, "--config", file=True)
 
 
 def check_source(spec: str | None, option: str) -> None:

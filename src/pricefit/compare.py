@@ -32,6 +32,7 @@ from typing import Any, Iterable, Mapping
 
 from .artifacts import ArtifactRef, atomic_dir, read_manifest, ref_for, write_json_atomic, write_manifest, write_text_atomic
 from .baselines import read_summary
+from .composition import adds_nothing, component_rows, describe
 from .config import CLASSICAL_BASELINES, PromoteConfig
 from .errors import PricefitError
 from .items import item_set_sha256
@@ -136,6 +137,7 @@ def build_comparison(
         "ratios": {r["model"]: r["fine_tuned_ratio"] for r in rows if r["model"] != fine_tuned},
         "rows": rows,
         "skipped": dict(skipped or {}),
+        "fine_tuned_model": models[fine_tuned].get("model"),
     }
 
 
@@ -158,18 +160,28 @@ def to_markdown(table: dict[str, Any]) -> str:
         "",
     ]
 
+    record = table.get("fine_tuned_model")
+
     def bold(name: str) -> str:
-        return f"**{name}**" if name == table["fine_tuned"] else name
+        if name != table["fine_tuned"]:
+            return name
+        return f"**{name}** ({record['label']})" if record else f"**{name}**"
 
     def cells(r: dict[str, Any]) -> list[str]:
         return [_fmt(r.get(k), k) for k in ("mae", "rmsle", "hit_rate", "mdape")]
 
+    ft_value = next(r[metric] for r in table["rows"] if r["model"] == table["fine_tuned"])
+    # each component of the fine-tuned model scored alone on the same items: shown, not ranked
+    alone = [{**r, "rank": "—", "fine_tuned_ratio": (ft_value / r[metric]) if r.get(metric) else None}
+             for r in component_rows(record)]
     lines += markdown_table(
         ["rank", "model", "n", "unparsed", "MAE", "RMSLE", "hit rate", "MdAPE", "ratio"],
         ([r["rank"], bold(r["model"]), r["n"], r["n_unparsed"], *cells(r), _fmt(r["fine_tuned_ratio"], "ratio")]
-         for r in table["rows"]),
+         for r in [*table["rows"], *alone]),
         align="rlrrrrrrr",
     )
+    if record and alone:
+        lines += ["", describe(record) + " Rows marked — score each component alone and are not ranked."]
     for sl, rows in (table.get("slices") or {}).items():
         n = next((r["n"] for r in rows.values() if r.get("n") is not None), 0)
         lines += ["", f"Slice **{sl}** ({n} of the {table['n_items']} items):", ""]
@@ -302,13 +314,29 @@ def _where(cfg: PromoteConfig) -> str:
     return "all items" if cfg.slice is None else f"slice {cfg.slice!r}"
 
 
+def fine_tune_guard(record: Mapping[str, Any] | None, cfg: PromoteConfig) -> str | None:
+    """None unless the challenger's fine-tuned part carries (almost) no weight in its blend: then its
+    score is its post-hoc components' work, and promoting it would credit the fine-tune for it."""
+    if not adds_nothing(record):
+        return None
+    assert record is not None
+    parts = []
+    for c in record.get("components", []):
+        v, _ = decision_value({**(c.get("metrics") or {}), "slices": (c.get("metrics") or {}).get("slices") or {}},
+                              cfg.metric, cfg.slice)
+        alone = "" if v is None else f", {cfg.metric} {fmt(cfg.metric, v)} alone"
+        parts.append(f"{c['name']} (weight {c['weight']:.2f}{alone})")
+    return (f"the fine-tune adds nothing: the challenger is {', '.join(parts)} on {_where(cfg)}; "
+            "its score is the other components' work, so it is not promoted")
+
+
 def baseline_guard(challenger_value: float, baselines_dir: str | Path | None, cfg: PromoteConfig, item_sha: str) -> str | None:
     """None when the challenger beats every classical baseline on the decision metric/slice, else why not."""
     if not cfg.require_beat_baselines:
         return None
     if baselines_dir is None:
-        return ("no baselines were given to check the challenger against (pass the baselines artifact, or set "
-                "promote.require_beat_baselines: false)")
+        return ("no baselines were given to check the challenger against (pass --baselines, or promote without the guard: "
+                "--no-baseline-guard, in a profile promote.require_beat_baselines: false)")
     bl = Path(baselines_dir)
     summary = read_summary(bl)
     if summary.get("items_sha256") not in (None, item_sha):
@@ -323,13 +351,14 @@ def baseline_guard(challenger_value: float, baselines_dir: str | Path | None, cf
             scored[name] = value
     if not scored:
         return (f"no classical baseline ({', '.join(CLASSICAL_BASELINES)}) was scored on {_where(cfg)}: include one in "
-                "baselines.include, or set promote.require_beat_baselines: false")
+                "baselines.include, or promote without the guard (--no-baseline-guard; in a profile "
+                "promote.require_beat_baselines: false)")
     best = (min if lower else max)(scored, key=scored.__getitem__)
     beats = challenger_value < scored[best] - _EPS if lower else challenger_value > scored[best] + _EPS
     if beats:
         return None
-    return (f"challenger {cfg.metric} {challenger_value:.4f} on {_where(cfg)} does not beat the best classical baseline, "
-            f"{best} {scored[best]:.4f}: a model no better than {best} is never promoted")
+    return (f"challenger {cfg.metric} {fmt(cfg.metric, challenger_value)} on {_where(cfg)} does not beat the best classical "
+            f"baseline, {best} {fmt(cfg.metric, scored[best])}: a model no better than {best} is never promoted")
 
 
 def promote(
@@ -381,7 +410,11 @@ def promote(
         ce_man = read_manifest(ce)
         ce_value, _ = decision_value(_read_metrics(ce), cfg.metric, cfg.slice)
         rescored = {"evaluation": str(ce), "adapter_sha256": ce_man.get("adapter_sha256"), "value": ce_value}
-    guard = None if value is None else baseline_guard(value, baselines_dir, cfg, challenger["items_sha256"])
+    record = metrics.get("model")
+    if record:
+        challenger["model"] = {k: record.get(k) for k in ("label", "fine_tuned_weight")}
+    guard = None if value is None else (
+        fine_tune_guard(record, cfg) or baseline_guard(value, baselines_dir, cfg, challenger["items_sha256"]))
     wd.mkdir(parents=True, exist_ok=True)
     from filelock import FileLock
 
@@ -437,8 +470,8 @@ def _decide_and_record(wd: Path, challenger: dict[str, Any], cfg: PromoteConfig,
         verb = "beats" if promoted else "does not beat"
         gain = "undefined" if improvement is None else f"{improvement:.2%}"
         reason = (
-            f"challenger {cfg.metric} {challenger['value']:.4f} {verb} the champion re-scored on the same "
-            f"{challenger['n']} items ({rescored['value']:.4f}) on {_where(cfg)} by the margin {cfg.margin:.2%} "
+            f"challenger {cfg.metric} {fmt(cfg.metric, challenger['value'])} {verb} the champion re-scored on the same "
+            f"{challenger['n']} items ({fmt(cfg.metric, rescored['value'])}) on {_where(cfg)} by the margin {cfg.margin:.2%} "
             f"(relative improvement {gain})"
         )
     elif champion.get("items_sha256") != challenger["items_sha256"]:
@@ -459,7 +492,7 @@ def _decide_and_record(wd: Path, challenger: dict[str, Any], cfg: PromoteConfig,
         verb = "beats" if promoted else "does not beat"
         gain = "undefined" if improvement is None else f"{improvement:.2%}"
         reason = (
-            f"challenger {cfg.metric} {challenger['value']:.4f} {verb} champion {champ_value:.4f} "
+            f"challenger {cfg.metric} {fmt(cfg.metric, challenger['value'])} {verb} champion {fmt(cfg.metric, champ_value)} "
             f"by the margin {cfg.margin:.2%} (relative improvement {gain})"
         )
     if stale is not None and not reason.startswith("this adapter"):

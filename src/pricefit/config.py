@@ -663,12 +663,15 @@ def load_stage_config(cls: type[BaseModel], config_file: str | None, section: st
     if config_file:
         raw = load_yaml(config_file)
         if section in raw:
-            data = raw[section] or {}
+            data = dict(raw[section] or {})
         elif set(raw) & set(RunConfig.model_fields):  # a run profile without this stage's section
             data = {}
         else:  # the stage mapping itself
             data = raw
         where = config_file
+        # a profile names its base model once, at the top (as RunConfig fills it)
+        for key in (k for sec, k in BASE_MODEL_FIELDS if sec == section and raw.get("base_model") and set(raw) & set(RunConfig.model_fields)):
+            data.setdefault(key, raw["base_model"])
     stripped = _strip_section(overrides, section)
     data = apply_overrides(data, stripped)
     return validate_model(cls, data, where, stripped, prefix=section)

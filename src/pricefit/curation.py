@@ -229,7 +229,8 @@ def ingest(source: str, out_dir: str | Path, cfg: CurateConfig, contract: Contra
             },
         )
         manifest = _check_before_commit(tmp, out_dir, contract)
-    log.info("ingest: %d rows read, %d parsed, %d quarantined -> %s", rows_read, manifest["parsed"], manifest["quarantined"], out_dir)
+    log.log(logging.DEBUG if Path(out_dir).parent.name.startswith(".tmp-") else logging.INFO,  # staged by `pricefit curate`
+            "ingest: %d rows read, %d parsed, %d quarantined -> %s", rows_read, manifest["parsed"], manifest["quarantined"], out_dir)
     return artifacts.ref_for(out_dir, "raw", rows=manifest["parsed"])
 
 
@@ -612,7 +613,8 @@ def curate(
         )
         manifest = _check_before_commit(tmp, out_dir, contract)
     kept_counts, dropped_counts = manifest["kept"], manifest["dropped"]
-    log.info("curate: kept %s, dropped %s, quarantined %d -> %s", kept_counts, dropped_counts, quarantined, out_dir)
+    log.info("curate: kept %s; dropped %s; quarantined %d -> %s", ", ".join(f"{v} {k}" for k, v in kept_counts.items()),
+             ", ".join(f"{v} {k}" for k, v in dropped_counts.items()) or "0", quarantined, out_dir)
     return artifacts.ref_for(out_dir, "curated", rows=sum(kept_counts.values()))
 
 

@@ -137,7 +137,13 @@ def _score(
         }
     )
     truth, pred = frame["price"].to_list(), frame["prediction"].to_list()
-    metrics = compute_metrics(truth, pred, frame["category"].to_list(), slices=masks_for(slices, frame))
+    masks = masks_for(slices, frame)
+    metrics = compute_metrics(truth, pred, frame["category"].to_list(), slices=masks)
+    # what the model is: its components, their weights and each one alone on these items
+    from .composition import component_rows, record_for, score_components
+
+    record = record_for(mode, getattr(predictor, "blend", None), predictor.adapter_dir is not None)
+    metrics["model"] = score_components(record, truth, [p.parts for p in preds], frame["category"].to_list(), masks)
     rows = frame.with_columns(items["title"].cast(pl.String).alias("title")).to_dicts()
     worst = worst_items(rows, WORST_K)
 
@@ -147,6 +153,7 @@ def _score(
         "data": inputs.get("path") or inputs.get("source"),
         "split": inputs.get("split"),
         "mode": mode,
+        "model": metrics["model"]["label"],
         "device": predictor.device,
         "n_items": frame.height,
         "runtime_s": round(runtime, 3),
@@ -173,14 +180,17 @@ def _score(
                 "config": cfg.model_dump(),
                 "metrics": headline,
                 **{k: meta[k] for k in ("base_model", "adapter", "mode", "device", "runtime_s", "items_per_s")},
+                "model": metrics["model"],
                 "rows": {"scored": frame.height, "skipped": 0 if skipped is None else skipped.height},
             },
         )
     log.info(
-        "evaluate: n=%d mae=%.2f rmsle=%.3f hit=%.1f%% unparsed=%d (%.1f items/s) -> %s",
-        metrics["n"], metrics["mae"], metrics["rmsle"], metrics["hit_rate"] * 100, metrics["n_unparsed"],
-        meta["items_per_s"] or 0.0, out_dir,
+        "evaluate: %s: n=%d mae=%.2f rmsle=%.3f hit=%.1f%% unparsed=%d (%.1f items/s) -> %s",
+        metrics["model"]["label"], metrics["n"], metrics["mae"], metrics["rmsle"], metrics["hit_rate"] * 100,
+        metrics["n_unparsed"], meta["items_per_s"] or 0.0, out_dir,
     )
+    for row in component_rows(metrics["model"]):
+        log.info("evaluate: %s: mae=%.2f on the same items", row["model"], row["mae"])
     return artifacts.ref_for(out_dir, "evaluation", rows=frame.height, schema_version=SCHEMA_VERSION)
 
 
@@ -322,6 +332,7 @@ def predict_listings(
                 "prediction": None if p is None else p.value,
                 "raw": None if p is None else p.raw,
                 "parsed": False if p is None else p.parsed,
+                "parts": None if p is None else p.parts,  # each component's price, for a blend
                 "skipped": None if p is not None else "title_missing",
             }
         )

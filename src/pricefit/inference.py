@@ -12,25 +12,20 @@ Two decoding modes:
 
 ``expected``
     The expected price under the model's own distribution of *complete* prices, not the greedy
-    string. Where the tokenizer writes a price as one token (Llama 3 has 0..999 as single
-    tokens) one could read it off the first completion position; where it writes digits one per
-    token (SmolLM2), the first position only carries the leading digit, and an expectation over
-    it alone is wrong (it would price $450 and $4 alike). So we run a small beam over
-    *digit tokens* (every token that decodes to ASCII digits only, which covers both kinds of
-    tokenizer), with the KV cache:
+    string. A tokenizer that writes digits one per token (SmolLM2) carries only the leading digit
+    at the first position (an expectation over it alone would price $450 and $4 alike), so we run
+    a small beam over *digit tokens* (tokens that decode to ASCII digits only), with the KV cache:
 
     - a live hypothesis is a digit string with its probability;
     - at each step its mass splits into: "the number ends here" (any non-digit next token; the
       completion continues with ``.00``) -> a finished price ``int(prefix)``; "a longer number than
       the clip range allows" -> a finished price at the upper clip; and one extension per digit
       token, of which the ``beam`` most probable per item survive;
-    - at the first position, the mass of non-digit tokens is "no number" and is left out: the
-      expectation is normalised over the mass of finished prices.
+    - at the first position, non-digit mass is "no number", left out (normalised over finished prices).
 
     With ``beam >= 10 ** max_digits`` this is the exact expectation over all prices up to the clip
-    (the tests check it against brute-force enumeration); with a small beam it is a lower-cost
-    approximation whose covered probability mass is reported in ``raw``. It costs one prompt
-    forward pass plus at most ``max_digits + 1`` single-token steps over ``N x beam`` rows.
+    (tested against brute-force enumeration); a small beam approximates it and reports the covered
+    probability mass in ``raw``. Cost: one prompt forward plus ``max_digits + 1`` steps over ``N x beam`` rows.
 
 Nothing here imports Prefect; torch/transformers/peft are imported inside the functions.
 """
@@ -52,22 +47,22 @@ from .parsing import DEFAULT_MAX_PRICE, DEFAULT_MIN_PRICE, number_is_final, pars
 log = logging.getLogger(__name__)
 
 Mode = Literal["auto", "greedy", "expected", "head"]
-# prompts per batch when none is given: on a GPU the speed-up over one generate() per item comes
-# from the batch (each decoding step costs about the same for 1 row as for 128)
-DEFAULT_BATCH = {"cpu": 16, "cuda": 128}
-HEAD_BATCH = {"cpu": 16, "cuda": 512}  # a price head needs one forward pass and no KV cache per item
+# prompts per batch when none is given (on a GPU a decoding step costs about the same for 1 row as for 128)
+DEFAULT_BATCH, HEAD_BATCH = {"cpu": 16, "cuda": 128}, {"cpu": 16, "cuda": 512}  # a head: one forward pass, no KV cache
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """One item's prediction: ``value`` (None when no number could be read), the model's ``raw`` text."""
+    """One item's prediction: ``value`` (None when no number could be read), the model's ``raw`` text,
+    each component's price for a blend (``parts``, pricefit.composition)."""
 
     value: float | None
     raw: str
     parsed: bool
+    parts: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "parts" or v is not None}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,7 +254,6 @@ class PricePredictor:
 
             if has_price_head(adapter_dir):
                 from .blend import load_blend
-
                 self.head, self.head_spec = load_price_head(adapter_dir, self.model.device)
                 self.blend = load_blend(adapter_dir)
         self.lineage = lineage_of(adapter_dir) if adapter_dir else {}
@@ -439,7 +433,8 @@ class PricePredictor:
         return [Prediction(value=float(m), parsed=True,
                            raw=f"blend {m:.2f} (head {parts['head'][i]:.2f}, "
                                + ", ".join(f"{k} {parts[k][i]:.2f}" for k in shown)
-                               + (f", weight {weights['tfidf']:.2f}" if shown == ["tfidf"] else f"; weights {wtxt}") + ")")
+                               + (f", weight {weights['tfidf']:.2f}" if shown == ["tfidf"] else f"; weights {wtxt}") + ")",
+                           parts={k: float(parts[k][i]) for k in parts})
                 for i, m in enumerate(mixed)]
 
     def _head_hidden_fn(self):

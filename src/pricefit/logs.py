@@ -41,6 +41,18 @@ _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _state = {"verbose": int(os.environ.get("PRICEFIT_VERBOSE") or 0)}  # children of `pricefit -v serve` inherit it
 
 
+class _Format(logging.Formatter):
+    """Prefect's records of a task or flow run name that run, as Prefect's own console does
+    ("Task run 'train tiny-random': Finished in state Completed()", not a bare "Finished in state")."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        task, flow = getattr(record, "task_run_name", None), getattr(record, "flow_run_name", None)
+        if (task or flow) and record.name.startswith("prefect"):
+            who = f"Task run {task!r}" if task else f"Flow run {flow!r}"
+            record = logging.makeLogRecord({**record.__dict__, "name": who})
+        return super().format(record)
+
+
 class _LibraryNoise(logging.Filter):
     """Drop known no-action library warnings; show any other library warning once per process."""
 
@@ -76,7 +88,7 @@ def setup(verbose: int = 0, stream=None) -> None:
     handler = next((h for h in root.handlers if getattr(h, "_pricefit", False)), None)
     if handler is None and not root.handlers:
         handler = logging.StreamHandler(stream or sys.stderr)
-        handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
+        handler.setFormatter(_Format(_FORMAT, datefmt="%H:%M:%S"))
         handler._pricefit = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     for h in root.handlers:

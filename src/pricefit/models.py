@@ -27,6 +27,7 @@ Heavy libraries (torch, transformers, tokenizers) are imported inside the functi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -41,6 +42,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
+from . import logs
 from .artifacts import sha256_file, write_json_atomic
 from .config import DEFAULT_PROMPT_TEMPLATE, cache_home
 from .errors import PricefitError
@@ -445,6 +447,20 @@ def _smollm2_gguf(work: Path) -> Path:
     return gguf
 
 
+@contextlib.contextmanager
+def _gguf_bar_off():
+    """transformers' own tqdm bar over the GGUF tensors: shown with -v only (it ignores the HF switches)."""
+    import transformers.modeling_gguf_pytorch_utils as gguf
+
+    bar = gguf.tqdm
+    if not logs.verbosity():
+        gguf.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf.tqdm = bar
+
+
 def _build_smollm2(out: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pricefit-smollm2-", dir=out.parent) as work_s:
         gguf = _smollm2_gguf(Path(work_s))
@@ -479,9 +495,10 @@ def convert_gguf(gguf: Path, out: Path, dtype: str, fix_tokenizer: Callable[[Any
     log.info("dequantizing the GGUF weights to %s (about 1.5 minutes for 1.5B parameters on a GPU machine)", dtype)
     gdir, gname = str(gguf.parent), gguf.name
     # dequantize=True: a plain dense model (no GGUF quantizer attached), so save_pretrained works
-    model = AutoModelForCausalLM.from_pretrained(
-        gdir, gguf_file=gname, dtype=getattr(torch, dtype), quantization_config=GgufConfig(gguf_file=gname, dequantize=True),
-    )
+    with _gguf_bar_off():
+        model = AutoModelForCausalLM.from_pretrained(
+            gdir, gguf_file=gname, dtype=getattr(torch, dtype), quantization_config=GgufConfig(gguf_file=gname, dequantize=True),
+        )
     tok.model_max_length = model.config.max_position_embeddings  # the GGUF leaves it "infinite"
     model.save_pretrained(out)
     tok.save_pretrained(out)

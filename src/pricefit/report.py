@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .artifacts import write_json_atomic, write_text_atomic
+from .composition import component_rows, describe
 from .markdown import markdown_table  # noqa: F401 - also imported from here (compare, tests)
 from .metrics import UNPARSED_FALLBACK
 
@@ -95,7 +96,7 @@ def render_evaluation_report(
 ) -> str:
     m = dict(metrics)
     lines = [f"# {title}", ""]
-    for k in ("base_model", "adapter", "data", "split", "mode", "device", "n_items", "runtime_s", "items_per_s"):
+    for k in ("base_model", "adapter", "data", "split", "mode", "model", "device", "n_items", "runtime_s", "items_per_s"):
         if meta.get(k) is not None:
             lines.append(f"- **{k}**: `{meta[k]}`")
     lines += [
@@ -104,6 +105,7 @@ def render_evaluation_report(
         "",
         render_metrics_table([{"name": meta.get("name", "model"), **m}], (*DEFAULT_COLUMNS, "mae_parsed")),
         "",
+        *_composition_lines(m.get("model")),
         f"Unparsed predictions (no number in the output) are counted and scored as ${m.get('unparsed_scored_as', 0):.0f}; "
         "*MAE (parsed only)* leaves them out. Hit: error under $40 or under 20% of the true price.",
         f"Traffic light: {m.get('green', 0)} green, {m.get('orange', 0)} orange, {m.get('red', 0)} red.",
@@ -128,6 +130,15 @@ def render_evaluation_report(
             "",
         ]
     return "\n".join(lines)
+
+
+def _composition_lines(record: Mapping[str, Any] | None) -> list[str]:
+    """What the model is made of (pricefit.composition) and each component alone, when it has several."""
+    rows = component_rows(record)
+    if not rows:
+        return []
+    return [describe(record), "", "Each component alone on the same items:", "",
+            render_metrics_table(rows, DEFAULT_COLUMNS, key="model"), ""]
 
 
 def write_evaluation_report(
@@ -158,8 +169,11 @@ def render_run_report(refs: Mapping[str, Any], decision: Mapping[str, Any] | Non
     curated = refs.get("curated")
     if curated:
         m = curated.manifest()
-        lines += [f"Data: {m.get('rows_read')} rows read from `{m.get('source')}`; kept {m.get('kept')}; dropped {m.get('dropped')}; "
-                  f"quarantined {m.get('quarantined')}.", ""]
+        def counts(d: Any) -> str:
+            return ", ".join(f"{v} {k}" for k, v in (d or {}).items()) or "none"
+
+        lines += [f"Data: {m.get('rows_read')} rows read from `{m.get('source')}`; kept {counts(m.get('kept'))}; "
+                  f"dropped {counts(m.get('dropped'))}; quarantined {m.get('quarantined')}.", ""]
     adapter = refs.get("adapter")
     if adapter and (adapter.dir / "train_summary.json").exists():
         s = json.loads((adapter.dir / "train_summary.json").read_text())

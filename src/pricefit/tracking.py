@@ -206,8 +206,9 @@ class _Session:
         self.client = _mlflow()(tracking_uri=tgt.uri, registry_uri=tgt.uri)
         exp = self.client.get_experiment_by_name(tgt.experiment)
         if exp is None:
-            try:
-                self.client.create_experiment(tgt.experiment, artifact_location=tgt.artifact_location)
+            try:  # a model-training experiment: the MLflow UI shows it in its machine-learning view, not GenAI's
+                self.client.create_experiment(tgt.experiment, artifact_location=tgt.artifact_location,
+                                              tags={"mlflow.experimentKind": "custom_model_development"})
             except Exception:  # created meanwhile by another process
                 pass
             exp = self.client.get_experiment_by_name(tgt.experiment)
@@ -359,11 +360,19 @@ def log_evaluation(eval_dir: str | os.PathLike, tgt: Target | None = None, tags:
 def register_champion(decision: dict[str, Any], tgt: Target | None = None, name: str = REGISTERED_MODEL,
                       tags: dict[str, str] | None = None) -> str | None:
     """A promotion that promoted: register the challenger's adapter as a new model version (alias
-    ``champion``, evaluation metrics as tags). Returns the version, or None (off, not promoted)."""
+    ``champion``, evaluation metrics as tags). A decision that kept the champion registers that
+    champion when the registry does not have it yet (tracking switched on after it was promoted, as
+    after `make demo`). Returns the version, or None (off, or no champion)."""
     tgt = tgt if tgt is not None else target()
-    if tgt is None or not decision.get("promoted"):
+    if tgt is None:
         return None
-    ch = decision.get("challenger") or {}
+    if decision.get("promoted"):
+        ch, when, why = decision.get("challenger") or {}, decision.get("time"), decision.get("reason")
+    else:
+        ch = decision.get("champion_before") or {}
+        if not ch.get("evaluation") or not Path(str(ch.get("adapter"))).exists() or not Path(ch["evaluation"]).exists():
+            return None  # no champion, or one whose files are gone: nothing to register
+        when, why = ch.get("promoted_at"), f"the champion promoted at {ch.get('promoted_at')}, registered when tracking first saw it"
     try:
         s = _Session(tgt)
         if not ch.get("adapter"):
@@ -379,18 +388,20 @@ def register_champion(decision: dict[str, Any], tgt: Target | None = None, name:
                 s.client.create_registered_model(name, description="pricefit champions: each version an adapter that won a promotion")
         for mv in s.client.search_model_versions(f"name = '{_quote(name)}'"):
             if mv.tags.get("pricefit.evaluation") == evaluation:
-                return mv.version  # this promotion is already registered (a cached rerun)
+                return str(mv.version)  # this promotion is already registered (a cached rerun)
         run_id = _train_run(s, ch["adapter"], tags)
         eval_run = log_evaluation(evaluation, tgt, tags)
         vtags = {k: str(v) for k, v in (ch.get("metrics") or {}).items() if v is not None}
         vtags.update({"pricefit.evaluation": evaluation, "pricefit.adapter": str(_adapter_root(ch["adapter"])),
-                      "pricefit.metric": str(decision.get("metric")), "pricefit.promoted_at": str(decision.get("time")),
+                      "pricefit.metric": str(ch.get("metric") or decision.get("metric")), "pricefit.promoted_at": str(when),
                       "pricefit.evaluation_run_id": str(eval_run)})
+        if (ch.get("model") or {}).get("label"):
+            vtags["pricefit.model"] = str(ch["model"]["label"])  # what the model is: a blend names its weights
         mv = s.client.create_model_version(name, f"runs:/{run_id}/adapter", run_id=run_id, tags=vtags,
-                                           description=str(decision.get("reason")))
+                                           description=str(why))
         s.client.set_registered_model_alias(name, CHAMPION_ALIAS, mv.version)
         log.info("MLflow: registered %s version %s (alias %s)", name, mv.version, CHAMPION_ALIAS)
-        return mv.version
+        return str(mv.version)
     except PricefitError:
         raise
     except Exception as e:

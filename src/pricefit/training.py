@@ -789,8 +789,8 @@ def _write_loss(tmp: Path, history: list[dict]) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([r["step"] for r in history], [r["loss"] for r in history], lw=1.2)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
-    ax.set_title("training loss")
+    ax.set(ylabel="training loss", title="training loss")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # steps are whole: no 0.5 ticks on a short run
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(tmp / "loss.png", dpi=100)

@@ -331,3 +331,27 @@ def test_jsonable_makes_gx_values_json_safe():
         "c": [1.5, "x"],
         "4": [1, 2],
     }
+
+
+def test_data_docs_read_offline_with_the_results_listed(tmp_path):
+    """GX loads its CSS/JS from CDNs and fills the index's lists with JavaScript: the pages are
+    rewritten to fetch nothing and to list every validation result as plain HTML."""
+    import re
+
+    d = write_curated(tmp_path / "curated")
+    report = data_contracts.check("curated", d)
+    pages = sorted((d / "data_docs").rglob("*.html"))
+    assert pages
+    for page in pages:
+        text = page.read_text()
+        remote = re.findall(r'<(?:script|link|img)\b[^>]*(?:src|href)="https?://[^"]*"', text)
+        assert remote == [], (page, remote[:3])
+        assert "<!-- pricefit: offline Data Docs -->" in text
+    index = (d / "data_docs" / "index.html").read_text()
+    table = re.search(r'<table\b[^>]*id="section-1-content-block-2-1-body-table"[^>]*>(.*?)</table>', index, re.S).group(1)
+    rows = re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1], re.S)
+    links = [re.search(r'<a href="(validations/[^"]+)">open</a>', r).group(1) for r in rows]
+    suites = {b for b in report["batches"]} | {"manifest", "all_splits"}
+    assert len(rows) == len(suites) and all('<span class="text-success">Success</span>' in r for r in rows)
+    assert all((d / "data_docs" / link).is_file() for link in links)
+    assert sorted(link.split("/")[2] for link in links) == sorted(suites)

@@ -298,7 +298,7 @@ TOY = os.environ.get("PRICEFIT_E2E_TOY") == "1"
 PREFECT_FILE = (Path(__file__).parent / "toy_project" / "prefect.yaml") if TOY else REPO_ROOT / "deployments" / "prefect.yaml"
 
 # a test-sized profile (the same sizes as tests/flows): tiny random Llama, 80 synthetic listings,
-# 2 training steps, 4 held-out items; a Quick run in the UI takes these defaults
+# 2 training steps of a price head blended with TF-IDF, 4 held-out items; a Quick run in the UI takes these defaults
 TINY_PROFILE = {
     "profile": "e2e-tiny",
     "source": "demo:80",
@@ -314,6 +314,9 @@ TINY_PROFILE = {
         "batch_size": 4,
         "max_steps": 2,
         "save_steps": 50,
+        # the champion's kind of model (a price head blended with TF-IDF): the UI must name the blend
+        "head": "regression",
+        "blend": "tfidf",
     },
     "evaluate": {"split": "test", "max_items": 4, "batch_size": 4, "device": "cpu"},
     "baselines": {"include": ["constant", "linear"], "base_model": "tiny-random", "split": "test", "max_items": 4},

@@ -132,9 +132,40 @@ def _artifacts_in_order_with_data_docs_and_pictures(page, prefect_server, prefec
     href = link.get_attribute("href")
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/data-docs/.+/data_docs/index\.html", href or ""), href
     page.screenshot(path=str(page.shots / "contract.png"), full_page=True)
+    # offline: nothing may be fetched from outside the machine; the page still lists its results
+    outside: list[str] = []
+
+    def local_only(route):
+        if re.match(r"https?://(127\.0\.0\.1|localhost)[:/]", route.request.url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", local_only)
     page.goto(href, wait_until="load")
     assert page.title() == "Data Docs created by Great Expectations", page.url
+    results = page.locator("#section-1-content-block-2-1-body-table tbody tr")
+    assets = {row.split("\t")[3] for row in results.all_inner_texts()}  # Status, Run Time, Run Name, Asset Name, ...
+    assert assets == {"schema", "train", "validation", "test", "all_splits", "manifest", "kept", "dropped"}, page.inner_text("body")[:2000]
+    assert results.filter(has_text="Success").count() == results.count() == 8
     page.screenshot(path=str(page.shots / "data-docs.png"))
+    assert outside == [], outside
+    # a result page opens from its row, offline too
+    results.first.get_by_role("link", name="open").click()
+    page.wait_for_load_state("load")
+    result_page = page.inner_text("body")
+    assert "/validations/curated/" in page.url and "Expectation Validation Result" in result_page, page.url
+    assert "Status: Succeeded" in " ".join(result_page.split()), result_page[:2000]
+    page.unroute("**/*")
+
+    # the comparison names what the fine-tuned model is (a blend, with its weights) and shows the head alone
+    page.goto(f"{prefect_server.url}/artifacts/artifact/{arts['11-compare-table']['id']}", wait_until="domcontentloaded")
+    page.get_by_text("Model comparison").first.wait_for()
+    table = page.inner_text("body")
+    page.screenshot(path=str(page.shots / "comparison.png"), full_page=True)
+    assert re.search(r"fine_tuned\s*\(fine-tuned head x \d\.\d\d \+ tfidf x \d\.\d\d\)", table), table[:3000]
+    assert "fine_tuned: head alone" in table and "fine_tuned: tfidf alone" in table, table[:3000]
 
     # the run report shows its pictures: loss curve, scatter plot, errors (decoded by the browser)
     page.goto(f"{prefect_server.url}/artifacts/artifact/{arts['12-report']['id']}", wait_until="domcontentloaded")

@@ -95,6 +95,7 @@ def test_retrain_cache_story(tmp_path, monkeypatch):
     assert list(steps) == list(cache.STEPS) and set(steps.values()) == {"Completed"}
     summary = state.result()
     assert summary["metrics"]["n"] == 4 and summary["promoted"] is True
+    assert summary["model"] == "fine-tuned model, digits generated greedily"  # what "fine_tuned" is (issue 22)
     assert json.loads((workdir / "champion.json").read_text())["evaluation"].startswith(str(workdir / "artifacts" / "evaluate"))
 
     # 2. nothing changed but the champion: the decision is taken again against the new champion

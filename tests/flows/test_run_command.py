@@ -15,7 +15,7 @@ def test_human_summary_lists_steps_comparison_report_and_ui(tmp_path):
     }
     text = run_cmd._human_run(out)
     assert "  ingest               Cached" in text and "  train                Completed" in text
-    assert "| fine-tuned | 12.00 |" in text
+    assert "model       mae\nfine-tuned  12.00" in text and "|" not in text.split("steps:")[1]  # a table, not Markdown
     assert "promotion: promoted to champion (no champion yet)" in text
     assert "report: /w/report.md" in text and text.endswith("UI: http://127.0.0.1:4200/runs/flow-run/abc")
 
@@ -29,7 +29,15 @@ def test_human_summary_of_a_failed_run_says_how_to_resume():
 
 def test_ui_location(monkeypatch):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    assert "prefect server start" in run_cmd.ui_location("x")
+    monkeypatch.setattr(run_cmd, "_server_answers", lambda url: False)
+    assert run_cmd.ui_location("x") == (
+        "PREFECT_API_URL is not set and no Prefect server answers at http://127.0.0.1:4200: the run used a temporary "
+        "Prefect API and is recorded in the local Prefect database; `prefect server start` shows it at http://127.0.0.1:4200")
+    # a server is running, but this run did not use it: say why, and how to
+    monkeypatch.setattr(run_cmd, "_server_answers", lambda url: url == "http://127.0.0.1:4200")
+    assert run_cmd.ui_location("x") == (
+        "PREFECT_API_URL is not set, so this run used a temporary Prefect API, not the server running at "
+        "http://127.0.0.1:4200: export PREFECT_API_URL=http://127.0.0.1:4200/api to see runs there")
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
     monkeypatch.delenv("PREFECT_UI_URL", raising=False)
     assert run_cmd.ui_location("r1") == "http://127.0.0.1:4200/runs/flow-run/r1"

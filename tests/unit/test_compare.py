@@ -180,8 +180,8 @@ def test_a_challenger_worse_than_tfidf_is_never_promoted_even_without_a_champion
     bl = _baselines(tmp_path, constant=(150.0, 200.0), tfidf=(44.91, 90.0))
     rec = promote(_eval_dir(tmp_path, "e1", 122.34), wd, PromoteConfig(), baselines_dir=bl)
     assert rec["promoted"] is False and not (wd / "champion.json").exists()
-    assert rec["reason"] == ("challenger mae 122.3400 on all items does not beat the best classical baseline, tfidf "
-                             "44.9100: a model no better than tfidf is never promoted")
+    assert rec["reason"] == ("challenger mae $122.34 on all items does not beat the best classical baseline, tfidf "
+                             "$44.91: a model no better than tfidf is never promoted")
     ok = promote(_eval_dir(tmp_path, "e2", 40.0), wd, PromoteConfig(), baselines_dir=bl)
     assert ok["promoted"] is True and ok["reason"] == "no champion yet; it beats the classical baselines"
 
@@ -197,7 +197,7 @@ def test_decision_on_a_slice_uses_the_slice_metrics(tmp_path: Path):
     bl = _baselines(tmp_path, tfidf=(60.0, 100.0))
     cfg = PromoteConfig(slice="reference")
     rec = promote(_with_slice(_eval_dir(tmp_path, "e1", 50.0), 50.0, 120.0), wd, cfg, baselines_dir=bl)
-    assert rec["promoted"] is False and "on slice 'reference'" in rec["reason"] and "tfidf 100.0000" in rec["reason"]
+    assert rec["promoted"] is False and "on slice 'reference'" in rec["reason"] and "tfidf $100.00" in rec["reason"]
     rec = promote(_with_slice(_eval_dir(tmp_path, "e2", 70.0), 70.0, 90.0), wd, cfg, baselines_dir=bl)
     assert rec["promoted"] is True and rec["challenger"]["value"] == 90.0 and rec["challenger"]["n_decided"] == 2
 
@@ -212,7 +212,7 @@ def test_the_champion_is_rescored_on_todays_items(tmp_path: Path):
     worse = promote(_eval_dir(tmp_path, "night2", 70.0), wd, cfg, champion_eval=champion_today)
     assert worse["promoted"] is False
     assert worse["champion_rescored"]["value"] == 60.0
-    assert "the champion re-scored on the same 4 items (60.0000)" in worse["reason"]
+    assert "the champion re-scored on the same 4 items ($60.00)" in worse["reason"]
     better = promote(_eval_dir(tmp_path, "night3", 50.0), wd, cfg, champion_eval=champion_today)
     assert better["promoted"] is True and better["relative_improvement"] == pytest.approx(1 / 6)
     with pytest.raises(PricefitError, match="covers other items"):

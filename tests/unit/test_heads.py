@@ -251,6 +251,25 @@ def test_tfidf_blend_is_fit_on_validation_saved_without_pickles_and_applied(toke
     expected = np.expm1((1 - w) * np.log1p(head_only) + w * np.log1p(blend.tfidf(prompts)))
     assert [p.value for p in got] == pytest.approx(expected.tolist(), rel=1e-6)
     assert got[0].raw.startswith("blend ")
+    # each prediction carries its components (issue 22): the head alone and TF-IDF alone
+    assert [p.parts["head"] for p in got] == pytest.approx(head_only, rel=1e-6)
+    assert [p.parts["tfidf"] for p in got] == pytest.approx(blend.tfidf(prompts).tolist(), rel=1e-6)
+
+    # the evaluation records what the model is and scores each component alone on the same items
+    from pricefit.config import EvaluateConfig
+    from pricefit.evaluation import evaluate
+
+    ev = Path(evaluate(tokenized, tmp_path / "ev", EvaluateConfig(device="cpu", split="test"), adapter_dir=out).path)
+    model = json.loads((ev / "metrics.json").read_text())["model"]
+    assert model["label"] == f"fine-tuned head x {1 - w:.2f} + tfidf x {w:.2f}"
+    assert [(c["name"], c["weight"]) for c in model["components"]] == [("head", round(1 - w, 4)), ("tfidf", w)]
+    truth = [p for _, p in ITEMS]
+    pred.blend = blend
+    parts = [p.parts for p in pred.predict([PROMPT.replace("{text}", t) for t, _ in ITEMS], prompts=True, mode="head")]
+    head_mae = float(np.mean([abs(p["head"] - t) for p, t in zip(parts, truth)]))
+    assert model["components"][0]["metrics"]["mae"] == pytest.approx(head_mae, rel=1e-5)
+    assert json.loads((ev / "manifest.json").read_text())["model"]["label"] == model["label"]
+    assert f"- **model**: `{model['label']}`" in (ev / "report.md").read_text()
 
 
 def test_retrieval_blend_is_fit_on_validation_and_both_head_paths_apply_it(tokenized, tmp_path):

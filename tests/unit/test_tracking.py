@@ -128,3 +128,36 @@ def test_tracking_mlflow_without_uri_logs_into_the_workdir_once(monkeypatch, tmp
     stored = tmp_path / "work" / "mlartifacts" / run_id / "artifacts"
     assert (stored / "adapter" / "adapter" / "adapter_model.safetensors").read_bytes() == b"weights"
     assert (stored / "loss.png").exists() and (tmp_path / "work" / "mlflow.db").exists()
+
+
+def test_a_champion_promoted_before_tracking_is_registered_when_tracking_first_sees_it(monkeypatch, tmp_path):
+    """`make demo`, then the README's MLflow block: the rerun keeps the champion ("already the
+    champion"), and that champion becomes the registered model's version 1 (alias champion), once."""
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    from pricefit import artifacts
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    out, ev = tmp_path / "train", tmp_path / "eval"
+    (out / "adapter").mkdir(parents=True)
+    (out / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
+    artifacts.write_manifest(out, {"kind": "adapter", "config": {"base_model": "tiny-random"}})
+    ev.mkdir()
+    (ev / "metrics.json").write_text('{"n": 4, "mae": 57.28}')
+    artifacts.write_manifest(ev, {"kind": "evaluation", "adapter": str(out / "adapter")})
+    champion = {"evaluation": str(ev), "adapter": str(out / "adapter"), "metric": "mae", "metrics": {"n": 4, "mae": 57.28},
+                "promoted_at": "2026-12-06T10:00:00+00:00", "model": {"label": "fine-tuned head x 0.45 + tfidf x 0.55"}}
+    kept = {"promoted": False, "reason": "this adapter is already the champion", "metric": "mae",
+            "challenger": champion, "champion_before": champion}
+    tgt = tracking.target("mlflow", tmp_path / "work")
+    assert tracking.register_champion({**kept, "champion_before": None}, tgt) is None  # no champion: nothing to register
+    assert tracking.register_champion(kept, tgt) == "1"
+    assert tracking.register_champion(kept, tgt) == "1"  # seen again: no second version
+    client = MlflowClient(tracking_uri=tgt.uri, registry_uri=tgt.uri)
+    mv = client.get_model_version_by_alias("pricefit", "champion")
+    assert str(mv.version) == "1" and mv.tags["pricefit.evaluation"] == str(ev.resolve()) and mv.tags["mae"] == "57.28"
+    assert mv.tags["pricefit.model"] == "fine-tuned head x 0.45 + tfidf x 0.55"
+    assert mv.tags["pricefit.promoted_at"] == "2026-12-06T10:00:00+00:00"
+    assert mv.description == "the champion promoted at 2026-12-06T10:00:00+00:00, registered when tracking first saw it"

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
+from ..cli import JSON_OPTION_HELP, PROFILE_OPTION_HELP, app, check_config, check_input, command, emit
 from ..errors import PricefitError
 
 BASELINE_NAMES = ("constant", "linear", "tfidf", "base_model", "frontier")
@@ -46,7 +46,7 @@ def baselines_cmd(
     ),
     split: Optional[str] = typer.Option(None, "--split", help="Held-out split: test or validation (match `pricefit evaluate`)."),
     max_items: Optional[int] = typer.Option(None, "--max-items", help="Score the first N held-out items (match `pricefit evaluate`)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML: a baselines mapping or a run profile with a baselines: section."),
+    config: Optional[str] = typer.Option(None, "--profile", "--config", "-p", "-c", help=PROFILE_OPTION_HELP),
     set_: Optional[list[str]] = typer.Option(
         None, "--set", help="Override a setting, e.g. --set frontier.model=gpt-4o-mini --set frontier.concurrency=8."
     ),
@@ -62,7 +62,7 @@ def baselines_cmd(
     Example:  pricefit baselines --data runs/demo/curated --out runs/demo/baselines --include constant,linear,tfidf
     """
     check_input(data, "--data", ("curated",))
-    check_input(config, "--config", file=True)
+    config = check_config(config)
     from ..baselines import read_summary, run_baselines  # deferred: keeps `pricefit --help` fast (loads polars, numpy, pydantic, yaml, tenacity)
     from ..config import BaselinesConfig, load_stage_config  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
 
@@ -115,7 +115,11 @@ def compare_cmd(
 
     ref = compare(evaluation, baselines, out, metric=metric)
     table = json.loads((Path(ref.path) / "comparison.json").read_text())
-    emit({"ok": True, "out": ref.path, **table}, as_json, lambda r: to_markdown(table) + f"\n-> {ref.path}")
+    from ..terminal import markdown_to_text  # deferred: keeps `pricefit --help` fast
+
+    # a terminal gets aligned columns; comparison.md (and the UI) keep the Markdown
+    emit({"ok": True, "out": ref.path, **table}, as_json,
+         lambda r: markdown_to_text(to_markdown(table)) + f"\n-> {Path(ref.path) / 'comparison.md'}")
 
 
 @app.command("promote")
@@ -157,7 +161,17 @@ def promote_cmd(
         "command-line options",
     )
     tracking.check(tracking.target())
-    rec = promote(evaluation, workdir, cfg, champion_eval=champion_evaluation, baselines_dir=baselines)
+    import logging
+
+    # the decision is this command's output: its log line (the flow's record of it) would say it twice
+    quiet = logging.getLogger("pricefit.compare")
+    level = quiet.level
+    if not logging.getLogger("pricefit").isEnabledFor(logging.DEBUG):
+        quiet.setLevel(logging.WARNING)
+    try:
+        rec = promote(evaluation, workdir, cfg, champion_eval=champion_evaluation, baselines_dir=baselines)
+    finally:
+        quiet.setLevel(level)
     tracking.register_champion(rec)  # MLFLOW_TRACKING_URI set and promoted: a registered model version
     emit(
         {"ok": True, **rec},

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
+from ..cli import JSON_OPTION_HELP, PROFILE_OPTION_HELP, app, check_config, check_input, command, emit
 from ..errors import ContractError
 
 
@@ -34,7 +34,8 @@ def _human(r: dict[str, Any]) -> str:
         lines.append(f"  {'kept: ' + split:<24}{n:>10,}")
     for reason, n in r["dropped"].items():
         lines.append(f"  {'dropped: ' + reason:<24}{n:>10,}")
-    lines.append(f"  {'quarantined':<24}{r['quarantined']:>10,}")
+    where = f"  -> {Path(r['out']) / 'quarantine.jsonl'} (file, line, reason)" if r["quarantined"] else ""
+    lines.append(f"  {'quarantined':<24}{r['quarantined']:>10,}{where}")
     lines.append(f"  contracts: {r['contracts']}   sha256: {r['sha256'][:16]}")
     return "\n".join(lines)
 
@@ -49,7 +50,7 @@ def curate_cmd(
         help="Listings: demo[:N] (synthetic), file(s)/glob of .jsonl/.jsonl.gz/.parquet, hf:Cat1,Cat2, or csv:products.csv[.gz].",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (curated artifact; the raw artifact goes to OUT/raw)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file: a curate mapping or a run profile with a curate: section."),
+    config: Optional[str] = typer.Option(None, "--profile", "--config", "-p", "-c", help=PROFILE_OPTION_HELP),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a curate setting, e.g. --set min_chars=200 (repeatable)."),
     no_contracts: bool = typer.Option(False, "--no-contracts", help="Skip the data contracts (debugging only)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
@@ -60,7 +61,7 @@ def curate_cmd(
 
     Example:  pricefit curate --source demo --out runs/demo/curated
     """
-    check_input(config, "--config", file=True)
+    config = check_config(config)
     from .. import artifacts, curation  # deferred: keeps `pricefit --help` fast (loads polars, numpy, pydantic, yaml)
     from ..config import CurateConfig, load_stage_config  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
 

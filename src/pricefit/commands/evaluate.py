@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, check_input, check_source, command, emit
+from ..cli import JSON_OPTION_HELP, PROFILE_OPTION_HELP, app, check_config, check_input, check_source, command, emit
 from ..errors import PricefitError
 
 _ADAPTER_HELP = "Output directory of `pricefit train` (or its adapter/ folder). Leave out to score the base model alone."
@@ -33,9 +33,13 @@ def _curate_cfg(config: Optional[Path]):
 
 def _human_eval(r: dict[str, Any]) -> str:
     hit = r["hit_rate"] * 100
+    model = r.get("model") or {}
+    alone = "".join(f"  {c['name']} alone: MAE ${c['metrics']['mae']:,.2f}\n"
+                    for c in model.get("components", []) if c.get("metrics"))
     return (
         f"evaluated {r['n']} items -> {r['out']}\n"
-        f"  MAE     ${r['mae']:,.2f}\n  RMSLE   {r['rmsle']:.3f}\n  hit     {hit:.1f}%\n"
+        + (f"  model   {model['label']}\n" if model.get("label") else "") + alone
+        + f"  MAE     ${r['mae']:,.2f}\n  RMSLE   {r['rmsle']:.3f}\n  hit     {hit:.1f}%\n"
         f"  MdAPE   {r['mdape']:.1f}%\n  unparsed {r['n_unparsed']} (scored as $0)\n"
         + "".join(
             f"  slice {name}: n={m['n']}" + (f" MAE ${m['mae']:,.2f} hit {m['hit_rate'] * 100:.1f}%" if m.get("n") else "") + "\n"
@@ -60,7 +64,7 @@ def evaluate_cmd(
     mode: Optional[str] = typer.Option(None, "--mode", help="greedy (parse the generated text) or expected (mean over the price distribution)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Prompts per batch (default 16 on CPU, 128 on CUDA)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML: an evaluate mapping or a run profile (its evaluate:, curate: and slices: sections)."),
+    config: Optional[str] = typer.Option(None, "--profile", "--config", "-p", "-c", help=PROFILE_OPTION_HELP),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override an evaluate setting, e.g. --set beam=16 (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
@@ -80,7 +84,7 @@ def evaluate_cmd(
     check_input(adapter, "--adapter", ("adapter",))
     check_input(data, "--data", ("curated", "tokenized"))
     check_source(source, "--source")
-    check_input(config, "--config", file=True)
+    config = check_config(config)
     from .. import evaluation  # deferred: keeps `pricefit --help` fast (loads polars, pydantic, yaml)
     from .. import tracking  # deferred: keeps `pricefit --help` fast (loads pydantic)
 
@@ -104,6 +108,7 @@ def evaluate_cmd(
             "report": str(ref.dir / "report.md"),
             **{k: metrics[k] for k in ("n", "n_unparsed", "mae", "rmsle", "hit_rate", "mdape")},
             "mode": manifest.get("mode", cfg.mode),  # the mode it ran in (auto resolved)
+            "model": metrics.get("model"),  # what the model is (pricefit.composition)
             "split": cfg.split if data is not None else None,
             "items_per_s": manifest.get("items_per_s"),
             "skipped": manifest["rows"]["skipped"],
@@ -140,7 +145,7 @@ def predict_cmd(
     mode: Optional[str] = typer.Option(None, "--mode", help="greedy or expected."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Prompts per batch (default 16 on CPU, 128 on CUDA)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML: evaluate and curate settings (a run profile works)."),
+    config: Optional[str] = typer.Option(None, "--profile", "--config", "-p", "-c", help=PROFILE_OPTION_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Price one listing (JSON, or --title/--description) or a file of listings with an adapter or a base model.
@@ -161,7 +166,7 @@ def predict_cmd(
     if adapter is None and base_model is None:
         raise PricefitError("no --adapter and no --base-model", hint="pass --adapter DIR, or --base-model NAME")
     check_input(adapter, "--adapter", ("adapter",))
-    check_input(config, "--config", file=True)
+    config = check_config(config)
     if json_listing not in (None, "-"):
         check_input(json_listing, "--json-listing", file=True)
     check_source(file, "--file")
@@ -180,7 +185,7 @@ def predict_cmd(
         from ..artifacts import write_text_atomic  # deferred: keeps `pricefit --help` fast (loads pydantic)
 
         write_text_atomic(out, "".join(json.dumps(r, default=str) + "\n" for r in rows))
-    public = [{k: r[k] for k in ("item_id", "title", "prediction", "raw", "parsed", "skipped")} for r in rows]
+    public = [{k: r.get(k) for k in ("item_id", "title", "prediction", "raw", "parsed", "parts", "skipped")} for r in rows]
     result: dict[str, Any] = {"ok": True, "n": len(rows), "n_priced": sum(r["parsed"] for r in rows), "mode": cfg.mode}
     if len(rows) == 1:
         result.update({"price": public[0]["prediction"], **public[0]})
@@ -194,6 +199,8 @@ def predict_cmd(
         for p in public:
             price = "no price" if p["prediction"] is None else f"${p['prediction']:,.2f}"
             note = f"  [{p['skipped']}]" if p["skipped"] else f"  (model wrote {p['raw']!r})" if not p["parsed"] else ""
+            if p.get("parts"):  # a blend: what each component said
+                note += "  (" + ", ".join(f"{k} ${v:,.2f}" for k, v in p["parts"].items()) + ")"
             lines.append(f"{price:>12}  {(p['title'] or '(no title)')[:70]}{note}")
         return "\n".join(lines)
 

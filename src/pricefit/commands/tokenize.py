@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
+from ..cli import JSON_OPTION_HELP, PROFILE_OPTION_HELP, app, check_config, check_input, command, emit
 
 
 def _human(r: dict[str, Any]) -> str:
@@ -18,6 +18,9 @@ def _human(r: dict[str, Any]) -> str:
             f"  {split:<12}{n:>8,} rows   max {s['max_tokens']:>4} tokens   mean {s['mean_tokens']:>7.1f}   truncated {s['truncated']:,}"
         )
     lines.append(f"  budget {r['max_length']} tokens; longest {r['max_tokens']}, mean {r['mean_tokens']:.1f}, truncated {r['truncated']:,}")
+    if r["truncated"]:
+        lines.append(f"  truncated: {r['truncated']:,} items whose item text lost its end to fit {r['max_length']} tokens "
+                     "(the prompt template and the price completion are never cut; tokenize.max_length raises the budget)")
     lines.append(f"  contracts: {r['contracts']}   sha256: {r['sha256'][:16]}")
     return "\n".join(lines)
 
@@ -30,7 +33,7 @@ def tokenize_cmd(
     base_model: Optional[str] = typer.Option(
         None, "--base-model", "-m", help="Tokenizer to use: hub id, local directory, or built-in smollm2-135m / tiny-random."
     ),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file: a tokenize mapping or a run profile with a tokenize: section."),
+    config: Optional[str] = typer.Option(None, "--profile", "--config", "-p", "-c", help=PROFILE_OPTION_HELP),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a tokenize setting, e.g. --set max_length=128 (repeatable)."),
     no_contracts: bool = typer.Option(False, "--no-contracts", help="Skip the tokenized data contract (debugging only)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
@@ -42,7 +45,7 @@ def tokenize_cmd(
     Example:  pricefit tokenize --curated runs/demo/curated --out runs/demo/tokenized --base-model smollm2-135m
     """
     check_input(curated, "--curated", ("curated",))
-    check_input(config, "--config", file=True)
+    config = check_config(config)
     from ..config import TokenizeConfig, load_stage_config  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
     from ..tokenization import tokenize  # deferred: keeps `pricefit --help` fast (loads polars, numpy, pydantic, yaml)
 

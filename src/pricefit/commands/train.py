@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..cli import JSON_OPTION_HELP, app, check_input, command, emit
+from ..cli import JSON_OPTION_HELP, PROFILE_OPTION_HELP, app, check_config, check_input, command, emit
 from ..errors import PricefitError
 
 
@@ -26,7 +26,7 @@ def _human_train(r: dict[str, Any]) -> str:
 def train_cmd(
     tokenized: Path = typer.Option(..., "--tokenized", "-t", help="Tokenized directory (output of `pricefit tokenize`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory: adapter/, loss.csv, loss.png, model_card.md, train_summary.json."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML: a train mapping or a run profile with a train: section."),
+    config: Optional[str] = typer.Option(None, "--profile", "--config", "-p", "-c", help=PROFILE_OPTION_HELP),
     set_: Optional[list[str]] = typer.Option(
         None, "--set", help="Override a setting, e.g. --set lora_r=16 --set max_steps=20 --set quantization=none."
     ),
@@ -34,14 +34,17 @@ def train_cmd(
 ) -> None:
     """Fine-tune the base model with (Q)LoRA on the tokenized train split; loss on the price only.
 
-    Defaults (CPU demo): smollm2-135m, 4-bit NF4 + double quantization with float32 compute on CPU
-    (bfloat16 on CUDA), LoRA r=32 alpha=64 on q/k/v/o, batch 4, lr 1e-4 cosine. Checkpoints go to
-    <out>.ckpt/ every save_steps; rerunning the same command after a kill resumes from the last one.
+    Settings: --profile NAME takes that run profile's train: section (--profile demo: the recipe
+    `make demo` trains, LoRA r16 on all linear layers + a regression price head blended with TF-IDF,
+    float32, lr 2e-3, 2 epochs); --set overrides it. Without a profile, the TrainConfig defaults (a
+    smoke test, not a good model): smollm2-135m, 4-bit NF4 + double quantization, LoRA r=32 alpha=64
+    on q/k/v/o, lr 1e-4 cosine, batch 4, digit generation. Checkpoints go to <out>.ckpt/ every
+    save_steps; rerunning the same command after a kill resumes from the last one.
 
-    Example:  pricefit train --tokenized runs/demo/tokenized --out runs/demo/adapter --set max_steps=30
+    Example:  pricefit train --tokenized runs/x/tokenized --out runs/x/train --profile demo
     """
     check_input(tokenized, "--tokenized", ("tokenized",))
-    check_input(config, "--config", file=True)
+    config = check_config(config)
     from .. import tracking  # deferred: keeps `pricefit --help` fast (loads pydantic)
     from ..config import TrainConfig, load_stage_config  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
     from ..training import train  # deferred: keeps `pricefit --help` fast (loads pydantic)
