@@ -27,7 +27,7 @@ import numpy as np
 
 from .artifacts import atomic_path, write_json_atomic
 from .errors import PricefitError
-from .retrieval import KnnIndex, load_knn, save_knn
+from .retrieval import KnnIndex, fit_knn, load_knn, save_knn
 from .tfidf_model import fit, predict
 
 BLEND_CONFIG = "tfidf_blend.json"
@@ -73,6 +73,18 @@ class TfidfBlend:
         if self.weight == 0 and self.knn_weight == 0:
             return np.clip(np.asarray(head, dtype=np.float64), 0, None)
         return mix(self.components(head, prompts, pooled), self.weights())
+
+
+    def explain(self, head: Sequence[float], prompts: Sequence[str], pooled: Any, low: float, high: float):
+        """Per item: (blended price clipped to [low, high], a readable line, each part's price)."""
+        parts = self.components(head, prompts, pooled)
+        weights = self.weights()
+        mixed = mix(parts, weights).clip(low, high).tolist()
+        shown = [k for k in parts if k != "head"]
+        tail = f"weight {weights['tfidf']:.2f}" if shown == ["tfidf"] else "weights " + ", ".join(f"{k} {weights[k]:.2f}" for k in shown)
+        return [(float(m), f"blend {m:.2f} (head {parts['head'][i]:.2f}, " + ", ".join(f"{k} {parts[k][i]:.2f}" for k in shown)
+                 + (", " if shown == ["tfidf"] else "; ") + tail + ")", {k: float(parts[k][i]) for k in parts})
+                for i, m in enumerate(mixed)]
 
 
 def mix(components: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
@@ -127,8 +139,6 @@ def fit_blend(train_prompts: Sequence[str], train_prices: Sequence[float], val_p
         val_parts["tfidf"] = predict(vec, ridge, clip, val_prompts)
     knn = None
     if "knn" in parts:
-        from .retrieval import fit_knn
-
         knn = fit_knn(train_pooled, train_prices, val_pooled, val_prices)
         val_parts["knn"] = knn.predict(val_pooled)
     weights, scores = choose_weights(val_head, val_parts, val_prices)

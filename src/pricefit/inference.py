@@ -32,13 +32,13 @@ Nothing here imports Prefect; torch/transformers/peft are imported inside the fu
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
+from .adapters import base_model_of, find_adapter, lineage_of
 from .config import DEFAULT_PROMPT_TEMPLATE
 from .devices import resolve_device
 from .errors import PricefitError
@@ -67,52 +67,6 @@ class Prediction:
 
 # ----------------------------------------------------------------------------------------------
 # loading
-
-
-def find_adapter(adapter_dir: str | Path) -> Path:
-    """The PEFT directory: ``adapter_dir`` itself or ``<train_out>/adapter``."""
-    d = Path(adapter_dir)
-    for cand in (d, d / "adapter"):
-        if (cand / "adapter_config.json").exists():
-            return cand
-    raise PricefitError(
-        f"no PEFT adapter at {d} (looked for adapter_config.json there and in {d / 'adapter'})",
-        hint="pass the output directory of `pricefit train` or its adapter/ folder",
-    )
-
-
-def _train_manifests(adapter_dir: str | Path) -> list[dict[str, Any]]:
-    """The readable manifests of an adapter directory and of the train output above it."""
-    d = Path(adapter_dir)
-    out = []
-    for man in (d / "manifest.json", d.parent / "manifest.json"):
-        if man.exists():
-            try:
-                out.append(json.loads(man.read_text()))
-            except ValueError:
-                continue
-    return out
-
-
-def base_model_of(adapter_dir: str | Path) -> str | None:
-    """The base model an adapter was trained on: from the train manifest, else adapter_config.json."""
-    for m in _train_manifests(adapter_dir):
-        name = m.get("base_model") or (m.get("config") or {}).get("base_model")
-        if name:
-            return str(name)
-    try:
-        cfg = json.loads((find_adapter(adapter_dir) / "adapter_config.json").read_text())
-        return cfg.get("base_model_name_or_path") or None
-    except (PricefitError, ValueError):
-        return None
-
-
-def lineage_of(adapter_dir: str | Path) -> dict[str, Any]:
-    """How an adapter's prompts were built: ``tokenize_config`` and ``curate_config`` from its train manifest."""
-    for m in _train_manifests(adapter_dir):
-        if m.get("kind") == "adapter":
-            return {k: m.get(k) for k in ("tokenize_config", "curate_config", "head") if m.get(k) is not None}
-    return {}
 
 
 def _resolve(base_model: str) -> tuple[str, Any]:
@@ -423,19 +377,8 @@ class PricePredictor:
     def _head_predictions(self, prompts: list[str], prices: list[float], pooled: Any = None) -> list[Prediction]:
         if self.blend is None:
             return [Prediction(value=float(v), raw=f"head {v:.2f}", parsed=True) for v in prices]
-        parts = self.blend.components(prices, prompts, pooled)
-        weights = self.blend.weights()
-        from .blend import mix
-
-        mixed = mix(parts, weights).clip(self.low, self.high).tolist()
-        shown = [k for k in parts if k != "head"]
-        wtxt = ", ".join(f"{k} {weights[k]:.2f}" for k in shown)
-        return [Prediction(value=float(m), parsed=True,
-                           raw=f"blend {m:.2f} (head {parts['head'][i]:.2f}, "
-                               + ", ".join(f"{k} {parts[k][i]:.2f}" for k in shown)
-                               + (f", weight {weights['tfidf']:.2f}" if shown == ["tfidf"] else f"; weights {wtxt}") + ")",
-                           parts={k: float(parts[k][i]) for k in parts})
-                for i, m in enumerate(mixed)]
+        return [Prediction(value=v, raw=raw, parsed=True, parts=parts)
+                for v, raw, parts in self.blend.explain(prices, prompts, pooled, self.low, self.high)]
 
     def _head_hidden_fn(self):
         """decoder(input_ids) -> last hidden state, no mask, under inference mode and (CUDA) autocast."""

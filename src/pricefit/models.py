@@ -46,7 +46,7 @@ from . import logs
 from .artifacts import sha256_file, write_json_atomic
 from .config import DEFAULT_PROMPT_TEMPLATE, cache_home
 from .errors import PricefitError
-from .gguf_files import PartedGguf
+from .gguf_files import PartedGguf, assemble_parts, digits_split_one_per_token, read_metadata
 from .sources.hub import check_reachable
 
 log = logging.getLogger("pricefit.models")
@@ -480,8 +480,6 @@ def convert_gguf(gguf: Path, out: Path, dtype: str, fix_tokenizer: Callable[[Any
     import torch
     from transformers import AutoModelForCausalLM, GgufConfig
 
-    from .gguf_files import digits_split_one_per_token
-
     t0 = time.perf_counter()
     log.info("converting %s to safetensors (%s) in %s", gguf.name, dtype, out)
     tok = gguf_tokenizer(gguf, header_only=header_only_tokenizer)
@@ -539,8 +537,6 @@ QWEN_DTYPE = "bfloat16"
 
 
 def _build_qwen_coder_1_5b(out: Path) -> dict[str, Any]:
-    from .gguf_files import assemble_parts, read_metadata
-
     with tempfile.TemporaryDirectory(prefix="pricefit-qwen-", dir=out.parent) as work_s:
         gguf = assemble_parts(QWEN_CODER_1_5B, Path(work_s), "qwen2.5-coder-1.5b-instruct-q4_k_m")
         arch = read_metadata(gguf).get("general.architecture")
