@@ -28,16 +28,20 @@ def test_human_summary_of_a_failed_run_says_how_to_resume():
 
 
 def test_ui_location(monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setattr(run_cmd, "_server_answers", lambda url: False)
-    assert run_cmd.ui_location("x") == (
-        "PREFECT_API_URL is not set and no Prefect server answers at http://127.0.0.1:4200: the run used a temporary "
-        "Prefect API and is recorded in the local Prefect database; `prefect server start` shows it at http://127.0.0.1:4200")
-    # a server is running, but this run did not use it: say why, and how to
-    monkeypatch.setattr(run_cmd, "_server_answers", lambda url: url == "http://127.0.0.1:4200")
-    assert run_cmd.ui_location("x") == (
-        "PREFECT_API_URL is not set, so this run used a temporary Prefect API, not the server running at "
-        "http://127.0.0.1:4200: export PREFECT_API_URL=http://127.0.0.1:4200/api to see runs there")
+    # unset in Prefect's settings too (an earlier flow in this process may have set it for its temporary server)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert run_cmd.ui_location("x") == (
+            "PREFECT_API_URL is not set and no Prefect server answers at http://127.0.0.1:4200: the run used a temporary "
+            "Prefect API and is recorded in the local Prefect database; `prefect server start` shows it at http://127.0.0.1:4200")
+        # a server is running, but this run did not use it: say why, and how to
+        monkeypatch.setattr(run_cmd, "_server_answers", lambda url: url == "http://127.0.0.1:4200")
+        assert run_cmd.ui_location("x") == (
+            "PREFECT_API_URL is not set, so this run used a temporary Prefect API, not the server running at "
+            "http://127.0.0.1:4200: export PREFECT_API_URL=http://127.0.0.1:4200/api to see runs there")
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
     monkeypatch.delenv("PREFECT_UI_URL", raising=False)
     assert run_cmd.ui_location("r1") == "http://127.0.0.1:4200/runs/flow-run/r1"

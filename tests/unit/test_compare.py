@@ -240,7 +240,7 @@ def test_a_champion_replaced_after_the_rescore_is_judged_as_it_is_now_under_the_
     assert a["promoted"] is False
     assert json.loads((wd / "champion.json").read_text())["adapter_sha256"] == "sha-c1"
     assert a["reason"].startswith("the champion was replaced (now adapter sha-c1) after this run re-scored the one before (sha-c0)")
-    assert "does not beat champion 50.0000" in a["reason"]  # judged against c1's record on the same items
+    assert "does not beat champion $50.00" in a["reason"]  # judged against c1's record on the same items
     assert a["champion_rescored"]["stale"] and a["champion_before"]["adapter_sha256"] == "sha-c1"
     # a rescore of the champion in place is used as before
     c1_today = _eval_of(tmp_path, "c1-today", 60.0, "sha-c1")
