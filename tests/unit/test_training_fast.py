@@ -142,11 +142,12 @@ def test_fast_accumulate_reads_nothing_back_from_the_device(tokenized, tmp_path,
 def test_fast_levers_give_the_eager_loss_history_and_resume_exactly(tokenized, tmp_path):
     from pricefit.training import checkpoint_root, train
 
-    # reading the loss every 4 steps alone: the loss history of the per-step loop, to the bit
+    # reading the loss every 4 steps alone: the loss history of the per-step loop, to float32 rounding
+    # (bit-equal under earlier package versions; with transformers 5.25 / peft 0.21.2 step 2 read
+    # 6.699855 against 6.699856, a relative 1.5e-7, at 9aeb3f2 too)
     eager = train(tokenized, tmp_path / "eager", cfg())
     lazy = train(tokenized, tmp_path / "lazy", cfg(loss_sync_steps=4))
-    assert [(r["step"], r["loss"], r["lr"]) for r in _history(lazy.path)] == \
-        [(r["step"], r["loss"], r["lr"]) for r in _history(eager.path)]
+    _same_history(_history(lazy.path), _history(eager.path), rel=1e-6)
     # wider micro-batches draw LoRA dropout masks of another shape: compare without dropout
     eager = train(tokenized, tmp_path / "eager0", cfg(lora_dropout=0.0))
     fast = train(tokenized, tmp_path / "fast", cfg(**FAST, lora_dropout=0.0))
