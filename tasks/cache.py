@@ -65,7 +65,7 @@ from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel
 
 from pricefit import endpoints
-from pricefit.artifacts import ArtifactRef, canonical_json, damage, sha256_file
+from pricefit.artifacts import ArtifactRef, canonical_json, damage, sha256_dir, sha256_file
 from pricefit.config import BaselinesConfig, FrontierConfig, TrainConfig
 from pricefit.errors import PricefitError
 
@@ -428,30 +428,44 @@ def producer_of(path: str | os.PathLike) -> str:
 
 
 def input_refs(inputs: dict[str, Any]) -> list[ArtifactRef]:
-    """The artifacts a step reads: every ArtifactRef in its inputs, and an ``X_path``/``X_sha256``
-    pair (the champion's adapter) as the reference it stands for."""
-    refs = refs_in(list(inputs.values()))
+    """The artifacts a step reads: every ArtifactRef in its inputs (their sha256: the manifest's)."""
+    return refs_in(list(inputs.values()))
+
+
+def input_pairs(inputs: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(kind, path, sha256)`` of each ``X_path``/``X_sha256`` pair in a step's inputs: the champion's
+    adapter, whose sha256 is that of its whole directory (what champion.json records)."""
+    pairs = []
     for name, value in inputs.items():
         if name.endswith("_path") and isinstance(value, str):
             sha = inputs.get(name[: -len("_path")] + "_sha256")
             if isinstance(sha, str):
-                refs.append(ArtifactRef(kind=name[: -len("_path")], path=value, sha256=sha))
-    return refs
+                pairs.append((name[: -len("_path")], value, sha))
+    return pairs
+
+
+def _pair_damage(path: str, dir_sha: str) -> str | None:
+    if not Path(path).is_dir():
+        return f"{path} is missing"
+    got = sha256_dir(path)
+    return None if got == dir_sha else (f"its files no longer hash to the sha256 recorded for it ({got[:12]}…, "
+                                        f"recorded {dir_sha[:12]}…)")
 
 
 def check_inputs(step: str, inputs: dict[str, Any]) -> None:
     """Refuse to run ``step`` on an artifact whose files no longer have their recorded hashes: a
     result computed from it would be wrong, and cached under the same key as the right one."""
-    for ref in input_refs(inputs):
-        problem = damage(ref)
+    checks = [(r.kind, r.path, damage(r)) for r in input_refs(inputs)]
+    checks += [(kind, path, _pair_damage(path, sha)) for kind, path, sha in input_pairs(inputs)]
+    for kind, path, problem in checks:
         if problem:
-            producer = producer_of(ref.path)
+            producer = producer_of(path)
             again = (
                 f"run again: the {producer} step sees the damage at its cache lookup and recomputes it "
                 f"(or `--refresh {producer}`)" if producer in STEPS else "rebuild that artifact"
             )
             raise PricefitError(
-                f"step {step}: its input {ref.kind} artifact {ref.path} is damaged: {problem}; nothing was computed or cached",
+                f"step {step}: its input {kind} artifact {path} is damaged: {problem}; nothing was computed or cached",
                 hint=again,
             )
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pricefit.artifacts import ArtifactRef, atomic_dir, ref_for, write_manifest
+from pricefit.artifacts import ArtifactRef, atomic_dir, ref_for, sha256_dir, write_manifest
 from pricefit.config import BaselinesConfig, CurateConfig
 from pricefit.errors import PricefitError
 from tasks import cache
@@ -425,6 +425,8 @@ def test_a_corrupt_artifact_is_never_served_nor_read(tmp_path, corruption):
         (tmp / "price_head.safetensors").write_bytes(bytes(range(64)))
         write_manifest(tmp, {"kind": "adapter"})
     ref = ref_for(adapter_dir, "adapter")
+    promoted_sha = sha256_dir(adapter_dir)  # what champion.json records for a champion's adapter
+    cache.check_inputs("champion", {"adapter_path": str(adapter_dir), "adapter_sha256": promoted_sha})  # intact
     _record(records, "k1", ref)
     cache._drop_stale_record(str(records), "k1")
     cache.check_inputs("evaluate", {"adapter": ref, "cfg": CurateConfig()})
@@ -444,8 +446,8 @@ def test_a_corrupt_artifact_is_never_served_nor_read(tmp_path, corruption):
     assert f"step evaluate: its input adapter artifact {adapter_dir} is damaged: {f} changed after it was written" in err.value.message
     assert "nothing was computed or cached" in err.value.message
     assert err.value.hint.startswith("run again: the train step sees the damage at its cache lookup and recomputes it")
-    # the champion's adapter comes as a path + manifest sha256 pair: checked the same way
-    with pytest.raises(PricefitError, match="step champion: its input adapter artifact"):
-        cache.check_inputs("champion", {"adapter_path": str(adapter_dir), "adapter_sha256": ref.sha256})
+    # the champion's adapter comes as a path + the sha256 of its whole directory (champion.json's)
+    with pytest.raises(PricefitError, match="step champion: its input adapter artifact .* is damaged: its files no longer hash"):
+        cache.check_inputs("champion", {"adapter_path": str(adapter_dir), "adapter_sha256": promoted_sha})
     cache._drop_stale_record(str(records), "k1")
     assert not (records / "k1").exists()  # the producer's record is dropped: it recomputes
