@@ -245,4 +245,4 @@ def test_a_champion_replaced_after_the_rescore_is_judged_as_it_is_now_under_the_
     # a rescore of the champion in place is used as before
     c1_today = _eval_of(tmp_path, "c1-today", 60.0, "sha-c1")
     again = promote(_eval_of(tmp_path, "a2", 55.0, "sha-a2"), wd, cfg, champion_eval=c1_today)
-    assert again["promoted"] is True and "the champion re-scored on the same 4 items (60.0000)" in again["reason"]
+    assert again["promoted"] is True and "the champion re-scored on the same 4 items ($60.00)" in again["reason"]
