@@ -65,7 +65,7 @@ from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel
 
 from pricefit import endpoints
-from pricefit.artifacts import ArtifactRef, canonical_json, damage, sha256_dir, sha256_file
+from pricefit.artifacts import ArtifactRef, canonical_json, damage, pid_alive, sha256_dir, sha256_file
 from pricefit.config import BaselinesConfig, FrontierConfig, TrainConfig
 from pricefit.errors import PricefitError
 
@@ -384,7 +384,7 @@ def _lock_manager_class():
                 info = json.loads(path.read_text() or "{}")
             except (OSError, ValueError):
                 info = {}
-            if info.get("host") == socket.gethostname() and not _alive(info.get("pid")):
+            if info.get("host") == socket.gethostname() and not pid_alive(info.get("pid")):
                 log.warning("removing the lock of dead process %s on step key %s…", info.get("pid"), key[:12])
                 path.unlink(missing_ok=True)
                 self._locks.pop(key, None)
@@ -392,18 +392,6 @@ def _lock_manager_class():
             return super().is_locked(key, use_cache=use_cache)
 
     return ProcessFileLockManager
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return True  # unknown: assume alive (the conservative answer)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def lock_manager(workdir: str | os.PathLike) -> Any:

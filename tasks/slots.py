@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from pricefit.artifacts import pid_alive
 from pricefit.errors import PricefitError
 
 log = logging.getLogger("pricefit.tasks")
@@ -60,18 +61,6 @@ def holders_dir(limit_id: Any) -> Path:
     return Path(get_current_settings().home) / "pricefit-slots" / str(limit_id)
 
 
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def read_holders(folder: Path) -> list[dict[str, Any]]:
     out = []
     for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -86,7 +75,7 @@ def read_holders(folder: Path) -> list[dict[str, Any]]:
 
 
 def _dead(rec: dict[str, Any]) -> bool:
-    return rec.get("host") == socket.gethostname() and not _alive(rec.get("pid"))
+    return rec.get("host") == socket.gethostname() and not pid_alive(rec.get("pid"))
 
 
 def _ephemeral() -> bool:

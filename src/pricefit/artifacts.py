@@ -91,8 +91,9 @@ def _tmp_name(final: Path) -> Path:
     return final.with_name(f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
+def pid_alive(pid: Any) -> bool:
+    """Whether process ``pid`` of this host still runs (not an int, or cannot tell: assume it does)."""
+    if not isinstance(pid, int) or pid == os.getpid():
         return True
     try:
         os.kill(pid, 0)
@@ -121,7 +122,7 @@ def clean_stale(final: str | os.PathLike) -> list[Path]:
         return removed
     for p in siblings:
         m = pattern.match(p.name)
-        if not m or _pid_alive(int(m.group(1))):
+        if not m or pid_alive(int(m.group(1))):
             continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
