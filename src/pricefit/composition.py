@@ -27,6 +27,11 @@ _WHAT = {"head": "fine-tuned head", "greedy": "fine-tuned model, digits generate
          "expected": "fine-tuned model, expected digit value"}
 
 
+#: blend parts computed by the fine-tuned model itself: what "the fine-tune adds" is measured on
+FINE_TUNED = ("head", "knn")
+_LABELS = {"head": "fine-tuned head", "knn": "knn (fine-tuned embeddings)"}
+
+
 def record_for(mode: str, blend: Any = None, has_adapter: bool = True) -> dict[str, Any]:
     """The model record of a predictor in ``mode`` (``blend``: a :class:`pricefit.blend.TfidfBlend` or None)."""
     if not has_adapter:
@@ -36,15 +41,16 @@ def record_for(mode: str, blend: Any = None, has_adapter: bool = True) -> dict[s
         return {"label": _WHAT.get(mode, mode), "fine_tuned_weight": 1.0,
                 "components": [{"name": mode, "fine_tuned": True, "weight": 1.0}]}
     # a blend: {"head": w0, "tfidf": w1, ...}; blend.weights() where the blend has several parts,
-    # else the one TF-IDF weight. The head is the fine-tuned part; every other part is post-hoc.
+    # else the one TF-IDF weight. The head and retrieval (neighbours in the fine-tuned model's own
+    # embedding space) are the fine-tune's work; TF-IDF is post-hoc, independent of it.
     weights = dict(blend.weights()) if hasattr(blend, "weights") else {"head": 1.0 - float(blend.weight), "tfidf": float(blend.weight)}
     weights = {k: round(float(v), 4) for k, v in weights.items()}
     order = ["head", *[k for k in weights if k != "head"]]
     return {
-        "label": " + ".join(f"{'fine-tuned head' if k == 'head' else k} x {weights[k]:.2f}" for k in order),
+        "label": " + ".join(f"{_LABELS.get(k, k)} x {weights[k]:.2f}" for k in order),
         "combine": "log-space blend: expm1(sum(weight * log1p(component))), weights chosen on the validation split",
-        "fine_tuned_weight": weights.get("head", 0.0),
-        "components": [{"name": k, "fine_tuned": k == "head", "weight": weights[k]} for k in order],
+        "fine_tuned_weight": round(sum(w for k, w in weights.items() if k in FINE_TUNED), 4),
+        "components": [{"name": k, "fine_tuned": k in FINE_TUNED, "weight": weights[k]} for k in order],
         "validation": dict(blend.validation or {}),
     }
 

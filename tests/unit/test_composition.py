@@ -109,10 +109,14 @@ def test_a_blend_of_several_parts_names_each_with_its_weight():
     """A blend with a weights() mapping (head + TF-IDF + retrieval, say) is recorded part by part."""
     blend = SimpleNamespace(weights=lambda: {"head": 0.3, "tfidf": 0.5, "knn": 0.2}, validation={})
     rec = record_for("head", blend)
-    assert rec["label"] == "fine-tuned head x 0.30 + tfidf x 0.50 + knn x 0.20"
+    assert rec["label"] == "fine-tuned head x 0.30 + tfidf x 0.50 + knn (fine-tuned embeddings) x 0.20"
+    # retrieval reads the fine-tuned model's own embeddings: it is the fine-tune's work, TF-IDF is not
     assert [(c["name"], c["fine_tuned"], c["weight"]) for c in rec["components"]] == [
-        ("head", True, 0.3), ("tfidf", False, 0.5), ("knn", False, 0.2)]
-    assert rec["fine_tuned_weight"] == 0.3 and not adds_nothing(rec)
+        ("head", True, 0.3), ("tfidf", False, 0.5), ("knn", True, 0.2)]
+    assert rec["fine_tuned_weight"] == 0.5 and not adds_nothing(rec)
+    # all on retrieval: the fine-tune still carries the model; all on TF-IDF: it adds nothing
+    assert not adds_nothing(record_for("head", SimpleNamespace(weights=lambda: {"head": 0.0, "tfidf": 0.05, "knn": 0.95}, validation={})))
+    assert adds_nothing(record_for("head", SimpleNamespace(weights=lambda: {"head": 0.05, "tfidf": 0.95, "knn": 0.0}, validation={})))
     parts = [{"head": h, "tfidf": t, "knn": t} for h, t in zip(HEAD, TFIDF)]
     scored = score_components(rec, TRUTH, parts, ["X"] * 4)
     assert [c["metrics"]["mae"] for c in scored["components"]] == [pytest.approx(20.0), pytest.approx(12.5), pytest.approx(12.5)]
