@@ -237,3 +237,45 @@ def test_custom_run_keeps_the_typed_name_through_a_retry(served, prefect_server,
     assert again["run_count"] == 2 and again["name"] == typed
     page.reload(wait_until="domcontentloaded")
     page.get_by_text(typed, exact=True).first.wait_for()
+
+
+def test_a_run_waiting_for_the_training_slot_says_so_in_its_logs(served, prefect_server, prefect_api, page):
+    """Issue 22 #2: a UI-triggered run showed train Running for 18 minutes with no log line while
+    another run held the cpu-train slot. Here every slot is taken (as by a run elsewhere on this
+    server); the waiting run's page shows who holds it within seconds, and it finishes once freed."""
+    from tasks.gpu import CAPACITY
+
+    if served.toy:
+        pytest.skip("the toy flow trains nothing")
+    r = prefect_api.http.get("v2/concurrency_limits/cpu-train")
+    if r.status_code == 404:
+        prefect_api._json("POST", "v2/concurrency_limits/", json={"name": "cpu-train", "limit": CAPACITY})
+    prefect_api._json("POST", "v2/concurrency_limits/increment", json={"names": ["cpu-train"], "slots": CAPACITY})
+    taken = True
+    try:
+        # train must run (not come back Cached from an earlier test's run): its outputs removed
+        for out in list(served.workdir.rglob("artifacts/train")):
+            shutil.rmtree(out)
+        dep = prefect_api.deployment("retrain", "retrain-manual")
+        fr = prefect_api.create_flow_run(dep["id"], name="waits-for-the-slot")
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while "waiting for the cpu-train slot" not in prefect_api.logs(fr["id"]) and time.monotonic() < deadline:
+            assert served.proc.alive(), served.proc.log_tail()
+            time.sleep(2.0)
+        logs = prefect_api.logs(fr["id"])
+        assert "waiting for the cpu-train slot (one CPU training at a time), held by" in logs, logs
+        # and the run's page in the UI shows the line
+        page.goto(f"{prefect_server.url}/runs/flow-run/{fr['id']}", wait_until="domcontentloaded")
+        line = page.get_by_text(re.compile("waiting for the cpu-train slot")).first
+        try:
+            line.wait_for(timeout=60_000)
+        finally:
+            page.screenshot(path=str(page.shots / "waiting-for-slot.png"), full_page=True)
+        assert prefect_api.flow_run(fr["id"])["state"]["type"] == "RUNNING"
+        prefect_api._json("POST", "v2/concurrency_limits/decrement", json={"names": ["cpu-train"], "slots": CAPACITY})
+        taken = False
+        done = prefect_api.wait_terminal(fr["id"], served.proc, RUN_TIMEOUT_S)
+        assert done["state"]["type"] == "COMPLETED", prefect_api.logs(fr["id"])
+    finally:
+        if taken:
+            prefect_api._json("POST", "v2/concurrency_limits/decrement", json={"names": ["cpu-train"], "slots": CAPACITY})
