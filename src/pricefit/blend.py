@@ -127,7 +127,7 @@ def choose_weight(head: Sequence[float], tfidf: Sequence[float], truth: Sequence
 
 def fit_blend(train_prompts: Sequence[str], train_prices: Sequence[float], val_prompts: Sequence[str],
               val_prices: Sequence[float], val_head: Sequence[float], parts: Sequence[str] = ("tfidf",),
-              train_pooled: Any = None, val_pooled: Any = None) -> TfidfBlend:
+              train_pooled: Any = None, val_pooled: Any = None, min_items: int = 1) -> TfidfBlend:
     parts = tuple(p for p in PARTS if p in parts)
     if not len(val_prompts):
         raise PricefitError("train.blend needs validation items to choose its weight on, and the validation split is empty",
@@ -142,7 +142,13 @@ def fit_blend(train_prompts: Sequence[str], train_prices: Sequence[float], val_p
         knn = fit_knn(train_pooled, train_prices, val_pooled, val_prices)
         val_parts["knn"] = knn.predict(val_pooled)
     weights, scores = choose_weights(val_head, val_parts, val_prices)
-    validation = {**scores, "n": len(val_prompts), "weights": {"head": round(1.0 - sum(weights.values()), 2), **weights}}
+    note = None
+    if len(val_prompts) < min_items:  # too few to choose on: the head alone, the parts still reported
+        weights = {k: 0.0 for k in weights}
+        scores["blend_mae"] = scores["head_mae"]
+        note = f"{len(val_prompts)} validation items are fewer than train.blend_min_items ({min_items}): the head alone"
+    validation = {**scores, "n": len(val_prompts), "weights": {"head": round(1.0 - sum(weights.values()), 2), **weights},
+                  **({"note": note} if note else {})}
     return TfidfBlend(vec, ridge, clip, weights.get("tfidf", 0.0), validation, knn, weights.get("knn", 0.0), parts)
 
 

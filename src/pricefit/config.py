@@ -182,6 +182,11 @@ class TrainConfig(_Stage):
         "training items in the fine-tuned model's embedding space (knn), the weights chosen on the validation split "
         "(pricefit.blend, pricefit.retrieval; weights 0 = the head alone).",
     )
+    blend_min_items: int = Field(
+        100, ge=1,
+        description="Fewest validation items the blend weights are chosen on; with fewer the head stands alone "
+        "(weights chosen on a few dozen items are noise: the demo's 33 put all weight on TF-IDF, which then lost on test).",
+    )
     oversample: dict[str, float] = Field(
         default_factory=dict,
         description="Repeat the training items of a named slice (the profile's slices:) this many times, e.g. {reference: 3}.",

@@ -490,7 +490,7 @@ def convert_gguf(gguf: Path, out: Path, dtype: str, fix_tokenizer: Callable[[Any
                             hint="its pre-tokenizer was lost in the conversion; pass a fix_tokenizer that restores it")
     if tok.pad_token is None:
         raise PricefitError(f"the tokenizer converted from {gguf.name} has no pad token")
-    log.info("dequantizing the GGUF weights to %s (about 1.5 minutes for 1.5B parameters on a GPU machine)", dtype)
+    log.info("dequantizing the GGUF weights to %s", dtype)
     gdir, gname = str(gguf.parent), gguf.name
     # dequantize=True: a plain dense model (no GGUF quantizer attached), so save_pretrained works
     with _gguf_bar_off():

@@ -589,7 +589,7 @@ def _fast_accumulate(data: _FastData, step: int, cfg, gen_fn, head_fn, head,
     return losses, tokens, len(losses), width
 
 
-def _fit_blend(tokenized_dir: Path, model, tokenizer, head, head_spec, plan, parts: str):
+def _fit_blend(tokenized_dir: Path, model, tokenizer, head, head_spec, plan, parts: str, min_items: int = 1):
     """train.blend: TF-IDF on the training prompts and/or a retrieval index of the training items'
     embeddings, their weights against the head chosen on validation."""
     from datasets import load_from_disk
@@ -607,8 +607,10 @@ def _fit_blend(tokenized_dir: Path, model, tokenizer, head, head_spec, plan, par
     head_val, val_pooled = score(val["prompt"], knn)
     train_pooled = score(dd["train"]["prompt"], True)[1] if knn else None
     blend = fit_blend(dd["train"]["prompt"], dd["train"]["price"], val["prompt"], val["price"], head_val,
-                      parts=parts.split("+"), train_pooled=train_pooled, val_pooled=val_pooled)
+                      parts=parts.split("+"), train_pooled=train_pooled, val_pooled=val_pooled, min_items=min_items)
     v = blend.validation
+    if v.get("note"):
+        log.info("blend: %s", v["note"])
     log.info("blend: weights %s chosen on %d validation items (MAE: %s)", ", ".join(f"{k} {w:.2f}" for k, w in v["weights"].items()),
              len(val), ", ".join(f"{k[:-4]} ${x:.2f}" for k, x in v.items() if k.endswith("_mae")))
     return blend
@@ -1162,7 +1164,7 @@ def train(tokenized_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg, pro
 
             save_price_head(tmp / "adapter", head, head_spec)
         if cfg.blend != "none":
-            blend = _fit_blend(tokenized_dir, model, tokenizer, head, head_spec, plan, cfg.blend)
+            blend = _fit_blend(tokenized_dir, model, tokenizer, head, head_spec, plan, cfg.blend, cfg.blend_min_items)
             from .blend import save_blend
 
             save_blend(tmp / "adapter", blend)
