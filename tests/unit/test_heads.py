@@ -233,7 +233,7 @@ def test_tfidf_blend_is_fit_on_validation_saved_without_pickles_and_applied(toke
     from pricefit.training import train
 
     out = tmp_path / "train"
-    train(tokenized, out, cfg(max_steps=4, blend="tfidf"))
+    train(tokenized, out, cfg(max_steps=4, blend="tfidf", blend_min_items=1))
     saved = json.loads((out / "adapter" / BLEND_CONFIG).read_text())
     summary = json.loads((out / "train_summary.json").read_text())
     assert saved["weight"] in GRID and summary["blend"]["weight"] == saved["weight"]
@@ -284,7 +284,7 @@ def test_retrieval_blend_is_fit_on_validation_and_both_head_paths_apply_it(token
     from pricefit.training import train
 
     out = tmp_path / "train"
-    train(tokenized, out, cfg(max_steps=4, blend="tfidf+knn"))
+    train(tokenized, out, cfg(max_steps=4, blend="tfidf+knn", blend_min_items=1))
     saved = json.loads((out / "adapter" / BLEND_CONFIG).read_text())
     index = json.loads((out / "adapter" / KNN_CONFIG).read_text())
     summary = json.loads((out / "train_summary.json").read_text())["blend"]
@@ -305,6 +305,23 @@ def test_retrieval_blend_is_fit_on_validation_and_both_head_paths_apply_it(token
     parts = {"head": head.numpy(), "tfidf": blend.tfidf(prompts), "knn": blend.knn.predict(pooled.numpy())}
     assert got_slow == pytest.approx(mix(parts, blend.weights()).tolist(), rel=1e-6)
     assert "knn" in slow.predict(prompts[:1], prompts=True, mode="head")[0].raw
+
+
+def test_too_few_validation_items_leave_the_head_alone_and_say_so(tokenized, tmp_path):
+    """Weights chosen on a few dozen items are noise (the demo's 33 put all weight on TF-IDF, which
+    then lost to the head on test): below train.blend_min_items the head stands alone."""
+    from pricefit.blend import BLEND_CONFIG
+
+    from pricefit.training import train
+
+    out = tmp_path / "train"
+    train(tokenized, out, cfg(max_steps=2, blend="tfidf+knn", blend_min_items=len(ITEMS) + 1))
+    saved = json.loads((out / "adapter" / BLEND_CONFIG).read_text())
+    train_summary = json.loads((out / "train_summary.json").read_text())["blend"]
+    assert saved["weights"] == {"head": 1.0, "tfidf": 0.0, "knn": 0.0}
+    assert train_summary["blend_mae"] == train_summary["head_mae"]
+    assert train_summary["note"] == f"{len(ITEMS)} validation items are fewer than train.blend_min_items ({len(ITEMS) + 1}): the head alone"
+    assert {"tfidf_mae", "knn_mae"} <= set(train_summary)  # the parts are still scored and reported
 
 
 def test_blend_needs_the_regression_head():
