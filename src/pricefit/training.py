@@ -610,7 +610,9 @@ def _fit_blend(tokenized_dir: Path, model, tokenizer, head, head_spec, plan, par
                       parts=parts.split("+"), train_pooled=train_pooled, val_pooled=val_pooled, min_items=min_items)
     v = blend.validation
     if v.get("note"):
-        log.info("blend: %s", v["note"])
+        log.info("blend: %s (validation MAE: %s)", v["note"],
+                 ", ".join(f"{k[:-4]} ${x:.2f}" for k, x in v.items() if k.endswith("_mae") and k != "blend_mae"))
+        return blend
     log.info("blend: weights %s chosen on %d validation items (MAE: %s)", ", ".join(f"{k} {w:.2f}" for k, w in v["weights"].items()),
              len(val), ", ".join(f"{k[:-4]} ${x:.2f}" for k, x in v.items() if k.endswith("_mae")))
     return blend
