@@ -69,12 +69,6 @@ class TfidfBlend:
         w = {"tfidf": self.weight if "tfidf" in self.parts else 0.0, "knn": self.knn_weight if "knn" in self.parts else 0.0}
         return {"head": round(1.0 - w["tfidf"] - w["knn"], 2), **{k: v for k, v in w.items() if k in self.parts}}
 
-    def combine(self, head: Sequence[float], prompts: Sequence[str], pooled: Any = None) -> np.ndarray:
-        if self.weight == 0 and self.knn_weight == 0:
-            return np.clip(np.asarray(head, dtype=np.float64), 0, None)
-        return mix(self.components(head, prompts, pooled), self.weights())
-
-
     def explain(self, head: Sequence[float], prompts: Sequence[str], pooled: Any, low: float, high: float):
         """Per item: (blended price clipped to [low, high], a readable line, each part's price)."""
         parts = self.components(head, prompts, pooled)

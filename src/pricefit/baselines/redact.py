@@ -21,7 +21,6 @@ _BEARER = re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/=-]+")
 #: A piece of the key this long (or longer), anywhere in a text, is redacted: a prefix, a suffix, a
 #: middle piece, after any escaping is decoded (see :meth:`Redactor.decode`).
 PIECE_MIN = 6
-_PREFIX_MIN = PIECE_MIN  # older name
 # escapes a server (or a JSON/URL/HTML layer in between) may wrap the key in; decoded before matching
 _ESCAPES = re.compile(
     r"\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})|\\x([0-9a-fA-F]{2})|%([0-9a-fA-F]{2})"
