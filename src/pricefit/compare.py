@@ -8,7 +8,9 @@ fine-tuned model's error to each baseline's (below 1: the fine-tuned model is be
 ``comparison.json`` and ``comparison.md``.
 
 ``promote(eval_dir, workdir, cfg, champion_eval=..., baselines_dir=...)`` makes an evaluated
-adapter the champion (``<workdir>/champion.json``, written atomically) only when
+adapter the champion (``<workdir>/champion.json``, written atomically; the adapter's files are
+kept in ``<workdir>/champions/<sha256[:16]>``, apart from the step cache that may drop or recompute
+the directory it was trained into) only when
 
 1. it beats the best classical baseline (constant, linear, TF-IDF) on the decision metric and
    slice (``cfg.require_beat_baselines``; a model worse than TF-IDF is never promoted), and
@@ -26,11 +28,13 @@ import json
 import logging
 import math
 import os
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .artifacts import ArtifactRef, atomic_dir, read_manifest, ref_for, write_json_atomic, write_manifest, write_text_atomic
+from .artifacts import (ArtifactRef, atomic_dir, read_manifest, ref_for, sha256_dir, write_json_atomic, write_manifest,
+                        write_text_atomic)
 from .baselines import read_summary
 from .composition import adds_nothing, component_rows, describe
 from .config import CLASSICAL_BASELINES, PromoteConfig
@@ -436,13 +440,57 @@ def _stale_rescore(rescored: dict[str, Any] | None, champion: dict[str, Any] | N
             f"({str(then)[:12]}): that score is not used, the decision is against the champion in place")
 
 
+CHAMPIONS_DIR = "champions"
+
+
+def _as_kept(wd: Path, challenger: dict[str, Any]) -> dict[str, Any]:
+    """``challenger`` as the champion record names it: its adapter at ``<workdir>/champions/<sha256[:16]>``."""
+    src, sha = challenger.get("adapter"), challenger.get("adapter_sha256")
+    if not src or not sha:
+        return challenger
+    kept = wd.resolve() / CHAMPIONS_DIR / str(sha)[:16]
+    if kept == Path(src).resolve():
+        return challenger
+    return {**challenger, "adapter": str(kept), "trained_adapter": str(src)}
+
+
+def keep_adapter(wd: Path, challenger: dict[str, Any]) -> dict[str, Any]:
+    """``challenger`` with its adapter copied to ``<workdir>/champions/<sha256[:16]>``.
+
+    The champion must outlive the cache entry it was trained into: a cleared or recomputed train
+    artifact (retraining is not bit-identical) would otherwise leave champion.json naming files
+    that no longer hash to its ``adapter_sha256``, and no later run could re-score it. A copy
+    already there with the right hash is reused (a run killed after copying). No adapter or
+    sha256 recorded: unchanged.
+    """
+    kept_rec = _as_kept(wd, challenger)
+    if kept_rec is challenger:
+        return challenger
+    src, sha, kept = challenger["adapter"], str(challenger["adapter_sha256"]), Path(kept_rec["adapter"])
+    if kept.is_dir() and sha256_dir(kept) == sha:
+        return kept_rec
+    if not Path(src).is_dir():
+        log.warning("the promoted adapter %s is not on this machine: champion.json names it, but no copy is kept", src)
+        return challenger
+    if sha256_dir(src) != sha:
+        raise PricefitError(
+            f"the adapter to promote, {src}, no longer hashes to the sha256 its evaluation recorded ({sha[:12]}…)",
+            hint="it was retrained or changed after it was evaluated: run the flow again so it is evaluated as it is now")
+    with atomic_dir(kept) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=lambda _d, names: [n for n in names if n.startswith(".tmp-")])
+    if sha256_dir(kept) != sha:
+        shutil.rmtree(kept, ignore_errors=True)
+        raise PricefitError(f"the adapter {src} changed while it was copied to {kept}", hint="promote again")
+    return kept_rec
+
+
 def _decide_and_record(wd: Path, challenger: dict[str, Any], cfg: PromoteConfig, rescored: dict[str, Any] | None = None,
                        guard: str | None = None) -> dict[str, Any]:
     champ_path = wd / "champion.json"
     champion = json.loads(champ_path.read_text()) if champ_path.exists() else None
-    pending = _unfinished_promotion(wd / "promotions.jsonl", challenger, champion)
+    pending = _unfinished_promotion(wd / "promotions.jsonl", _as_kept(wd, challenger), champion)
     if pending is not None:  # a run killed between its record and the pointer: finish that decision
-        write_json_atomic(champ_path, {**challenger, "promoted_at": pending["time"]})
+        write_json_atomic(champ_path, {**keep_adapter(wd, challenger), "promoted_at": pending["time"]})
         log.info("promotion accepted (finishing the recorded decision of %s): %s", pending["time"], pending["reason"])
         return pending
     stale = _stale_rescore(rescored, champion)
@@ -498,6 +546,8 @@ def _decide_and_record(wd: Path, challenger: dict[str, Any], cfg: PromoteConfig,
     if stale is not None and not reason.startswith("this adapter"):
         reason = f"{stale}; {reason}"
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if promoted:  # copied before the record: a kill in between leaves a copy the rerun reuses
+        challenger = keep_adapter(wd, challenger)
     record = {
         "time": now,
         "promoted": promoted,

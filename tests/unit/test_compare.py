@@ -246,3 +246,43 @@ def test_a_champion_replaced_after_the_rescore_is_judged_as_it_is_now_under_the_
     c1_today = _eval_of(tmp_path, "c1-today", 60.0, "sha-c1")
     again = promote(_eval_of(tmp_path, "a2", 55.0, "sha-a2"), wd, cfg, champion_eval=c1_today)
     assert again["promoted"] is True and "the champion re-scored on the same 4 items ($60.00)" in again["reason"]
+
+
+def test_the_champions_adapter_is_kept_apart_from_the_cache_it_was_trained_into(tmp_path: Path):
+    """CI at 9e4e385: the train artifact a champion came from was cleared and retrained into the same
+    directory (not bit-identical), so champion.json named files that no longer had its sha256 and the
+    next run's champion step failed. The promoted adapter is copied to champions/<sha256[:16]>."""
+    from pricefit.artifacts import sha256_dir
+
+    trained = tmp_path / "artifacts" / "train" / "k1"
+    trained.mkdir(parents=True)
+    (trained / "adapter_model.safetensors").write_bytes(b"weights-1")
+    (trained / ".tmp-half-written").write_bytes(b"x")
+    sha = sha256_dir(trained)
+    ev = _eval_dir(tmp_path, "e1", 100.0)
+    (ev / "manifest.json").write_text(json.dumps({"kind": "evaluation", "adapter": str(trained), "adapter_sha256": sha}))
+    wd = tmp_path / "work"
+
+    rec = promote(ev, wd, PromoteConfig(**NO_GUARD))
+
+    champ = json.loads((wd / "champion.json").read_text())
+    kept = wd.resolve() / "champions" / sha[:16]
+    assert rec["promoted"] is True and champ["adapter"] == str(kept) and champ["trained_adapter"] == str(trained)
+    assert rec["challenger"]["adapter"] == str(kept)
+    assert sorted(p.name for p in kept.iterdir()) == ["adapter_model.safetensors"]
+    (trained / "adapter_model.safetensors").write_bytes(b"weights-2")  # retrained into the same cache entry
+    assert sha256_dir(champ["adapter"]) == champ["adapter_sha256"]
+    # the same adapter again is recognised by its hash, wherever it now lives
+    assert promote(ev, wd, PromoteConfig(**NO_GUARD))["reason"] == "this adapter is already the champion"
+
+
+def test_an_adapter_changed_after_its_evaluation_is_not_promoted(tmp_path: Path):
+    trained = tmp_path / "train" / "k1"
+    trained.mkdir(parents=True)
+    (trained / "adapter_model.safetensors").write_bytes(b"weights-1")
+    ev = _eval_dir(tmp_path, "e1", 100.0)
+    (ev / "manifest.json").write_text(json.dumps({"kind": "evaluation", "adapter": str(trained), "adapter_sha256": "0" * 64}))
+    wd = tmp_path / "work"
+    with pytest.raises(PricefitError, match="no longer hashes to the sha256 its evaluation recorded"):
+        promote(ev, wd, PromoteConfig(**NO_GUARD))
+    assert not (wd / "champion.json").exists() and not (wd / "promotions.jsonl").exists()
