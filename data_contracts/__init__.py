@@ -42,7 +42,7 @@ def default_max_bad_row_fraction(manifest: dict[str, Any] | None = None) -> floa
     configured = (m.get("config") or {}).get("max_bad_row_fraction")
     if configured is not None:
         return float(configured)
-    from pricefit.config import CurateConfig
+    from pricefit.settings.curate import CurateConfig
 
     return float(CurateConfig().max_bad_row_fraction)
 

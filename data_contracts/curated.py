@@ -48,7 +48,7 @@ COLUMNS: dict[str, tuple[str, bool]] = {
 
 
 def _config(manifest: dict[str, Any]) -> dict[str, Any]:
-    from pricefit.config import CurateConfig
+    from pricefit.settings.curate import CurateConfig
 
     base = CurateConfig().model_dump()
     base.update(manifest.get("config") or {})

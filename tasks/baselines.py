@@ -9,7 +9,7 @@ from prefect import task
 
 from pricefit.artifacts import ArtifactRef
 from pricefit.baselines import frontier, run_baselines
-from pricefit.config import BaselinesConfig, FrontierConfig
+from pricefit.settings.baselines import BaselinesConfig, FrontierConfig
 from pricefit.slices import SliceSpec
 
 from . import cache

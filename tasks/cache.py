@@ -10,10 +10,11 @@ Here a step's key is
             ``from ... import`` (module level and function-local, read with ``ast``, never
             imported) followed transitively within pricefit, tasks, flows and data_contracts
           + its inputs: ArtifactRefs by (path, sha256), stage configs by model_dump JSON less
-            the settings that change only speed (SPEED_ONLY), plain values as JSON
+            the settings that change only speed (``speed_only``), plain values as JSON
           + what it reads from outside (outside_inputs): every file a string in its inputs names
-            (source files, slice id files, ...), by content hash (tasks/outside.py); for ``baselines`` with the frontier model the endpoint, the model and
-            whether an API key is set (never the key) )
+            (source files, slice id files, ...), by content hash (tasks/outside.py), and what
+            its settings' ``key_outside()`` names (the frontier model's endpoint, model and
+            whether an API key is set, never the key) )
 
 and nothing else: no run id, no flow parameters, no timestamps, so results carry across runs,
 the nightly included. A changed parameter changes that step's key; its output artifact (and so
@@ -41,7 +42,9 @@ Two runs at once: outputs go to ``<workdir>/artifacts/<step>/<key[:16]>`` built 
 commit and then reads its record instead of rebuilding the same directory underneath it. A lock
 left by a killed process is cleared (Prefect's own file locks never expire).
 
-``--refresh STEP`` sets ``refresh_cache`` on STEP and on every step after it. Downstream keys
+``--refresh STEP`` sets ``refresh_cache`` on STEP and on every step that depends on it (its
+descendants in the DAG of tasks/steps.py; a step beside it, such as the baselines beside train,
+stays cached). Downstream keys
 change by themselves when STEP's output changes, but a refreshed step whose output is byte-identical
 yields the same ArtifactRef and so the same downstream keys: "refresh STEP and what follows" has to
 say so explicitly (tests/flows/test_cache_flow.py shows the difference).
@@ -64,9 +67,14 @@ from typing import Any, Iterable
 from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel
 
-from pricefit import endpoints
-from pricefit.artifacts import ArtifactRef, canonical_json, damage, pid_alive, sha256_dir, sha256_file
-from pricefit.config import BaselinesConfig, FrontierConfig, TrainConfig
+from pricefit.artifacts import (
+    ArtifactRef,
+    canonical_json,
+    damage,
+    pid_alive,
+    sha256_dir,
+    sha256_file,
+)
 from pricefit.errors import PricefitError
 
 from . import outside, steps
@@ -232,21 +240,10 @@ def code_hash(modules: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-#: Settings that change how fast a step runs, never what it writes: kept out of its key, so changing
-#: one reuses the cached result. train: ``loss_sync_steps`` (when the loss is read from the device;
-#: loss.csv is the same to the bit), ``save_steps`` (checkpoint cadence; a resumed run ends with the
-#: same bytes), ``logging_steps`` (read by nothing that writes); baselines' frontier: ``concurrency``
-#: (requests in flight; each reply is per item). Speed levers that can move the numbers stay in the
-#: key: ``pad_to``/``pad_multiple``/``device_data`` (tensor shapes), ``compile*`` (kernels), batch sizes.
-SPEED_ONLY: dict[type, tuple[str, ...]] = {
-    TrainConfig: ("loss_sync_steps", "save_steps", "logging_steps"),
-    FrontierConfig: ("concurrency",),
-}
-
-
 def _key_dump(model: BaseModel) -> dict[str, Any]:
-    """``model_dump(mode="json")`` without the SPEED_ONLY fields, nested models included."""
-    skip = next((names for cls, names in SPEED_ONLY.items() if isinstance(model, cls)), ())
+    """``model_dump(mode="json")`` without the settings' ``speed_only`` fields (pricefit.settings.base.Stage:
+    they change how fast a step runs, never what it writes), nested models included."""
+    skip = getattr(type(model), "speed_only", ())
     out = model.model_dump(mode="json", exclude=set(skip))
     for name in out:
         inner = getattr(model, name, None)
@@ -256,7 +253,7 @@ def _key_dump(model: BaseModel) -> dict[str, Any]:
 
 
 def fingerprint(value: Any) -> Any:
-    """The part of a task input that goes into the key (configs without their SPEED_ONLY fields)."""
+    """The part of a task input that goes into the key (settings without their ``speed_only`` fields)."""
     if isinstance(value, ArtifactRef):
         return {"artifact": value.kind, "path": value.path, "sha256": value.sha256}
     if isinstance(value, BaseModel):
@@ -277,18 +274,17 @@ def outside_inputs(step: str, inputs: dict[str, Any]) -> dict[str, Any]:
 
     Every file a string in the inputs names (the ingest source, however it is written: a path, a
     comma list, a ``**`` glob, ``~/``; a slice's ``ids_file``; any setting that names a file), by
-    path and content hash (tasks/outside.py). baselines, when the frontier model is
-    included: the endpoint it would call (config, else OPENAI_BASE_URL, credentials stripped), the
-    model, and whether an API key is set (a boolean: never the key or any part of it), so a result
-    whose frontier was "skipped: no API key" is not served once the key is there.
+    path and content hash (tasks/outside.py); and what its settings say they read besides
+    (``key_outside()`` of its settings class: the baselines' frontier endpoint, model and whether
+    an API key is set, never the key).
     """
     out: dict[str, Any] = {}
     files = outside.named_files({k: fingerprint(v) for k, v in inputs.items()})
     if files:
         out["files"] = files
     cfg = inputs.get("cfg")
-    if step == "baselines" and isinstance(cfg, BaselinesConfig) and "frontier" in cfg.include:
-        out["frontier"] = endpoints.key_inputs(cfg.frontier)
+    if isinstance(cfg, BaseModel) and callable(getattr(cfg, "key_outside", None)):
+        out.update(cfg.key_outside())
     return out
 
 
@@ -493,9 +489,9 @@ def configured(task: Any, step: str, workdir: str | os.PathLike, refresh: bool =
 
 
 def refresh_set(step: str | None) -> set[str]:
-    """The steps a ``--refresh STEP`` recomputes: the step and every step after it."""
+    """The steps a ``--refresh STEP`` recomputes: the step and its descendants in the DAG (tasks/steps.py)."""
     if not step or step == "none":
         return set()
     if step not in REFRESHABLE:
         raise PricefitError(f"--refresh {step!r} is not a step", hint=f"choose one of: {', '.join(REFRESHABLE)}")
-    return set(STEPS[STEPS.index(step) :])
+    return steps.descendants(step)

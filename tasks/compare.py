@@ -6,7 +6,7 @@ from prefect import task
 
 from pricefit import compare as cmp
 from pricefit.artifacts import ArtifactRef
-from pricefit.config import PromoteConfig
+from pricefit.settings.promote import PromoteConfig
 
 from . import cache
 

@@ -5,7 +5,7 @@ from prefect import task
 import data_contracts
 from pricefit import curation
 from pricefit.artifacts import ArtifactRef
-from pricefit.config import CurateConfig
+from pricefit.settings.curate import CurateConfig
 
 from . import cache
 

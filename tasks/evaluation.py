@@ -8,7 +8,7 @@ from prefect import task
 
 from pricefit import evaluation
 from pricefit.artifacts import ArtifactRef
-from pricefit.config import EvaluateConfig
+from pricefit.settings.evaluate import EvaluateConfig
 from pricefit.slices import SliceSpec
 
 from . import cache, gpu

@@ -7,7 +7,7 @@ from prefect import task
 import data_contracts
 from pricefit import curation
 from pricefit.artifacts import ArtifactRef
-from pricefit.config import CurateConfig
+from pricefit.settings.curate import CurateConfig
 from pricefit.curation import _csv_options
 
 from . import cache

@@ -6,7 +6,7 @@ from prefect import task
 
 from pricefit import tokenization
 from pricefit.artifacts import ArtifactRef
-from pricefit.config import TokenizeConfig
+from pricefit.settings.tokenize import TokenizeConfig
 
 from . import cache
 

@@ -4,7 +4,7 @@ from prefect import task
 
 from pricefit import training
 from pricefit.artifacts import ArtifactRef
-from pricefit.config import TrainConfig
+from pricefit.settings.train import TrainConfig
 from pricefit.slices import SliceSpec
 
 from . import cache, gpu, ui

@@ -37,7 +37,8 @@ from .artifacts import (ArtifactRef, atomic_dir, read_manifest, ref_for, sha256_
                         write_text_atomic)
 from .baselines import read_summary
 from .composition import adds_nothing, component_rows, describe
-from .config import CLASSICAL_BASELINES, PromoteConfig
+from .settings.baselines import CLASSICAL_BASELINES
+from .settings.promote import PromoteConfig
 from .errors import PricefitError
 from .items import item_set_sha256
 from .report import fmt, markdown_table

@@ -1,12 +1,11 @@
-"""Typed configuration: one pydantic model per stage, and RunConfig that holds them all.
+"""The run's configuration: RunConfig holds every stage's settings; profiles, overrides, loading.
 
-Profiles are YAML files (deployments/profiles/*.yaml, or the folder in PRICEFIT_PROFILES:
-:func:`profiles_dir`) that fill a RunConfig; command-line
-``--set key.sub=value`` overrides apply on top. Impossible combinations fail here, once, with a
-message that says what to change.
-
-Ownership: each stage's config class belongs to that stage's module; add fields there, with a
-description, a default that works on the 2-core CPU demo, and validation of impossible values.
+Each stage's settings class lives in :mod:`pricefit.settings` (one module per stage, imported by
+that stage's code, so a step's cache key covers its own settings only); they are re-exported here
+for the commands and flows that handle a whole run. Profiles are YAML files
+(deployments/profiles/*.yaml, or the folder in PRICEFIT_PROFILES: :func:`profiles_dir`) that fill a
+RunConfig; command-line ``--set key.sub=value`` overrides apply on top. Impossible combinations
+fail here, once, with a message that says what to change.
 """
 
 from __future__ import annotations
@@ -16,325 +15,36 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from .errors import PricefitError
 from .parsing import DEFAULT_MAX_PRICE, DEFAULT_MIN_PRICE
+from .paths import cache_home, shared_data_dir
+from .settings.base import Stage
+from .settings.baselines import CLASSICAL_BASELINES, BaselinesConfig, FrontierConfig
+from .settings.curate import DEFAULT_DROP_DETAIL_KEYS, CurateConfig
+from .settings.evaluate import EvaluateConfig
+from .settings.promote import PromoteConfig
+from .settings.tokenize import (
+    DEFAULT_COMPLETION_TEMPLATE,
+    DEFAULT_PROMPT_TEMPLATE,
+    TokenizeConfig,
+)
+from .settings.train import Quantization, TrainConfig
 from .slices import SliceSpec
 
-# Reference product-pricer prompt, split into the part the model reads and the part it must write.
-DEFAULT_PROMPT_TEMPLATE = "How much does this cost to the nearest dollar?\n\n{text}\n\nPrice is $"
-DEFAULT_COMPLETION_TEMPLATE = "{price}.00"
-
-# details keys the reference product pricer dropped as noise
-DEFAULT_DROP_DETAIL_KEYS = [
-    "Batteries Included?",
-    "Batteries Required?",
-    "Batteries",
-    "Best Sellers Rank",
-    "Customer Reviews",
-    "Date First Available",
-    "Discontinued by manufacturer",
-    "Is Discontinued By Manufacturer",
-    "Item model number",
-    "Manufacturer recommended age",
-    "Manufacturer Part Number",
-    "Part Number",
-    "Product Dimensions",
-    "Item Weight",
-    "Model Number",
-    "Model Name",
-    "UPC",
-    "ASIN",
+__all__ = [
+    "BASE_MODEL_FIELDS", "CLASSICAL_BASELINES", "DEFAULT_COMPLETION_TEMPLATE", "DEFAULT_DROP_DETAIL_KEYS",
+    "DEFAULT_PROMPT_TEMPLATE", "BaselinesConfig", "CurateConfig", "EvaluateConfig", "FrontierConfig", "PromoteConfig",
+    "Quantization", "RunConfig", "TokenizeConfig", "TrainConfig", "apply_overrides", "cache_home", "list_profiles",
+    "load_run_config", "load_slices", "load_stage_config", "load_yaml", "profiles_dir", "shared_data_dir", "validate_model",
 ]
-
-
-class _Stage(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class CurateConfig(_Stage):
-    """Curation rules (reference product pricer defaults)."""
-
-    min_price: float = Field(0.5, description="Drop items cheaper than this (USD).")
-    max_price: float = Field(999.49, description="Drop items dearer than this (USD).")
-    min_chars: int = Field(300, description="Drop items whose cleaned text is shorter than this.")
-    max_text_tokens: int = Field(160, description="Truncate the text to this many tokens of the tokenizer.")
-    tokenizer: str = Field(
-        "smollm2-135m",
-        description="Base model whose tokenizer measures the token budget (hub id, local dir, or built-in name).",
-    )
-    drop_detail_keys: list[str] = Field(default_factory=lambda: list(DEFAULT_DROP_DETAIL_KEYS))
-    part_number_min_len: int = Field(7, description="Remove words at least this long that contain a digit.")
-    balance: bool = Field(True, description="Balanced sampling over whole-dollar prices.")
-    balance_keep_all_above: float = Field(240.0, description="Keep every item priced above this.")
-    balance_cap_per_dollar: int = Field(1200, description="At most this many items per whole-dollar price.")
-    category_weights: dict[str, float] = Field(
-        default_factory=lambda: {"Automotive": 1.0}, description="Sampling weight per category."
-    )
-    default_category_weight: float = Field(5.0, description="Sampling weight of categories not listed.")
-    seed: int = Field(42, description="Seed of the hash-based splits and of sampling.")
-    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    max_items: int | None = Field(None, description="Keep at most this many items after balancing (None: all).")
-    csv_columns: dict[str, str | list[str]] | None = Field(
-        None,
-        description="CSV sources: item-metadata field -> CSV column(s), e.g. {title: name, price: cost} "
-        "(None: the built-in Amazon Products 2023 layout).",
-    )
-    csv_categories: str | None = Field(
-        None, description="CSV sources: id,category_name file for a category_id column (default: beside the CSV)."
-    )
-    max_bad_row_fraction: float = Field(
-        0.01,
-        ge=0.0,
-        le=1.0,
-        description="Data contracts: rows failing a row-level check (a price out of range, a null key) are "
-        "quarantined/dropped with the check's name while they are at most this fraction of a table; more stops "
-        "the run (GX's mostly = 1 - this; 0: any bad row stops it).",
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> "CurateConfig":
-        if self.min_price >= self.max_price:
-            raise ValueError(f"min_price ({self.min_price}) must be below max_price ({self.max_price})")
-        if self.validation_fraction + self.test_fraction >= 1.0:
-            raise ValueError("validation_fraction + test_fraction must leave room for a train split (< 1.0)")
-        return self
-
-
-class TokenizeConfig(_Stage):
-    base_model: str = Field("smollm2-135m", description="Hub id, local directory, or built-in name.")
-    prompt_template: str = Field(DEFAULT_PROMPT_TEMPLATE, description="Prompt with a {text} slot.")
-    completion_template: str = Field(
-        DEFAULT_COMPLETION_TEMPLATE, description="The only part that carries loss; {price} is the rounded price."
-    )
-    max_length: int = Field(182, description="Sequence length cap in tokens (prompt + completion).")
-    batch_size: int = Field(1000, description="Rows per batch for the fast tokenizer.")
-
-    @model_validator(mode="after")
-    def _check(self) -> "TokenizeConfig":
-        if "{text}" not in self.prompt_template:
-            raise ValueError("prompt_template must contain the {text} placeholder")
-        if "{price}" not in self.completion_template:
-            raise ValueError("completion_template must contain the {price} placeholder")
-        return self
-
-
-Quantization = Literal["none", "8bit", "4bit"]
-
-
-class TrainConfig(_Stage):
-    base_model: str = Field("smollm2-135m", description="Hub id, local directory, or built-in name.")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    quantization: Quantization = Field("4bit", description="none, 8bit or 4bit (bitsandbytes).")
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
-    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bfloat16 on CUDA, float32 on CPU (bitsandbytes bf16 is 25x slower on CPU)."
-    )
-    lora_r: int = Field(32, ge=1)
-    lora_alpha: int = Field(64, ge=1)
-    lora_dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
-    )
-    learning_rate: float = Field(1e-4, gt=0)
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, description="Stop after this many optimizer steps (overrides epochs).")
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    weight_decay: float = 0.0
-    max_grad_norm: float = 0.3
-    optimizer: Literal["adamw", "adamw_fused", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit"] = Field(
-        "adamw", description="paged/8-bit optimizers need CUDA."
-    )
-    gradient_checkpointing: bool = False
-    seed: int = 42
-    save_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps.")
-    logging_steps: int = Field(1, ge=1)
-    merge: bool = Field(False, description="Also write a merged (base + adapter) model.")
-    max_train_items: int | None = None
-    mode: Literal["auto", "throughput", "memory"] = Field(
-        "auto",
-        description=(
-            "CUDA speed/memory trade-off (docs/PERFORMANCE.md): throughput = no gradient checkpointing; "
-            "memory = gradient checkpointing; auto = as gradient_checkpointing says."
-        ),
-    )
-    head: Literal["generate", "regression"] = Field(
-        "generate",
-        description="generate: the model writes the price digits (the reference); regression: a linear price head on "
-        "the prompt's final hidden state, trained on standardized log1p(price) (pricefit.heads).",
-    )
-    head_pool: Literal["last", "mean"] = Field("last", description="regression: pool the last prompt token or the mean of the prompt.")
-    head_loss: Literal["huber", "mse"] = Field("huber", description="regression: loss on the standardized log price.")
-    huber_delta: float = Field(1.0, gt=0, description="regression: Huber threshold (in standard deviations of log price).")
-    head_lr_scale: float = Field(1.0, gt=0, description="regression: the head's learning rate = learning_rate x this.")
-    head_lm_weight: float = Field(
-        0.0, ge=0, description="regression: also train the digit completion with this weight (0: the head's loss only)."
-    )
-    blend: Literal["none", "tfidf", "knn", "tfidf+knn"] = Field(
-        "none",
-        description="regression: blend the head in log space with TF-IDF + ridge (tfidf) and/or the prices of the nearest "
-        "training items in the fine-tuned model's embedding space (knn), the weights chosen on the validation split "
-        "(pricefit.blend, pricefit.retrieval; weights 0 = the head alone).",
-    )
-    blend_min_items: int = Field(
-        100, ge=1,
-        description="Fewest validation items the blend weights are chosen on; with fewer the head stands alone "
-        "(weights chosen on a few dozen items are noise: the demo's 33 put all weight on TF-IDF, which then lost on test).",
-    )
-    oversample: dict[str, float] = Field(
-        default_factory=dict,
-        description="Repeat the training items of a named slice (the profile's slices:) this many times, e.g. {reference: 3}.",
-    )
-    price_balance: float = Field(
-        0.0, ge=0, le=1,
-        description="Reweight training items toward a flat distribution over log-price bins: 0 = as curated, 1 = flat.",
-    )
-    num_processes: int = Field(
-        1, ge=1,
-        description="Data-parallel processes (one per GPU of this host; gloo on CPU). Above 1, the train step runs "
-        "`accelerate launch` itself; batch_size is the global micro-batch and must divide by it (docs/PERFORMANCE.md).",
-    )
-    # speed levers of the training loop (docs/PERFORMANCE.md, "Levers"); "auto" = on for CUDA, off on CPU.
-    # None of them is part of the checkpoint key: they change the speed, not the run.
-    loss_sync_steps: int | Literal["auto"] = Field(
-        "auto", description="Read the loss from the device every N optimizer steps (the loss history still has every "
-        "step); auto: 1 on CPU, 25 on CUDA (no host sync per step). Checkpoint steps and the last step always read it.",
-    )
-    pad_to: Literal["auto", "longest", "buckets", "max"] = Field(
-        "auto", description="Width of a micro-batch: longest = its longest row (CPU default); buckets = the next multiple "
-        "of pad_multiple; max = the longest row of the data (one shape; CUDA default, for torch.compile).",
-    )
-    pad_multiple: int = Field(32, ge=1, description="pad_to buckets: widths are multiples of this.")
-    device_data: bool | Literal["auto"] = Field(
-        "auto", description="Put the whole tokenized train split on the device once and index micro-batches there "
-        "(auto: on for CUDA).",
-    )
-    compile: bool | Literal["auto"] = Field(
-        "auto", description="torch.compile the decoder + loss (auto: on for CUDA); falls back to eager with a warning "
-        "if compilation fails.",
-    )
-    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"] = Field(
-        "auto", description="torch.compile mode. reduce-overhead adds CUDA graphs (one replay per layer instead of its "
-        "kernel launches); auto: reduce-overhead on CUDA for an unquantized base in throughput mode (where the step is "
-        "bound by launches), default otherwise (a 4-bit base, gradient checkpointing, the CPU).",
-    )
-    compile_scope: Literal["layers", "model"] = Field(
-        "layers", description="layers: compile each decoder layer (one graph for all: compiles in seconds); model: the "
-        "whole decoder + loss as one graph (longer to compile).",
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
-        if self.quant_type == "fp4" and self.quantization != "4bit":
-            raise ValueError("quant_type fp4 only applies with quantization: 4bit")
-        if self.blend != "none" and self.head != "regression":
-            raise ValueError("train.blend needs train.head: regression (it blends the price head's predictions)")
-        if self.loss_sync_steps != "auto" and self.loss_sync_steps < 1:
-            raise ValueError(f"loss_sync_steps must be >= 1 or auto, got {self.loss_sync_steps}")
-        for name, factor in self.oversample.items():
-            if factor <= 0:
-                raise ValueError(f"oversample[{name!r}] must be > 0 (1 keeps the slice as it is), got {factor}")
-        if self.batch_size % self.num_processes:
-            raise ValueError(
-                f"batch_size {self.batch_size} does not divide into num_processes {self.num_processes} equal per-process "
-                f"micro-batches; set batch_size to a multiple of {self.num_processes} (the global batch stays batch_size x grad_accum)"
-            )
-        return self
-
-
-class EvaluateConfig(_Stage):
-    split: Literal["test", "validation"] = "test"
-    max_items: int | None = Field(None, ge=1, description="Score at most this many held-out items (None: all).")
-    batch_size: int | None = Field(
-        None, ge=1, description="Prompts per batch; None: 16 on CPU, 128 on CUDA (batching is where the GPU speed comes from)."
-    )
-    max_new_tokens: int = Field(6, ge=1, description="Tokens generated per item in greedy mode ('999.00' is 6 digit tokens).")
-    mode: Literal["auto", "greedy", "expected", "head"] = Field(
-        "auto",
-        description="auto: the adapter's price head when it has one, else greedy; greedy: parse the generated string; "
-        "expected: mean over the price-token distribution; head: the regression head (train.head: regression).",
-    )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    quantization: Literal["none", "8bit", "4bit"] = Field("none", description="Load the base model quantized (bitsandbytes).")
-    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bfloat16 on CUDA, float32 on CPU."
-    )
-    beam: int = Field(8, ge=1, description="expected mode: digit hypotheses kept per item.")
-    min_price: float = Field(DEFAULT_MIN_PRICE, ge=0, description="Parsed predictions are clipped to [min_price, max_price].")
-    max_price: float = Field(DEFAULT_MAX_PRICE, gt=0, description="Upper clip of parsed predictions (USD).")
-    head_fast: bool | Literal["auto"] = Field(
-        "auto", description="head mode: tokenize once, right-pad length-sorted batches with no attention mask, bf16 "
-        "autocast, one device read at the end (auto: on for CUDA).",
-    )
-    compile: bool = Field(False, description="head mode with head_fast: torch.compile each decoder layer (widths padded to "
-                          "multiples of 32); pays off on large item counts only (seconds of compilation per width).")
-    merge_lora: bool | Literal["auto"] = Field(
-        "auto", description="Fold the adapter into the base weights before predicting (one matmul per layer instead of "
-        "three); auto: on for CUDA with an unquantized base. Never with a 4-bit or 8-bit base.",
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> "EvaluateConfig":
-        if self.min_price >= self.max_price:
-            raise ValueError(f"min_price ({self.min_price}) must be below max_price ({self.max_price})")
-        return self
-
-
-class FrontierConfig(_Stage):
-    enabled: bool = True
-    model: str = "gpt-4o"
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint (env OPENAI_BASE_URL).")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the key.")
-    concurrency: int = Field(4, ge=1)
-    max_retries: int = Field(5, ge=0)
-    timeout_s: float = Field(60.0, gt=0)
-    max_items: int | None = None
-    input_cost_per_mtok: float = Field(2.50, description="USD per million input tokens (estimate).")
-    output_cost_per_mtok: float = Field(10.00, description="USD per million output tokens (estimate).")
-    max_tokens: int = Field(5, ge=1, description="Completion tokens per reply (the reference used 5).")
-    seed: int | None = Field(42, description="Sampling seed sent with each request (reference: 42).")
-    backoff_base_s: float = Field(1.0, ge=0, description="First retry delay; doubles each retry, plus jitter.")
-    backoff_max_s: float = Field(60.0, ge=0, description="Cap on one retry delay (Retry-After included).")
-    cache: bool = Field(True, description="Keep each reply on disk so a rerun sends no request.")
-
-
-class BaselinesConfig(_Stage):
-    include: list[Literal["constant", "linear", "tfidf", "base_model", "frontier"]] = Field(
-        default_factory=lambda: ["constant", "linear", "tfidf", "base_model", "frontier"]
-    )
-    frontier: FrontierConfig = Field(default_factory=FrontierConfig)
-    base_model: str = Field("smollm2-135m", description="Model scored before fine-tuning (the base_model baseline).")
-    split: Literal["test", "validation"] = Field("test", description="Held-out split; must match evaluate.split.")
-    max_items: int | None = Field(
-        None, description="Score the first N held-out items (None: all); must match evaluate.max_items."
-    )
-
-
-CLASSICAL_BASELINES = ("constant", "linear", "tfidf")
-
-
-class PromoteConfig(_Stage):
-    metric: Literal["mae", "rmsle"] = "mae"
-    margin: float = Field(0.02, ge=0, description="Challenger must beat the champion by this relative margin.")
-    slice: str | None = Field(None, description="Decide on this named slice (the profile's slices:) instead of all items.")
-    require_beat_baselines: bool = Field(
-        True,
-        description=f"Never promote a challenger that does not beat the best classical baseline ({', '.join(CLASSICAL_BASELINES)}) "
-        "on the decision metric and slice.",
-    )
-
 
 # where each stage names the base model: a profile writes it once, as the top-level base_model
 BASE_MODEL_FIELDS = (("curate", "tokenizer"), ("tokenize", "base_model"), ("train", "base_model"), ("baselines", "base_model"))
 
 
-class RunConfig(_Stage):
+class RunConfig(Stage):
     """Everything one retrain run needs."""
 
     profile: str = Field("demo", description="Name of the profile this config came from.")
@@ -690,14 +400,3 @@ def load_slices(config_file: str | os.PathLike | None) -> list[SliceSpec]:
     if not isinstance(raw, list):
         raise PricefitError(f"{config_file}: slices must be a list of slice mappings", hint="see pricefit.slices")
     return [validate_model(SliceSpec, item, f"{config_file} slices[{i}]") for i, item in enumerate(raw)]
-
-
-def cache_home() -> Path:
-    """Where models and other caches live (PRICEFIT_HOME, default ~/.cache/pricefit)."""
-    return Path(os.environ.get("PRICEFIT_HOME", Path.home() / ".cache" / "pricefit"))
-
-
-def shared_data_dir() -> Path | None:
-    """../shared/data, from PRICEFIT_SHARED_DATA (set by .ci/run and the Makefile)."""
-    env = os.environ.get("PRICEFIT_SHARED_DATA")
-    return Path(env) if env else None

@@ -53,7 +53,7 @@ import numpy as np
 import polars as pl
 
 from . import artifacts
-from .config import CurateConfig
+from .settings.curate import CurateConfig
 from .errors import ContractError, PricefitError
 from .models import load_tokenizer
 from .prices import DROP_REASON

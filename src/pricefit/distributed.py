@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import artifacts, models, quant, training
-from .config import TrainConfig
+from .settings.train import TrainConfig
 from .errors import PricefitError
 from .slices import SliceSpec
 

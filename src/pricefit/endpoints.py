@@ -2,7 +2,7 @@
 
 Its own small module (not part of ``pricefit.baselines``) because the orchestration's cache key
 reads it for every run: a step's key hashes the source of every project module the key code
-imports, and this one imports nothing but the config.
+imports, and this one imports no other project module.
 """
 
 from __future__ import annotations
@@ -11,14 +11,12 @@ import os
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .config import FrontierConfig
-
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # query parameters that may carry a credential (Azure's api-key, signed URLs): never in a key
 _SECRET_PARAMS = ("key", "token", "secret", "password", "sig", "auth")
 
 
-def resolve_endpoint(cfg: FrontierConfig) -> tuple[str, str | None]:
+def resolve_endpoint(cfg: Any) -> tuple[str, str | None]:
     """(base URL, API key or None) from the config, else the environment."""
     base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
     key = os.environ.get(cfg.api_key_env) or None
@@ -40,7 +38,7 @@ def public_endpoint(base_url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
 
 
-def key_inputs(cfg: FrontierConfig) -> dict[str, Any]:
+def key_inputs(cfg: Any) -> dict[str, Any]:
     """What the frontier baseline's result depends on outside its config: the endpoint it calls,
     the model, and whether a key is set (a boolean; the key itself never enters a cache key)."""
     base_url, key = resolve_endpoint(cfg)

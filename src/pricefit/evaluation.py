@@ -21,7 +21,8 @@ from typing import Any
 import polars as pl
 
 from . import artifacts
-from .config import CurateConfig, EvaluateConfig
+from .settings.curate import CurateConfig
+from .settings.evaluate import EvaluateConfig
 from .errors import PricefitError
 
 log = logging.getLogger("pricefit.evaluation")

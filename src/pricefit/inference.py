@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 from .adapters import base_model_of, find_adapter, lineage_of
-from .config import DEFAULT_PROMPT_TEMPLATE
+from .settings.tokenize import DEFAULT_PROMPT_TEMPLATE
 from .devices import resolve_device
 from .errors import PricefitError
 from .parsing import DEFAULT_MAX_PRICE, DEFAULT_MIN_PRICE, number_is_final, parse_price_output
@@ -274,7 +274,7 @@ class PricePredictor:
         """Prompts for item texts, cut as training cut them when the adapter records how."""
         tcfg = self.lineage.get("tokenize_config")
         if tcfg:
-            from .config import TokenizeConfig
+            from .settings.tokenize import TokenizeConfig
             from .tokenization import fit_prompts
 
             return fit_prompts(self.tokenizer, list(texts), TokenizeConfig.model_validate(tcfg))

@@ -44,7 +44,8 @@ from typing import Any, Callable
 
 from . import logs
 from .artifacts import sha256_file, write_json_atomic
-from .config import DEFAULT_PROMPT_TEMPLATE, cache_home
+from .paths import cache_home
+from .settings.tokenize import DEFAULT_PROMPT_TEMPLATE
 from .errors import PricefitError
 from .gguf_files import PartedGguf, assemble_parts, digits_split_one_per_token, read_metadata
 from .sources.hub import check_reachable

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import atomic_dir, canonical_json, sha256_bytes
-from .config import cache_home
+from .paths import cache_home
 from .devices import resolve_device
 from .errors import PricefitError
 from .models import check_hub_model

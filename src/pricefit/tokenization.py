@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import ArtifactRef, atomic_dir, canonical_json, read_manifest, ref_for, sha256_file, write_manifest
-from .config import TokenizeConfig
+from .settings.tokenize import TokenizeConfig
 from .curation import _check_before_commit, read_split
 from .errors import ContractError, PricefitError
 from .models import load_tokenizer, model_info

@@ -199,6 +199,15 @@ def test_editing_a_real_source_file_changes_exactly_the_dependent_steps_keys(tmp
         _edit(project / "tasks/curate.py", "\n# a change to the task wrapper\n")
         assert changed() == {"curate"}
 
+        # issue 23: every step hashed config.py, so a help string of one stage's settings reran them all;
+        # a stage's settings now live in their own module, in the keys of the steps whose code reads them
+        _edit(project / "src/pricefit/settings/train.py", "\n# a new train setting\n")
+        assert changed() == {"train"}
+        _edit(project / "src/pricefit/settings/promote.py", "\n# a new promotion setting\n")
+        assert changed() == {"compare"}
+        _edit(project / "src/pricefit/config.py", "\n# a new profile rule\n")
+        assert changed() == set()  # RunConfig and profile loading: no step's code
+
         _edit(project / "data_contracts/raw.py", "\n# a stricter raw contract\n")
         # data_contracts.check imports its stage module by a computed name: every contract step, and
         # ingest and curate, which run their contract before the rename
@@ -285,9 +294,12 @@ def test_out_dir_is_content_addressed(tmp_path):
     assert cache.out_dir(tmp_path, "train", key) == tmp_path.resolve() / "artifacts" / "train" / ("ab" * 8)
 
 
-def test_refresh_covers_the_step_and_what_follows():
-    assert cache.refresh_set("train") == {"train", "evaluate", "champion", "baselines", "compare", "report"}
-    assert cache.refresh_set("curate") == set(cache.STEPS[2:])
+def test_refresh_covers_the_step_and_what_depends_on_it_nothing_else():
+    """Issue 23: `--refresh train` reran the baselines, which do not depend on training (list order)."""
+    assert cache.refresh_set("train") == {"train", "evaluate", "champion", "compare", "report"}
+    assert cache.refresh_set("baselines") == {"baselines", "compare", "report"}
+    assert cache.refresh_set("curate") == set(cache.STEPS[2:])  # everything after ingest and its contract
+    assert cache.refresh_set("compare") == {"compare", "report"}
     assert cache.refresh_set(None) == set() and cache.refresh_set("none") == set()
     with pytest.raises(PricefitError, match="'contract_raw' is not a step"):
         cache.refresh_set("contract_raw")

@@ -14,24 +14,41 @@ refuses to put side by side models scored on different items.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..artifacts import ArtifactRef, atomic_dir, read_manifest, ref_for, sha256_file, write_json_atomic, write_manifest
-from ..config import BaselinesConfig
+from ..artifacts import (
+    ArtifactRef,
+    atomic_dir,
+    read_manifest,
+    ref_for,
+    sha256_file,
+    write_json_atomic,
+    write_manifest,
+)
 from ..curation import read_split
 from ..errors import PricefitError
 from ..evaluation import load_heldout, masks_for
 from ..items import item_set_sha256
 from ..metrics import compute_metrics
 from ..parsing import DEFAULT_MAX_PRICE, DEFAULT_MIN_PRICE
-from . import base_model, constant, frontier, linear, tfidf
+from ..settings.baselines import CLASSICAL_BASELINES, BaselinesConfig
+from . import base_model, frontier
 
 log = logging.getLogger("pricefit.baselines")
 
-ALL_BASELINES = ("constant", "linear", "tfidf", "base_model", "frontier")
+ALL_BASELINES = (*CLASSICAL_BASELINES, "base_model", "frontier")
+
+
+def classical(name: str) -> Callable[[Any, Any], tuple[list[float], dict]]:
+    """The classical baseline ``name`` (one of settings.baselines.CLASSICAL_BASELINES): the
+    ``baseline(train, test) -> (predictions, info)`` of module ``pricefit.baselines.<name>``, which
+    fits on the curated train frame and predicts the held-out frame. Adding one is that module, its
+    name in CLASSICAL_BASELINES and its test."""
+    return importlib.import_module(f"{__name__}.{name}").baseline
 
 
 def _write_one(out: Path, name: str, test, preds: list[float | None], raws: list[str], info: dict[str, Any],
@@ -96,12 +113,9 @@ def run_baselines(
             log.info("baseline %s on %d %s items", name, n, cfg.split)
             raws: list[str]
             extra: dict[str, Any] = {}
-            if name == "constant":
-                preds, info = constant.fit_predict(prices, n)
-            elif name == "linear":
-                preds, info = linear.fit_predict(train.to_dict(as_series=False), test.to_dict(as_series=False))
-            elif name == "tfidf":
-                preds, info = tfidf.fit_predict(train["text"].to_list(), prices, test["text"].to_list())
+            if name in CLASSICAL_BASELINES:
+                preds, info = classical(name)(train, test)
+                raws = [f"{p:.2f}" for p in preds]
             elif name == "base_model":
                 preds, raws, info = base_model.predict(
                     cfg.base_model, test["text"].to_list(), price_range=llm_range, progress=progress
@@ -130,8 +144,6 @@ def run_baselines(
                 write_json_atomic(tmp / name / "usage.json", run.usage)
             else:  # pragma: no cover - BaselinesConfig validates the names
                 raise PricefitError(f"unknown baseline {name!r}", hint=f"choose from {', '.join(ALL_BASELINES)}")
-            if name in ("constant", "linear", "tfidf"):
-                raws = [f"{p:.2f}" for p in preds]
             m = _write_one(tmp, name, test, preds, raws, info, slices)
             summary[name] = {
                 "status": "ok",

@@ -5,7 +5,7 @@ The floor any model must clear (the reference product pricer's constant baseline
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 
 def fit_predict(train_prices: Sequence[float], n_test: int) -> tuple[list[float], dict]:
@@ -14,3 +14,8 @@ def fit_predict(train_prices: Sequence[float], n_test: int) -> tuple[list[float]
         raise ValueError("the training split is empty: the constant baseline has no mean to predict")
     mean = float(sum(float(p) for p in train_prices) / len(train_prices))
     return [mean] * n_test, {"mean": mean, "train_rows": len(train_prices)}
+
+
+def baseline(train: Any, test: Any) -> tuple[list[float], dict]:
+    """The classical-baseline entry point (pricefit.baselines): curated train and held-out frames."""
+    return fit_predict([float(p) for p in train["price"].to_list()], test.height)

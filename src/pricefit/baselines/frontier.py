@@ -51,10 +51,11 @@ from typing import Any, Sequence
 import tenacity
 
 from ..artifacts import canonical_json, write_json_atomic
-from ..config import FrontierConfig, cache_home
 from ..endpoints import DEFAULT_BASE_URL, endpoint_host, key_inputs, resolve_endpoint  # noqa: F401 (re-exported)
 from ..errors import PricefitError
 from ..parsing import parse_price_output
+from ..paths import cache_home
+from ..settings.baselines import FrontierConfig
 from .redact import REDACTED, Redactor, _quiet_http_logs, _scrubbed_logs  # noqa: F401 (REDACTED re-exported)
 
 log = logging.getLogger("pricefit.baselines.frontier")

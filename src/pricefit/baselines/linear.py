@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -91,3 +91,8 @@ def fit_predict(
         "train_rows": int(prices.size),
     }
     return [float(p) for p in pred], info
+
+
+def baseline(train: Any, test: Any) -> tuple[list[float], dict]:
+    """The classical-baseline entry point (pricefit.baselines): curated train and held-out frames."""
+    return fit_predict(train.to_dict(as_series=False), test.to_dict(as_series=False))
