@@ -13,8 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Field
 
 from pricefit import logs, tracking
-from pricefit.artifacts import sha256_dir
-from pricefit.compare import current_champion
+from pricefit.compare import champion_sha256, champion_to_rescore
 from pricefit.config import RunConfig, list_profiles, load_run_config
 from pricefit.errors import PricefitError
 from tasks import steps
@@ -165,16 +164,13 @@ def run_name(prefix: str) -> str:
     return f"{prefix}-{profile}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
 
 
-def challenger_sha(adapter_ref) -> str | None:
-    """sha256 of an adapter directory (what champion.json records as adapter_sha256)."""
-    return sha256_dir(adapter_ref.path)
-
-
 class Steps:
     """Runs one step task bound to the run's workdir/cache, records its state, publishes its UI artifacts."""
 
     def __init__(self, cfg: RunConfig, refresh: str | None = None):
-        from tasks import cache  # deferred: imports prefect, which must come after prefect_logging_env()
+        from tasks import (
+            cache,  # deferred: imports prefect, which must come after prefect_logging_env()
+        )
 
         setup_run_logging()
         self.cfg = cfg
@@ -188,7 +184,10 @@ class Steps:
 
     def run(self, step: str, *args: Any) -> Any:
         """Run the registered task of ``step`` (tasks/steps.py) on ``args``, cached; publish its UI artifacts."""
-        from tasks import cache, ui  # deferred: imports prefect, which must come after prefect_logging_env()
+        from tasks import (  # deferred: imports prefect, which must come after prefect_logging_env()
+            cache,
+            ui,
+        )
 
         task = steps.BY_NAME[step].load_task()
         bound = cache.configured(task, step, self.workdir, refresh=step in self.refresh, tags=self.tags)
@@ -204,8 +203,7 @@ class Steps:
         """Run every registered library step (tasks/steps.py ``library_step``) whose inputs are done."""
         for s in steps.ready(self.outputs):
             if s.name not in self.outputs:  # an earlier one in this loop may have run it already
-                cfg = getattr(self.cfg, s.config) if s.config else None
-                self.run(s.name, s.name, [self.outputs[i] for i in s.inputs], cfg, self.workdir)
+                self.run(s.name, *self.args_for(s.name))
 
     def track(self, log_fn: Any, result: Any) -> Any:
         """Log a step's output to MLflow when tracking is on (a cached step too: logged once)."""
@@ -216,59 +214,57 @@ class Steps:
             log_fn(result if isinstance(result, dict) else result.path, self.tracking, tags=tags)
         return result
 
-    # one method per step, in DAG order ------------------------------------------------------------
+    def run_to(self, *targets: str, given: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run ``targets`` and every step they need (tasks/steps.py: the DAG), in DAG order.
 
-    def ingest(self):
-        from tasks.ingest import ingest_options  # deferred: imports prefect, which must come after prefect_logging_env()
+        ``given``: outputs supplied instead of computed (the evaluate flow's adapter stands for
+        train), so nothing upstream of them runs for their sake. Returns every step's output.
+        """
+        given = dict(given or {})
+        self.outputs.update(given)
+        for name in steps.ancestors(targets, given=given):
+            if name not in self.outputs:
+                self.run_step(name)
+        return self.outputs
 
-        return self.run("ingest", self.cfg.source, ingest_options(self.cfg.curate), self.workdir)
+    def run_step(self, name: str) -> Any:
+        """Run one built-in step on the outputs of its inputs (which must be done); track its result."""
+        entry = steps.BY_NAME[name]
+        result = self.run(name, *self.args_for(name))
+        if entry.track:
+            self.track(getattr(tracking, entry.track), result["decision"] if name == "compare" else result)
+        return result
 
-    def contract(self, stage: str, ref):
-        return self.run(f"contract_{stage}", stage, ref)
+    def args_for(self, name: str) -> tuple[Any, ...]:
+        """The task arguments of a built-in step: its inputs' outputs and the run's settings."""
+        o, cfg, wd = self.outputs, self.cfg, self.workdir
+        if name.startswith("contract_"):
+            (of,) = steps.BY_NAME[name].inputs
+            return name.removeprefix("contract_"), o[of]
+        if name == "ingest":
+            from tasks.ingest import (
+                ingest_options,  # deferred: imports prefect, which must come after prefect_logging_env()
+            )
 
-    def curate(self, raw):
-        return self.run("curate", raw, self.cfg.curate, self.workdir)
-
-    def tokenize(self, curated):
-        return self.run("tokenize", curated, self.cfg.tokenize, self.workdir)
-
-    def train(self, tokenized, train_cfg=None):
-        cfg = train_cfg or self.cfg.train
-        oversampled = [s for s in self.cfg.slices if s.name in cfg.oversample]
-        return self.track(tracking.log_train, self.run("train", tokenized, cfg, self.workdir, oversampled))
-
-    def evaluate(self, adapter, tokenized):
-        return self.track(tracking.log_evaluation,
-                          self.run("evaluate", adapter, tokenized, self.cfg.evaluate, self.workdir, self.cfg.slices))
-
-    def champion(self, tokenized, challenger):
-        """The current champion's adapter re-scored on today's held-out items; None without one to judge."""
-        champ = current_champion(self.workdir)
-        if champ is not None and champ.get("adapter_sha256") == challenger_sha(challenger):
-            champ = None  # the challenger is the champion: nothing else to judge
-        return self.run("champion", None if champ is None else champ["adapter"],
-                        None if champ is None else champ["adapter_sha256"], tokenized, self.cfg.evaluate,
-                        self.workdir, self.cfg.slices)
-
-    def baselines(self, curated):
-        return self.run("baselines", curated, self.cfg.baselines, self.workdir, self.cfg.slices)
-
-    def compare(self, evaluation, baselines, champion=None):
-        champ = current_champion(self.workdir)
-        out = self.run("compare", evaluation, baselines, self.cfg.promote, self.workdir, champion,
-                       None if champ is None else champ.get("adapter_sha256"))
-        self.track(tracking.register_champion, out["decision"])
-        return out
-
-    def report(self, decision, **refs):
-        return self.run("report", refs, decision, self.workdir)
-
-    def prepared_data(self):
-        """ingest -> contract -> curate -> contract -> tokenize -> contract (every flow starts here)."""
-        raw = self.ingest()
-        self.contract("raw", raw)
-        curated = self.curate(raw)
-        self.contract("curated", curated)
-        tokenized = self.tokenize(curated)
-        self.contract("tokenized", tokenized)
-        return curated, tokenized
+            return cfg.source, ingest_options(cfg.curate), wd
+        if name == "curate":
+            return o["ingest"], cfg.curate, wd
+        if name == "tokenize":
+            return o["curate"], cfg.tokenize, wd
+        if name == "train":  # only the slices train.oversample names reach train: the others are not in its key
+            return o["tokenize"], cfg.train, wd, [s for s in cfg.slices if s.name in cfg.train.oversample]
+        if name == "evaluate":
+            return o["train"], o["tokenize"], cfg.evaluate, wd, cfg.slices
+        if name == "champion":  # the current champion's adapter, unless the challenger is the champion
+            adapter, sha = champion_to_rescore(wd, o["train"].path) or (None, None)
+            return adapter, sha, o["tokenize"], cfg.evaluate, wd, cfg.slices
+        if name == "baselines":
+            return o["curate"], cfg.baselines, wd, cfg.slices
+        if name == "compare":
+            return o["evaluate"], o["baselines"], cfg.promote, wd, o.get("champion"), champion_sha256(wd)
+        if name == "report":
+            refs = dict(curated=o["curate"], adapter=o["train"], evaluation=o["evaluate"], baselines=o["baselines"],
+                        comparison=o["compare"]["comparison"])
+            return refs, o["compare"]["decision"], wd
+        entry = steps.BY_NAME[name]  # a library step (tasks/steps.py library_step): the generic task
+        return name, [o[i] for i in entry.inputs], getattr(cfg, entry.config) if entry.config else None, wd

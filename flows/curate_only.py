@@ -11,14 +11,8 @@ from flows.common import RetrainParams, Steps, resolve_config, run_name
 
 @flow(name="curate-only", flow_run_name=lambda: run_name("curate"), description="Ingest and curate the listings, with both contracts.")
 def curate_only(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
-    cfg = resolve_config(params)
-    steps = Steps(cfg, params.refresh)
-
-    raw = steps.ingest()
-    steps.contract("raw", raw)
-    curated = steps.curate(raw)
-    steps.contract("curated", curated)
-
+    steps = Steps(resolve_config(params), params.refresh)
+    curated = steps.run_to("contract_curated")["curate"]  # and what it needs: ingest and the raw contract
     return {"states": dict(steps.states), "curated": curated.path, "kept": curated.manifest().get("kept")}
 
 

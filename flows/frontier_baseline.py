@@ -14,12 +14,7 @@ def frontier_baseline(params: RetrainParams = RetrainParams()) -> dict[str, Any]
     cfg = resolve_config(params)
     cfg = cfg.model_copy(update={"baselines": cfg.baselines.model_copy(update={"include": ["frontier"]})})
     steps = Steps(cfg, params.refresh)
-
-    raw = steps.ingest()
-    steps.contract("raw", raw)
-    curated = steps.curate(raw)
-    steps.contract("curated", curated)
-    result = steps.baselines(curated)
+    result = steps.run_to("baselines")["baselines"]  # and what it needs: ingest, curate and their contracts
 
     summary = result.dir / "summary.json"
     return {"states": dict(steps.states), "baselines": result.path, "summary": summary.read_text() if summary.exists() else None}

@@ -1,5 +1,6 @@
-"""The retrain DAG: ingest -> contract -> curate -> contract -> tokenize -> contract -> train ->
-evaluate -> champion (re-scored on the same items) -> baselines -> compare & promote -> report.
+"""The retrain DAG, every step of tasks/steps.py: ingest -> contract -> curate -> contract -> tokenize
+-> contract -> train -> evaluate -> champion (re-scored on the same items) -> baselines -> compare &
+promote -> report.
 
     pricefit run --profile demo                       # in-process (ephemeral Prefect API)
     python -m flows.retrain                           # the same, demo profile
@@ -22,21 +23,9 @@ from flows.common import RetrainParams, Steps, resolve_config, run_name
     description="Curate listings, QLoRA fine-tune, evaluate against the baselines, promote the winner.",
 )
 def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
-    cfg = resolve_config(params)
-    steps = Steps(cfg, params.refresh)
-
-    curated, tokenized = steps.prepared_data()
-    adapter = steps.train(tokenized)
-    evaluation = steps.evaluate(adapter, tokenized)
-    champion = steps.champion(tokenized, adapter)  # the champion judged on tonight's items too
-    baselines = steps.baselines(curated)
-    comparison = steps.compare(evaluation, baselines, champion)
-    report = steps.report(
-        comparison["decision"], curated=curated, adapter=adapter, evaluation=evaluation, baselines=baselines,
-        comparison=comparison["comparison"],
-    )
-
-    return summary(steps, evaluation, comparison, report)
+    steps = Steps(resolve_config(params), params.refresh)
+    out = steps.run_to("report")  # every step of the DAG (tasks/steps.py), the champion re-scored on tonight's items
+    return summary(steps, out["evaluate"], out["compare"], out["report"])
 
 
 def summary(steps: Steps, evaluation, comparison: dict[str, Any], report) -> dict[str, Any]:

@@ -103,10 +103,10 @@ def sweep_trial(params: RetrainParams, overrides: dict[str, Any], tokenized: Art
     from tasks import gpu
 
     cfg = resolve_config(params)
-    steps = Steps(cfg, params.refresh)
+    steps = Steps(cfg.model_copy(update={"train": trial_config(cfg, overrides)}), params.refresh)
 
-    adapter = steps.train(tokenized, trial_config(cfg, overrides))
-    evaluation = steps.evaluate(adapter, tokenized)
+    out = steps.run_to("evaluate", given={"tokenize": tokenized})  # the sweep's data, checked once by the sweep
+    adapter, evaluation = out["train"], out["evaluate"]
 
     metrics = json.loads((evaluation.dir / "metrics.json").read_text())
     held = [(start, end) for name, start, end in gpu.holds(flow_run.id)]
@@ -218,7 +218,7 @@ def sweep(params: SweepParams = SweepParams()) -> dict[str, Any]:
     for overrides in trials:  # a bad trial setting fails the sweep before any work, with its name
         trial_config(cfg, overrides)
 
-    _, tokenized = steps.prepared_data()
+    tokenized = steps.run_to("contract_tokenized")["tokenize"]
     base = RetrainParams(**params.model_dump(exclude={"trials", "concurrency", "trials_per_gpu"}))
     placement = plan_placement(cfg, params, trials)
     get_run_logger().info("sweep: %d trials, %d at once (%d per device on %s)", len(trials), placement.concurrency,

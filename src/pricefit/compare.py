@@ -33,15 +33,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .artifacts import (ArtifactRef, atomic_dir, read_manifest, ref_for, sha256_dir, write_json_atomic, write_manifest,
-                        write_text_atomic)
+from .artifacts import (
+    ArtifactRef,
+    atomic_dir,
+    read_manifest,
+    ref_for,
+    sha256_dir,
+    write_json_atomic,
+    write_manifest,
+    write_text_atomic,
+)
 from .baselines import read_summary
 from .composition import adds_nothing, component_rows, describe
-from .settings.baselines import CLASSICAL_BASELINES
-from .settings.promote import PromoteConfig
 from .errors import PricefitError
 from .items import item_set_sha256
 from .report import fmt, markdown_table
+from .settings.baselines import CLASSICAL_BASELINES
+from .settings.promote import PromoteConfig
 
 log = logging.getLogger("pricefit.compare")
 
@@ -303,6 +311,30 @@ def current_champion(workdir: str | Path) -> dict[str, Any] | None:
         log.warning("the champion's adapter %s is gone: it cannot be re-scored on today's items", adapter)
         return None
     return rec
+
+
+def champion_to_rescore(workdir: str | Path, challenger_adapter: str | Path) -> tuple[str, str] | None:
+    """(adapter directory, its recorded sha256) of the champion to re-score beside a challenger on
+    the challenger's items; None without one, or when the challenger is the champion."""
+    champ = current_champion(workdir)
+    if champ is None or champ.get("adapter_sha256") == sha256_dir(challenger_adapter):
+        return None
+    return str(champ["adapter"]), str(champ["adapter_sha256"])
+
+
+def champion_sha256(workdir: str | Path) -> str | None:
+    """The sha256 recorded for the champion's adapter, the one a re-scored evaluation must match."""
+    champ = current_champion(workdir)
+    return None if champ is None else champ.get("adapter_sha256")
+
+
+def champion_adapter(workdir: str | Path) -> str:
+    """The champion's adapter directory (the evaluate flow's default adapter); an error without one."""
+    path = Path(workdir) / "champion.json"
+    adapter = json.loads(path.read_text()).get("adapter") if path.exists() else None
+    if not adapter:
+        raise PricefitError(f"no adapter given and no champion in {path}", hint="pass adapter=<dir> or run the retrain flow first")
+    return str(adapter)
 
 
 def decision_value(metrics: Mapping[str, Any], metric: str, slice_name: str | None) -> tuple[float | None, int | None]:

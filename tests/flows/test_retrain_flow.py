@@ -128,6 +128,12 @@ def test_retrain_cache_story(tmp_path, monkeypatch):
         str(workdir / "artifacts" / "champion"))
     assert "the champion re-scored on the same 4 items" in last["reason"]
 
+    # 3b. --refresh train (issue 23): train and what depends on it rerun; the baselines, beside it in
+    #     the DAG, and the data steps stay cached (the old list order reran the baselines too)
+    out = _cli(["run", "--profile", str(profile), "--workdir", str(workdir), "--refresh", "train", "--json"])
+    assert {s: out["states"][s] for s in DATA + ["baselines"]} == dict.fromkeys(DATA + ["baselines"], "Cached")
+    assert [out["states"][s] for s in ("train", "evaluate", "champion", "compare", "report")] == ["Completed"] * 5
+
     # 4. evaluation's code changes and the new code fails
     fault = tmp_path / "fault"
     fault.write_text("evaluate\n")

@@ -58,7 +58,7 @@ _DERIVED = textwrap.dedent("""
     import tasks
     src = open("tasks/steps.py").read()
     entry = '    library_step("dedupe", "pricefit.curation:curate", "curate", inputs=("curate",)),\\n'
-    anchor = '    _contract("curated"),\\n'
+    anchor = '    _contract("curated", "curate"),\\n'
     assert src.count(anchor) == 1
     spec = importlib.util.spec_from_loader("tasks.steps", loader=None, origin="tasks/steps.py")
     mod = importlib.util.module_from_spec(spec)

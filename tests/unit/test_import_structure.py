@@ -64,3 +64,51 @@ def test_pricefit_help_loads_no_library_module_beyond_the_cli():
     loaded = set(out.stdout.split())
     assert {m for m in loaded if not m.startswith("pricefit.commands")} == {"pricefit", "pricefit.cli", "pricefit.errors",
                                                                            "pricefit.logs"}
+
+
+def _library_graph() -> dict[str, set[str]]:
+    """pricefit module -> the pricefit modules it names in import statements (module level and
+    function-local; an import by a computed name, the CLI's plugin loading, is not an edge here)."""
+    from tasks import cache
+
+    graph: dict[str, set[str]] = {}
+    root = Path(__file__).resolve().parents[2] / "src"
+    for path in sorted((root / "pricefit").rglob("*.py")):
+        rel = path.relative_to(root).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        deps = set()
+        for dep in cache._parse_imports(name, path)[0]:
+            while dep and cache.module_file(dep) is None:  # "from pkg import function": the module is pkg
+                dep = dep.rpartition(".")[0]
+            if dep.startswith("pricefit") and dep != name and not name.startswith(dep + "."):
+                deps.add(dep)
+        graph[name] = deps
+    return graph
+
+
+def test_no_import_circle_in_the_library():
+    """Issue 23: training and distributed imported each other. A module's own packages are not
+    counted (a package re-exporting its submodules is not a circle)."""
+    graph = _library_graph()
+    circles = []
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1 and not node.startswith(dep + ".") and not dep.startswith(node + "."):
+                circles.append(stack[stack.index(dep):] + [dep] if dep in stack else [node, dep])
+            elif dep not in state:
+                visit(dep, stack + [dep])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert circles == []
+
+
+def test_no_library_file_is_over_600_lines():
+    root = Path(__file__).resolve().parents[2] / "src" / "pricefit"
+    long = {p.relative_to(root).as_posix(): n for p in root.rglob("*.py") if (n := len(p.read_text().splitlines())) > 600}
+    assert long == {}
