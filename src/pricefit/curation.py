@@ -47,13 +47,14 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import polars as pl
 
 from . import artifacts
 from .settings.curate import CurateConfig
+from .contract_hook import ContractHook, check_before_commit
 from .errors import ContractError, PricefitError
 from .models import load_tokenizer
 from .prices import DROP_REASON
@@ -61,9 +62,6 @@ from .records import normalize_record, row_or_quarantine
 from .sources import Quarantined, resolve
 
 log = logging.getLogger("pricefit.curation")
-
-#: a stage's data contract: (directory being built, its final path) -> verdict for the manifest
-ContractHook = Callable[[Path, Path], dict[str, Any]]
 
 SCHEMA_VERSION = 1
 INGEST_CHUNK = 20_000  # rows per in-memory chunk while reading a source
@@ -195,7 +193,7 @@ def ingest(source: str, out_dir: str | Path, cfg: CurateConfig, contract: Contra
     """Read ``source`` into a raw artifact: raw.parquet (one row per parsed line), quarantine.jsonl, manifest.
 
     Raises PricefitError when the source holds no row at all (empty files) or nothing parseable.
-    ``contract``: see :func:`_check_before_commit` (the raw data contract, run before the rename).
+    ``contract``: the raw data contract, run before the rename (see :func:`~pricefit.contract_hook.check_before_commit`).
     """
     with artifacts.atomic_dir(out_dir, commit_on=(ContractError,)) as tmp:  # an error below leaves nothing behind
         parsed, quarantine, src = _stream_raw(source, cfg, tmp / "raw.parquet")
@@ -228,40 +226,10 @@ def ingest(source: str, out_dir: str | Path, cfg: CurateConfig, contract: Contra
                 "synthetic": src.synthetic,
             },
         )
-        manifest = _check_before_commit(tmp, out_dir, contract)
+        manifest = check_before_commit(tmp, out_dir, contract)
     log.log(logging.DEBUG if Path(out_dir).parent.name.startswith(".tmp-") else logging.INFO,  # staged by `pricefit curate`
             "ingest: %d rows read, %d parsed, %d quarantined -> %s", rows_read, manifest["parsed"], manifest["quarantined"], out_dir)
     return artifacts.ref_for(out_dir, "raw", rows=manifest["parsed"])
-
-
-def _check_before_commit(tmp: Path, final: str | Path, contract: ContractHook | None) -> dict[str, Any]:
-    """Run the stage's data contract on the directory being built, before it is moved into place.
-
-    ``contract(tmp, final)`` (e.g. ``data_contracts.stage_contract("raw")``) may move bad rows
-    out (quarantine / dropped, updating the manifest) and returns a summary; it is recorded as the
-    manifest's ``contract``, so no artifact is ever in place without its verdict. On
-    ContractError the verdict (``success: false``) is recorded and the error propagates: the
-    caller's ``atomic_dir(commit_on=ContractError)`` still moves the directory into place, so the
-    report, Data Docs and quarantine stay at the paths the message names, and
-    :func:`read_split` refuses the artifact. Returns the final manifest.
-    """
-    if contract is None:
-        return artifacts.read_manifest(tmp)
-    try:
-        verdict = contract(tmp, Path(final))
-    except ContractError as e:
-        verdict = dict(getattr(e, "summary", None) or {"success": False})
-        verdict["success"] = False
-        _record_contract(tmp, verdict)
-        raise
-    return _record_contract(tmp, verdict)
-
-
-def _record_contract(directory: Path, verdict: dict[str, Any]) -> dict[str, Any]:
-    manifest = {k: v for k, v in artifacts.read_manifest(directory).items() if k != "files"}
-    manifest["contract"] = verdict
-    artifacts.write_manifest(directory, manifest)
-    return manifest
 
 
 def _counts(values: Iterable[str]) -> dict[str, int]:
@@ -558,7 +526,8 @@ def curate(
 
     ``tokenizer``: a fast tokenizer object (default: ``models.load_tokenizer(cfg.tokenizer)``).
     ``embed_raw``: copy the raw artifact into ``out_dir/raw`` (the ``pricefit curate`` layout).
-    ``contract``: the curated data contract, run before the rename (see :func:`_check_before_commit`).
+    ``contract``: the curated data contract, run before the rename (see
+    :func:`~pricefit.contract_hook.check_before_commit`).
     ``chunk_rows``: "auto" (in memory up to STREAM_ROWS raw rows, else in chunks of CURATE_CHUNK),
     None (in memory) or a number of rows a chunk (see :func:`filtered_rows`); the artifact's bytes
     are the same whichever is used.
@@ -611,7 +580,7 @@ def curate(
                 "tokenizer": _tokenizer_name(cfg, tok),
             },
         )
-        manifest = _check_before_commit(tmp, out_dir, contract)
+        manifest = check_before_commit(tmp, out_dir, contract)
     kept_counts, dropped_counts = manifest["kept"], manifest["dropped"]
     log.info("curate: kept %s; dropped %s; quarantined %d -> %s", ", ".join(f"{v} {k}" for k, v in kept_counts.items()),
              ", ".join(f"{v} {k}" for k, v in dropped_counts.items()) or "0", quarantined, out_dir)
