@@ -1,4 +1,4 @@
-"""Ingest listings into a raw artifact, then curate them into train/validation/test splits (polars).
+"""Curate the raw artifact (:mod:`pricefit.ingestion`) into train/validation/test splits (polars).
 
 Rules (reference product-pricer recipe; every threshold is a :class:`~pricefit.config.CurateConfig` field),
 applied in this order; the first rule an item fails is its one drop reason:
@@ -33,8 +33,9 @@ that contain a digit (part numbers) are removed. ``text = scrub(title) + "\\n" +
 then cut to ``max_text_tokens`` tokens of the configured tokenizer (batched, fast tokenizer, cut at the
 character offset of the last kept token so the text stays exactly as written).
 
-Public: :func:`ingest`, :func:`curate`, :func:`prepare_items` (same rules, no dedupe/sampling: for scoring
-new listings), :func:`build_text` (one listing), :func:`split_of` (the split of an item id), :func:`read_splits`.
+Public: :func:`ingest` (imported from :mod:`pricefit.ingestion`), :func:`curate`, :func:`prepare_items` (same
+rules, no dedupe/sampling: for scoring new listings), :func:`build_text` (one listing), :func:`split_of` (the
+split of an item id), :func:`read_splits`.
 """
 
 from __future__ import annotations
@@ -45,9 +46,8 @@ import logging
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable
 
 import numpy as np
 import polars as pl
@@ -56,15 +56,21 @@ from . import artifacts
 from .settings.curate import CurateConfig
 from .contract_hook import ContractHook, check_before_commit
 from .errors import ContractError, PricefitError
+# not INGEST_CHUNK: ingestion reads it, so a test patching curation.INGEST_CHUNK would silently change nothing
+from .ingestion import (  # noqa: F401 (re-exported; tasks.ingest uses _csv_options)
+    RAW_SCHEMA,
+    SCHEMA_VERSION,
+    _csv_options,
+    ingest,
+    read_source,
+    row_progress,
+)
 from .models import load_tokenizer
 from .prices import DROP_REASON
-from .records import normalize_record, row_or_quarantine
-from .sources import Quarantined, resolve
+from .records import normalize_record
 
 log = logging.getLogger("pricefit.curation")
 
-SCHEMA_VERSION = 1
-INGEST_CHUNK = 20_000  # rows per in-memory chunk while reading a source
 CEILING_CHARS_PER_TOKEN = 7  # reference: CEILING_CHARS = MAX_TOKENS * 7
 UNKNOWN_CATEGORY = "Unknown"
 SPLITS = ("train", "validation", "test")
@@ -80,163 +86,13 @@ DROP_REASONS = (
     "sampled_out",
     "over_max_items",
 )
-RAW_SCHEMA: dict[str, pl.DataType] = {
-    "item_id": pl.String,
-    "source_file": pl.String,
-    "source_line": pl.Int64,
-    "category": pl.String,
-    "title": pl.String,
-    "description": pl.String,
-    "features": pl.String,
-    "details": pl.String,
-    "price_raw": pl.String,
-    "price": pl.Float64,
-    "price_issue": pl.String,
-}
 SPLIT_COLUMNS = ["item_id", "category", "title", "text", "price", "source_file", "source_line"]
 DROPPED_COLUMNS = ["item_id", "source_file", "source_line", "reason", "title", "price"]
-
-
-# ----------------------------------------------------------------------------------------------
-# ingest: source records -> raw rows
-
-
-def _progress(total: int | None, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=" rows", file=sys.stderr, mininterval=0.5, disable=None)
-
-
-def _csv_options(cfg: CurateConfig) -> dict[str, Any]:
-    return {"csv_columns": cfg.csv_columns, "csv_categories": cfg.csv_categories}
-
-
-def _raw_chunks(src: Any, source: str, quarantine: list[dict[str, Any]]) -> Iterator[pl.DataFrame]:
-    """The parsed rows of ``src`` as frames of at most INGEST_CHUNK rows (quarantined lines go to
-    ``quarantine``); sets ``src.synthetic`` when a record says it is synthetic."""
-    cols: dict[str, list[Any]] = {k: [] for k in RAW_SCHEMA}
-    synthetic = src.synthetic
-    with _progress(src.size_hint, f"reading {source}") as bar:
-        for item in src:
-            bar.update(1)
-            if isinstance(item, Quarantined):
-                quarantine.append(
-                    {"source_file": item.source_file, "source_line": item.source_line, "reason": item.reason, "excerpt": item.excerpt}
-                )
-                continue
-            row = row_or_quarantine(item, src.id_keys.get(item.source_file))
-            if "reason" in row:  # a record no listing can be made of (too deeply nested, lone surrogates)
-                quarantine.append(row)
-                continue
-            if item.data.get("synthetic") is True:  # e.g. a saved demo catalog: stays labelled synthetic
-                synthetic = True
-            for k, v in row.items():
-                cols[k].append(v)
-            if len(cols["item_id"]) >= INGEST_CHUNK:
-                src.synthetic = synthetic
-                yield pl.DataFrame(cols, schema=RAW_SCHEMA)
-                cols = {k: [] for k in RAW_SCHEMA}
-    src.synthetic = synthetic
-    if cols["item_id"]:
-        yield pl.DataFrame(cols, schema=RAW_SCHEMA)
-
-
-def read_source(source: str, cfg: CurateConfig) -> tuple[pl.DataFrame, list[dict[str, Any]], Any]:
-    """Read a source spec into (raw frame, quarantine rows, resolved Source). Never stops on a bad row.
-
-    Holds every row in memory (for scoring a few listings); :func:`ingest` streams instead.
-    """
-    src = resolve(source, **_csv_options(cfg))
-    quarantine: list[dict[str, Any]] = []
-    chunks = list(_raw_chunks(src, source, quarantine)) or [pl.DataFrame(schema=RAW_SCHEMA)]
-    frame = pl.concat(chunks, rechunk=True) if len(chunks) > 1 else chunks[0]
-    return frame, quarantine, src
-
-
-def _stream_raw(source: str, cfg: CurateConfig, path: Path) -> tuple[int, list[dict[str, Any]], Any]:
-    """Parse ``source`` into raw.parquet at ``path`` one chunk at a time (a part file each, then one
-    streaming sink), so no more than INGEST_CHUNK rows are ever in memory. Returns (parsed rows,
-    quarantine rows, resolved Source)."""
-    src = resolve(source, **_csv_options(cfg))
-    quarantine: list[dict[str, Any]] = []
-    parts_dir = path.parent / f".{path.name}.parts"
-    parts_dir.mkdir()
-    parsed = 0
-    try:
-        parts = []
-        for i, chunk in enumerate(_raw_chunks(src, source, quarantine)):
-            part = parts_dir / f"{i:06d}.parquet"
-            chunk.write_parquet(part, compression="lz4", statistics=False)
-            parts.append(part)
-            parsed += chunk.height
-        if parsed:
-            with artifacts.atomic_path(path) as tmp:
-                pl.scan_parquet(parts, schema=RAW_SCHEMA).sink_parquet(
-                    tmp, compression="zstd", statistics=True, row_group_size=RAW_ROW_GROUP, engine="streaming")
-    finally:
-        shutil.rmtree(parts_dir, ignore_errors=True)
-    return parsed, quarantine, src
-
-
-def _write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    with artifacts.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def _write_parquet(path: Path, frame: pl.DataFrame) -> None:
     with artifacts.atomic_path(path) as tmp:  # one chunk: the bytes do not depend on how the frame was built
         frame.rechunk().write_parquet(tmp, compression="zstd", statistics=True)
-
-
-def ingest(source: str, out_dir: str | Path, cfg: CurateConfig, contract: ContractHook | None = None) -> artifacts.ArtifactRef:
-    """Read ``source`` into a raw artifact: raw.parquet (one row per parsed line), quarantine.jsonl, manifest.
-
-    Raises PricefitError when the source holds no row at all (empty files) or nothing parseable.
-    ``contract``: the raw data contract, run before the rename (see :func:`~pricefit.contract_hook.check_before_commit`).
-    """
-    with artifacts.atomic_dir(out_dir, commit_on=(ContractError,)) as tmp:  # an error below leaves nothing behind
-        parsed, quarantine, src = _stream_raw(source, cfg, tmp / "raw.parquet")
-        rows_read = parsed + len(quarantine)
-        files = ", ".join(src.files)
-        if rows_read == 0:
-            raise PricefitError(
-                f"source {source!r} is empty: no listing in {files}",
-                hint="check that the files hold one JSON object a line (or CSV rows), or pick another --source",
-            )
-        if parsed == 0:
-            reasons = sorted({q["reason"] for q in quarantine})
-            raise PricefitError(
-                f"source {source!r} has no usable row: all {rows_read} rows of {files} were quarantined ({', '.join(reasons)})",
-                hint="the files are not Amazon item metadata (one JSON object a line in UTF-8); see the first bad line: "
-                f"{quarantine[0]['source_file']}:{quarantine[0]['source_line']}",
-            )
-        _write_jsonl(tmp / "quarantine.jsonl", quarantine)
-        artifacts.write_manifest(
-            tmp,
-            {
-                "kind": "raw",
-                "schema_version": SCHEMA_VERSION,
-                "source": source,
-                "source_files": src.files,
-                "rows_read": rows_read,
-                "parsed": parsed,
-                "quarantined": len(quarantine),
-                "quarantine_reasons": _counts(q["reason"] for q in quarantine),
-                "synthetic": src.synthetic,
-            },
-        )
-        manifest = check_before_commit(tmp, out_dir, contract)
-    log.log(logging.DEBUG if Path(out_dir).parent.name.startswith(".tmp-") else logging.INFO,  # staged by `pricefit curate`
-            "ingest: %d rows read, %d parsed, %d quarantined -> %s", rows_read, manifest["parsed"], manifest["quarantined"], out_dir)
-    return artifacts.ref_for(out_dir, "raw", rows=manifest["parsed"])
-
-
-def _counts(values: Iterable[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return dict(sorted(out.items()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,7 +146,7 @@ def truncate_to_tokens(texts: list[str], tokenizer: Any, max_tokens: int, batch_
     """Cut each text to its first ``max_tokens`` tokens (fast tokenizer, batched). Returns (texts, n_truncated)."""
     out: list[str] = []
     n_cut = 0
-    with _progress(len(texts), "token budget") as bar:
+    with row_progress(len(texts), "token budget") as bar:
         for start in range(0, len(texts), batch_size):
             batch = texts[start : start + batch_size]
             enc = tokenizer(
@@ -485,7 +341,6 @@ FILTERED_COLUMNS = ["_row", "item_id", "category", "title", "text", "price", "so
 #: raw rows above which curate reads raw.parquet in chunks (PRICEFIT_CURATE_STREAM_ROWS overrides)
 STREAM_ROWS = 100_000
 CURATE_CHUNK = 50_000  # rows per chunk on that path
-RAW_ROW_GROUP = INGEST_CHUNK  # raw.parquet row groups: a chunk read decodes little beyond itself
 
 
 def curate_chunk_rows(n_rows: int) -> int | None:
