@@ -25,26 +25,18 @@ draws from per-item hashes (salted ``balance`` / ``max_items``, independent of t
 from input order: in a crowded dollar or under ``max_items`` a growing catalog can push an item out,
 but it can never move it to another split. Changing the seed or a fraction reassigns splits.
 
-The text (:func:`text_expr`): each part is capped at ``max_text_tokens x 7`` characters before any
-regex runs (the reference's CEILING_CHARS: a 5 MB description costs nothing), details keys in
-``drop_detail_keys`` are removed, then the reference ``scrub``: runs of ``: [ ] " { } 【 】`` and
-whitespace become one space, ``" ,"``/``",,"`` collapse, and words of ``part_number_min_len``+ characters
-that contain a digit (part numbers) are removed. ``text = scrub(title) + "\\n" + scrub(contents)``,
-then cut to ``max_text_tokens`` tokens of the configured tokenizer (batched, fast tokenizer, cut at the
-character offset of the last kept token so the text stays exactly as written).
+The text rule 4 measures: :mod:`pricefit.listing_text`.
 
 Public: :func:`ingest` (imported from :mod:`pricefit.ingestion`), :func:`curate`, :func:`prepare_items` (same
-rules, no dedupe/sampling: for scoring new listings), :func:`build_text` (one listing), :func:`split_of` (the
-split of an item id), :func:`read_splits`.
+rules, no dedupe/sampling: for scoring new listings), :func:`build_text` (one listing; imported from
+:mod:`pricefit.listing_text`), :func:`split_of` (the split of an item id), :func:`read_splits`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Iterable
@@ -63,15 +55,20 @@ from .ingestion import (  # noqa: F401 (re-exported; tasks.ingest uses _csv_opti
     _csv_options,
     ingest,
     read_source,
-    row_progress,
 )
-from .models import load_tokenizer
+from .listing_text import (  # noqa: F401 (re-exported)
+    CEILING_CHARS_PER_TOKEN,
+    build_text,
+    resolve_tokenizer,
+    text_expr,
+    tokenizer_name,
+    truncate_to_tokens,
+)
 from .prices import DROP_REASON
-from .records import normalize_record
+from .records import normalize_record  # noqa: F401 (re-exported)
 
 log = logging.getLogger("pricefit.curation")
 
-CEILING_CHARS_PER_TOKEN = 7  # reference: CEILING_CHARS = MAX_TOKENS * 7
 UNKNOWN_CATEGORY = "Unknown"
 SPLITS = ("train", "validation", "test")
 # the columns every curated split carries (and the stages after curate rely on)
@@ -93,85 +90,6 @@ DROPPED_COLUMNS = ["item_id", "source_file", "source_line", "reason", "title", "
 def _write_parquet(path: Path, frame: pl.DataFrame) -> None:
     with artifacts.atomic_path(path) as tmp:  # one chunk: the bytes do not depend on how the frame was built
         frame.rechunk().write_parquet(tmp, compression="zstd", statistics=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# text: vectorised rules
-
-
-def _scrub(expr: pl.Expr, min_len: int) -> pl.Expr:
-    """The reference ``scrub``: collapse separators to spaces, then drop part-number-like words."""
-    e = (
-        expr.str.replace_all(r'[:\[\]"{}【】\s]+', " ")
-        .str.strip_chars()
-        .str.replace_all(" ,", ",", literal=True)
-        .str.replace_all(",,,", ",", literal=True)
-        .str.replace_all(",,", ",", literal=True)
-    )
-    word = pl.element()
-    keep = (word.str.len_chars() < min_len) | ~word.str.contains(r"\d")
-    return e.str.split(" ").list.eval(word.filter(keep)).list.join(" ")
-
-
-def _drop_keys_pattern(keys: list[str]) -> str | None:
-    if not keys:
-        return None
-    # the details JSON is written by normalize_record: {"k": "v", ...} with string values only
-    names = "|".join(re.escape(json.dumps(k, ensure_ascii=False)[1:-1]) for k in keys)
-    return rf'"(?:{names})": "(?:[^"\\]|\\.)*"(?:, )?'
-
-
-def text_expr(cfg: CurateConfig) -> pl.Expr:
-    """Polars expression: the cleaned (untruncated) text from title/description/features/details."""
-    ceiling = cfg.max_text_tokens * CEILING_CHARS_PER_TOKEN
-    details = pl.col("details").fill_null("{}").str.slice(0, ceiling * 4)
-    pattern = _drop_keys_pattern(cfg.drop_detail_keys)
-    if pattern:
-        details = details.str.replace_all(pattern, "").str.replace_all(r", \}$", "}")
-    details = details.str.replace_all(r"\\[nrt]", " ").str.replace_all(r"\\(.)", "$1")
-    contents = pl.concat_str(
-        [
-            pl.col("description").fill_null("").str.slice(0, ceiling),
-            pl.col("features").fill_null("").str.slice(0, ceiling),
-            details.str.slice(0, ceiling),
-        ],
-        separator="\n",
-    ).str.slice(0, ceiling)
-    title = _scrub(pl.col("title").fill_null("").str.slice(0, ceiling), cfg.part_number_min_len)
-    body = _scrub(contents, cfg.part_number_min_len)
-    return pl.concat_str([title, body], separator="\n").str.strip_chars()
-
-
-def truncate_to_tokens(texts: list[str], tokenizer: Any, max_tokens: int, batch_size: int = 1024) -> tuple[list[str], int]:
-    """Cut each text to its first ``max_tokens`` tokens (fast tokenizer, batched). Returns (texts, n_truncated)."""
-    out: list[str] = []
-    n_cut = 0
-    with row_progress(len(texts), "token budget") as bar:
-        for start in range(0, len(texts), batch_size):
-            batch = texts[start : start + batch_size]
-            enc = tokenizer(
-                batch, add_special_tokens=False, truncation=True, max_length=max_tokens, return_offsets_mapping=True
-            )
-            for text, offsets in zip(batch, enc["offset_mapping"]):
-                end = offsets[-1][1] if offsets else 0
-                if len(offsets) >= max_tokens and end < len(text.rstrip()):
-                    out.append(text[:end].rstrip())
-                    n_cut += 1
-                else:
-                    out.append(text)
-            bar.update(len(batch))
-    return out, n_cut
-
-
-def resolve_tokenizer(cfg: CurateConfig, tokenizer: Any = None) -> Any:
-    if tokenizer is not None:
-        return tokenizer
-
-    return load_tokenizer(cfg.tokenizer)
-
-
-def _tokenizer_name(cfg: CurateConfig, tokenizer: Any) -> str:
-    return getattr(tokenizer, "name_or_path", None) or cfg.tokenizer
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,7 +350,7 @@ def curate(
                 "dropped": dropped_counts,
                 "quarantined": quarantined,
                 "synthetic": bool(raw_manifest.get("synthetic", False)),
-                "tokenizer": _tokenizer_name(cfg, tok),
+                "tokenizer": tokenizer_name(cfg, tok),
             },
         )
         manifest = check_before_commit(tmp, out_dir, contract)
@@ -462,28 +380,6 @@ def prepare_items(
     if sample:
         df = select_items(df, cfg)
     return df.select(SPLIT_COLUMNS + ["reason"])
-
-
-def build_text(
-    title: str | None,
-    description: Any = None,
-    features: Any = None,
-    details: Any = None,
-    cfg: CurateConfig | None = None,
-    tokenizer: Any = None,
-) -> str:
-    """The curated text of one listing (same expression as :func:`curate`; with a tokenizer, also truncated).
-
-    Does not apply the min_chars rule; :func:`prepare_items` does.
-    """
-    cfg = cfg or CurateConfig()
-    row = normalize_record(
-        {"title": title, "description": description, "features": features, "details": details}, "listing", 1
-    )
-    text = pl.DataFrame([row], schema=RAW_SCHEMA).select(text_expr(cfg))[0, 0]
-    if tokenizer is not None:
-        text = truncate_to_tokens([text], tokenizer, cfg.max_text_tokens)[0][0]
-    return text
 
 
 def read_split(curated_dir: str | Path, split: str, columns: Iterable[str] = CURATED_COLUMNS) -> pl.DataFrame:
