@@ -1,501 +1,80 @@
-"""Ingest listings into a raw artifact, then curate them into train/validation/test splits (polars).
+"""Curate the raw artifact into train/validation/test splits (polars); the module the pipeline calls.
 
-Rules (reference product-pricer recipe; every threshold is a :class:`~pricefit.config.CurateConfig` field),
-applied in this order; the first rule an item fails is its one drop reason:
+:func:`curate` applies the rules to every raw row, then writes the curated artifact: the three split
+parquet files, dropped.parquet (each dropped row with its one reason), quarantine.jsonl (copied from
+raw) and a manifest whose counts add up to the rows read. :func:`read_split` is the one reader of
+that artifact for the stages after it. The parts live in:
 
-1. ``price_missing`` / ``price_unparseable``: see :mod:`pricefit.prices` (a range counts as unparseable,
-   a negative price as ``price_out_of_range``; raw ``price_issue`` keeps the precise parse reason);
-2. ``title_missing``: no title, or only whitespace;
-3. ``price_out_of_range``: price outside [min_price, max_price] ($0.50-$999.49);
-4. ``text_too_short``: the cleaned text (title + description + features + details) has fewer than
-   ``min_chars`` characters, before or after the token truncation (the reference measured before; the
-   curated contract requires it of the final text);
-5. ``duplicate``: same (title, text) as an earlier item, or same item_id (first one kept, input order);
-6. ``sampled_out``: balanced sampling over whole-dollar prices (see :func:`balance_mask`);
-7. ``over_max_items``: beyond ``max_items`` (the ``max_items`` items with the lowest hash points
-   ``sha256(f"{seed}:max_items:{item_id}")`` are kept).
+- :mod:`pricefit.ingestion`: a source -> the raw artifact (:func:`ingest`, :func:`read_source`, ``RAW_SCHEMA``);
+- :mod:`pricefit.listing_text`: a listing's cleaned, token-cut text (:func:`text_expr`, :func:`build_text`);
+- :mod:`pricefit.curation_rules`: the drop rules in order, balanced sampling, and the split of an item id;
+- :mod:`pricefit.contract_hook`: the data contract run on an artifact before it is moved into place.
 
-Splits: an item's split is a pure function of its ``item_id`` and the seed, so an item keeps its split
-for life however the catalog grows or shrinks (:func:`split_of`). Its point
-``u = (first 8 bytes of sha256(f"{seed}:{item_id}") as a big-endian integer >> 11) / 2**53`` lies in
-[0, 1); ``u < test_fraction`` is test, ``u < test_fraction + validation_fraction`` validation, the rest
-train. Split sizes are therefore binomial around ``n x fraction`` (e.g. 60 +- 7 test items of 600),
-not exact. Sampling (rules 6-7) decides only whether an item is kept, never its split, and it too
-draws from per-item hashes (salted ``balance`` / ``max_items``, independent of the split's), never
-from input order: in a crowded dollar or under ``max_items`` a growing catalog can push an item out,
-but it can never move it to another split. Changing the seed or a fraction reassigns splits.
-
-The text (:func:`text_expr`): each part is capped at ``max_text_tokens x 7`` characters before any
-regex runs (the reference's CEILING_CHARS: a 5 MB description costs nothing), details keys in
-``drop_detail_keys`` are removed, then the reference ``scrub``: runs of ``: [ ] " { } 【 】`` and
-whitespace become one space, ``" ,"``/``",,"`` collapse, and words of ``part_number_min_len``+ characters
-that contain a digit (part numbers) are removed. ``text = scrub(title) + "\\n" + scrub(contents)``,
-then cut to ``max_text_tokens`` tokens of the configured tokenizer (batched, fast tokenizer, cut at the
-character offset of the last kept token so the text stays exactly as written).
-
-Public: :func:`ingest`, :func:`curate`, :func:`prepare_items` (same rules, no dedupe/sampling: for scoring
+The names callers use are imported here too, so ``from pricefit.curation import ...`` is all they need:
+:func:`ingest`, :func:`curate`, :func:`prepare_items` (same rules, no dedupe/sampling: for scoring
 new listings), :func:`build_text` (one listing), :func:`split_of` (the split of an item id), :func:`read_splits`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 import shutil
-import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Iterable
 
-import numpy as np
 import polars as pl
 
 from . import artifacts
-from .settings.curate import CurateConfig
+from .contract_hook import ContractHook, check_before_commit
+from .curation_rules import (  # noqa: F401 (re-exported)
+    DROP_REASONS,
+    SPLITS,
+    UNKNOWN_CATEGORY,
+    apply_filters,
+    balance_mask,
+    select_items,
+    split_items,
+    split_of,
+    split_point,
+)
 from .errors import ContractError, PricefitError
-from .models import load_tokenizer
-from .prices import DROP_REASON
-from .records import normalize_record, row_or_quarantine
-from .sources import Quarantined, resolve
+# not INGEST_CHUNK: ingestion reads it, so a test patching curation.INGEST_CHUNK would silently change nothing
+from .ingestion import (  # noqa: F401 (re-exported; tasks.ingest uses _csv_options)
+    RAW_SCHEMA,
+    SCHEMA_VERSION,
+    _csv_options,
+    ingest,
+    read_source,
+)
+from .listing_text import (  # noqa: F401 (re-exported)
+    CEILING_CHARS_PER_TOKEN,
+    build_text,
+    resolve_tokenizer,
+    text_expr,
+    tokenizer_name,
+    truncate_to_tokens,
+)
+from .records import normalize_record  # noqa: F401 (re-exported)
+from .settings.curate import CurateConfig
 
 log = logging.getLogger("pricefit.curation")
 
-#: a stage's data contract: (directory being built, its final path) -> verdict for the manifest
-ContractHook = Callable[[Path, Path], dict[str, Any]]
-
-SCHEMA_VERSION = 1
-INGEST_CHUNK = 20_000  # rows per in-memory chunk while reading a source
-CEILING_CHARS_PER_TOKEN = 7  # reference: CEILING_CHARS = MAX_TOKENS * 7
-UNKNOWN_CATEGORY = "Unknown"
-SPLITS = ("train", "validation", "test")
 # the columns every curated split carries (and the stages after curate rely on)
 CURATED_COLUMNS = ("item_id", "category", "title", "text", "price")
-DROP_REASONS = (
-    "price_missing",
-    "price_unparseable",
-    "title_missing",
-    "price_out_of_range",
-    "text_too_short",
-    "duplicate",
-    "sampled_out",
-    "over_max_items",
-)
-RAW_SCHEMA: dict[str, pl.DataType] = {
-    "item_id": pl.String,
-    "source_file": pl.String,
-    "source_line": pl.Int64,
-    "category": pl.String,
-    "title": pl.String,
-    "description": pl.String,
-    "features": pl.String,
-    "details": pl.String,
-    "price_raw": pl.String,
-    "price": pl.Float64,
-    "price_issue": pl.String,
-}
 SPLIT_COLUMNS = ["item_id", "category", "title", "text", "price", "source_file", "source_line"]
 DROPPED_COLUMNS = ["item_id", "source_file", "source_line", "reason", "title", "price"]
-
-
-# ----------------------------------------------------------------------------------------------
-# ingest: source records -> raw rows
-
-
-def _progress(total: int | None, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=" rows", file=sys.stderr, mininterval=0.5, disable=None)
-
-
-def _csv_options(cfg: CurateConfig) -> dict[str, Any]:
-    return {"csv_columns": cfg.csv_columns, "csv_categories": cfg.csv_categories}
-
-
-def _raw_chunks(src: Any, source: str, quarantine: list[dict[str, Any]]) -> Iterator[pl.DataFrame]:
-    """The parsed rows of ``src`` as frames of at most INGEST_CHUNK rows (quarantined lines go to
-    ``quarantine``); sets ``src.synthetic`` when a record says it is synthetic."""
-    cols: dict[str, list[Any]] = {k: [] for k in RAW_SCHEMA}
-    synthetic = src.synthetic
-    with _progress(src.size_hint, f"reading {source}") as bar:
-        for item in src:
-            bar.update(1)
-            if isinstance(item, Quarantined):
-                quarantine.append(
-                    {"source_file": item.source_file, "source_line": item.source_line, "reason": item.reason, "excerpt": item.excerpt}
-                )
-                continue
-            row = row_or_quarantine(item, src.id_keys.get(item.source_file))
-            if "reason" in row:  # a record no listing can be made of (too deeply nested, lone surrogates)
-                quarantine.append(row)
-                continue
-            if item.data.get("synthetic") is True:  # e.g. a saved demo catalog: stays labelled synthetic
-                synthetic = True
-            for k, v in row.items():
-                cols[k].append(v)
-            if len(cols["item_id"]) >= INGEST_CHUNK:
-                src.synthetic = synthetic
-                yield pl.DataFrame(cols, schema=RAW_SCHEMA)
-                cols = {k: [] for k in RAW_SCHEMA}
-    src.synthetic = synthetic
-    if cols["item_id"]:
-        yield pl.DataFrame(cols, schema=RAW_SCHEMA)
-
-
-def read_source(source: str, cfg: CurateConfig) -> tuple[pl.DataFrame, list[dict[str, Any]], Any]:
-    """Read a source spec into (raw frame, quarantine rows, resolved Source). Never stops on a bad row.
-
-    Holds every row in memory (for scoring a few listings); :func:`ingest` streams instead.
-    """
-    src = resolve(source, **_csv_options(cfg))
-    quarantine: list[dict[str, Any]] = []
-    chunks = list(_raw_chunks(src, source, quarantine)) or [pl.DataFrame(schema=RAW_SCHEMA)]
-    frame = pl.concat(chunks, rechunk=True) if len(chunks) > 1 else chunks[0]
-    return frame, quarantine, src
-
-
-def _stream_raw(source: str, cfg: CurateConfig, path: Path) -> tuple[int, list[dict[str, Any]], Any]:
-    """Parse ``source`` into raw.parquet at ``path`` one chunk at a time (a part file each, then one
-    streaming sink), so no more than INGEST_CHUNK rows are ever in memory. Returns (parsed rows,
-    quarantine rows, resolved Source)."""
-    src = resolve(source, **_csv_options(cfg))
-    quarantine: list[dict[str, Any]] = []
-    parts_dir = path.parent / f".{path.name}.parts"
-    parts_dir.mkdir()
-    parsed = 0
-    try:
-        parts = []
-        for i, chunk in enumerate(_raw_chunks(src, source, quarantine)):
-            part = parts_dir / f"{i:06d}.parquet"
-            chunk.write_parquet(part, compression="lz4", statistics=False)
-            parts.append(part)
-            parsed += chunk.height
-        if parsed:
-            with artifacts.atomic_path(path) as tmp:
-                pl.scan_parquet(parts, schema=RAW_SCHEMA).sink_parquet(
-                    tmp, compression="zstd", statistics=True, row_group_size=RAW_ROW_GROUP, engine="streaming")
-    finally:
-        shutil.rmtree(parts_dir, ignore_errors=True)
-    return parsed, quarantine, src
-
-
-def _write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    with artifacts.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+#: what rules 5-7 and the outputs need of apply_filters' frame: the wide raw columns (description,
+#: features, details) are gone once the text is built
+FILTERED_COLUMNS = ["_row", "item_id", "category", "title", "text", "price", "source_file", "source_line", "reason"]
+#: raw rows above which curate reads raw.parquet in chunks (PRICEFIT_CURATE_STREAM_ROWS overrides)
+STREAM_ROWS = 100_000
+CURATE_CHUNK = 50_000  # rows per chunk on that path
 
 
 def _write_parquet(path: Path, frame: pl.DataFrame) -> None:
     with artifacts.atomic_path(path) as tmp:  # one chunk: the bytes do not depend on how the frame was built
         frame.rechunk().write_parquet(tmp, compression="zstd", statistics=True)
-
-
-def ingest(source: str, out_dir: str | Path, cfg: CurateConfig, contract: ContractHook | None = None) -> artifacts.ArtifactRef:
-    """Read ``source`` into a raw artifact: raw.parquet (one row per parsed line), quarantine.jsonl, manifest.
-
-    Raises PricefitError when the source holds no row at all (empty files) or nothing parseable.
-    ``contract``: see :func:`_check_before_commit` (the raw data contract, run before the rename).
-    """
-    with artifacts.atomic_dir(out_dir, commit_on=(ContractError,)) as tmp:  # an error below leaves nothing behind
-        parsed, quarantine, src = _stream_raw(source, cfg, tmp / "raw.parquet")
-        rows_read = parsed + len(quarantine)
-        files = ", ".join(src.files)
-        if rows_read == 0:
-            raise PricefitError(
-                f"source {source!r} is empty: no listing in {files}",
-                hint="check that the files hold one JSON object a line (or CSV rows), or pick another --source",
-            )
-        if parsed == 0:
-            reasons = sorted({q["reason"] for q in quarantine})
-            raise PricefitError(
-                f"source {source!r} has no usable row: all {rows_read} rows of {files} were quarantined ({', '.join(reasons)})",
-                hint="the files are not Amazon item metadata (one JSON object a line in UTF-8); see the first bad line: "
-                f"{quarantine[0]['source_file']}:{quarantine[0]['source_line']}",
-            )
-        _write_jsonl(tmp / "quarantine.jsonl", quarantine)
-        artifacts.write_manifest(
-            tmp,
-            {
-                "kind": "raw",
-                "schema_version": SCHEMA_VERSION,
-                "source": source,
-                "source_files": src.files,
-                "rows_read": rows_read,
-                "parsed": parsed,
-                "quarantined": len(quarantine),
-                "quarantine_reasons": _counts(q["reason"] for q in quarantine),
-                "synthetic": src.synthetic,
-            },
-        )
-        manifest = _check_before_commit(tmp, out_dir, contract)
-    log.log(logging.DEBUG if Path(out_dir).parent.name.startswith(".tmp-") else logging.INFO,  # staged by `pricefit curate`
-            "ingest: %d rows read, %d parsed, %d quarantined -> %s", rows_read, manifest["parsed"], manifest["quarantined"], out_dir)
-    return artifacts.ref_for(out_dir, "raw", rows=manifest["parsed"])
-
-
-def _check_before_commit(tmp: Path, final: str | Path, contract: ContractHook | None) -> dict[str, Any]:
-    """Run the stage's data contract on the directory being built, before it is moved into place.
-
-    ``contract(tmp, final)`` (e.g. ``data_contracts.stage_contract("raw")``) may move bad rows
-    out (quarantine / dropped, updating the manifest) and returns a summary; it is recorded as the
-    manifest's ``contract``, so no artifact is ever in place without its verdict. On
-    ContractError the verdict (``success: false``) is recorded and the error propagates: the
-    caller's ``atomic_dir(commit_on=ContractError)`` still moves the directory into place, so the
-    report, Data Docs and quarantine stay at the paths the message names, and
-    :func:`read_split` refuses the artifact. Returns the final manifest.
-    """
-    if contract is None:
-        return artifacts.read_manifest(tmp)
-    try:
-        verdict = contract(tmp, Path(final))
-    except ContractError as e:
-        verdict = dict(getattr(e, "summary", None) or {"success": False})
-        verdict["success"] = False
-        _record_contract(tmp, verdict)
-        raise
-    return _record_contract(tmp, verdict)
-
-
-def _record_contract(directory: Path, verdict: dict[str, Any]) -> dict[str, Any]:
-    manifest = {k: v for k, v in artifacts.read_manifest(directory).items() if k != "files"}
-    manifest["contract"] = verdict
-    artifacts.write_manifest(directory, manifest)
-    return manifest
-
-
-def _counts(values: Iterable[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return dict(sorted(out.items()))
-
-
-# ----------------------------------------------------------------------------------------------
-# text: vectorised rules
-
-
-def _scrub(expr: pl.Expr, min_len: int) -> pl.Expr:
-    """The reference ``scrub``: collapse separators to spaces, then drop part-number-like words."""
-    e = (
-        expr.str.replace_all(r'[:\[\]"{}【】\s]+', " ")
-        .str.strip_chars()
-        .str.replace_all(" ,", ",", literal=True)
-        .str.replace_all(",,,", ",", literal=True)
-        .str.replace_all(",,", ",", literal=True)
-    )
-    word = pl.element()
-    keep = (word.str.len_chars() < min_len) | ~word.str.contains(r"\d")
-    return e.str.split(" ").list.eval(word.filter(keep)).list.join(" ")
-
-
-def _drop_keys_pattern(keys: list[str]) -> str | None:
-    if not keys:
-        return None
-    # the details JSON is written by normalize_record: {"k": "v", ...} with string values only
-    names = "|".join(re.escape(json.dumps(k, ensure_ascii=False)[1:-1]) for k in keys)
-    return rf'"(?:{names})": "(?:[^"\\]|\\.)*"(?:, )?'
-
-
-def text_expr(cfg: CurateConfig) -> pl.Expr:
-    """Polars expression: the cleaned (untruncated) text from title/description/features/details."""
-    ceiling = cfg.max_text_tokens * CEILING_CHARS_PER_TOKEN
-    details = pl.col("details").fill_null("{}").str.slice(0, ceiling * 4)
-    pattern = _drop_keys_pattern(cfg.drop_detail_keys)
-    if pattern:
-        details = details.str.replace_all(pattern, "").str.replace_all(r", \}$", "}")
-    details = details.str.replace_all(r"\\[nrt]", " ").str.replace_all(r"\\(.)", "$1")
-    contents = pl.concat_str(
-        [
-            pl.col("description").fill_null("").str.slice(0, ceiling),
-            pl.col("features").fill_null("").str.slice(0, ceiling),
-            details.str.slice(0, ceiling),
-        ],
-        separator="\n",
-    ).str.slice(0, ceiling)
-    title = _scrub(pl.col("title").fill_null("").str.slice(0, ceiling), cfg.part_number_min_len)
-    body = _scrub(contents, cfg.part_number_min_len)
-    return pl.concat_str([title, body], separator="\n").str.strip_chars()
-
-
-def truncate_to_tokens(texts: list[str], tokenizer: Any, max_tokens: int, batch_size: int = 1024) -> tuple[list[str], int]:
-    """Cut each text to its first ``max_tokens`` tokens (fast tokenizer, batched). Returns (texts, n_truncated)."""
-    out: list[str] = []
-    n_cut = 0
-    with _progress(len(texts), "token budget") as bar:
-        for start in range(0, len(texts), batch_size):
-            batch = texts[start : start + batch_size]
-            enc = tokenizer(
-                batch, add_special_tokens=False, truncation=True, max_length=max_tokens, return_offsets_mapping=True
-            )
-            for text, offsets in zip(batch, enc["offset_mapping"]):
-                end = offsets[-1][1] if offsets else 0
-                if len(offsets) >= max_tokens and end < len(text.rstrip()):
-                    out.append(text[:end].rstrip())
-                    n_cut += 1
-                else:
-                    out.append(text)
-            bar.update(len(batch))
-    return out, n_cut
-
-
-def resolve_tokenizer(cfg: CurateConfig, tokenizer: Any = None) -> Any:
-    if tokenizer is not None:
-        return tokenizer
-
-    return load_tokenizer(cfg.tokenizer)
-
-
-def _tokenizer_name(cfg: CurateConfig, tokenizer: Any) -> str:
-    return getattr(tokenizer, "name_or_path", None) or cfg.tokenizer
-
-
-# ----------------------------------------------------------------------------------------------
-# rules
-
-
-def apply_filters(raw: pl.DataFrame, cfg: CurateConfig, tokenizer: Any) -> pl.DataFrame:
-    """Rules 1-4 on a raw frame: adds ``text`` (truncated; null when dropped) and ``reason`` (null = kept)."""
-    title_ok = pl.col("title").is_not_null() & (pl.col("title").str.strip_chars().str.len_chars() > 0)
-    in_range = (pl.col("price") >= cfg.min_price) & (pl.col("price") <= cfg.max_price)
-    df = raw.with_columns(
-        pl.when(pl.col("price_issue").is_not_null())
-        .then(pl.col("price_issue").replace(DROP_REASON))
-        .when(pl.col("price").is_null())
-        .then(pl.lit("price_missing"))
-        .when(~title_ok)
-        .then(pl.lit("title_missing"))
-        .when(~in_range)
-        .then(pl.lit("price_out_of_range"))
-        .otherwise(None)
-        .alias("reason"),
-        pl.col("category").fill_null(UNKNOWN_CATEGORY),
-    )
-    # build text only for rows still in, so a dropped 5 MB row costs nothing
-    ok = df.filter(pl.col("reason").is_null()).select("_row", text_expr(cfg).alias("text"))
-    ok = ok.with_columns(
-        pl.when(pl.col("text").str.len_chars() < cfg.min_chars).then(pl.lit("text_too_short")).otherwise(None).alias("_short")
-    )
-    long_rows = ok.filter(pl.col("_short").is_null())
-    cut, n_cut = truncate_to_tokens(long_rows["text"].to_list(), tokenizer, cfg.max_text_tokens)
-    # measured again after the cut: a tokenizer with short tokens can bring a text under min_chars
-    long_rows = long_rows.with_columns(pl.Series("text", cut, dtype=pl.String)).with_columns(
-        pl.when(pl.col("text").str.len_chars() < cfg.min_chars).then(pl.lit("text_too_short")).otherwise(None).alias("_short")
-    )
-    long_rows = long_rows.with_columns(pl.when(pl.col("_short").is_null()).then(pl.col("text")).alias("text"))
-    short_rows = ok.filter(pl.col("_short").is_not_null()).with_columns(pl.lit(None, dtype=pl.String).alias("text"))
-    texts = pl.concat([long_rows, short_rows]).select("_row", "text", "_short")
-    df = df.join(texts, on="_row", how="left").with_columns(pl.coalesce("reason", "_short").alias("reason")).drop("_short")
-    df = df.sort("_row")
-    log.info("text: %d items cut to %d tokens", n_cut, cfg.max_text_tokens)
-    return df
-
-
-def _hash_points(ids: Iterable[str], salt: str) -> np.ndarray:
-    """One point in [0, 1) per id: the top 53 bits of ``sha256(f"{salt}:{item_id}")`` (UTF-8) / 2**53.
-
-    A pure function of (salt, item_id): the same item gets the same point whatever else is in the
-    catalog (53 bits: exact in a float64, never 1.0).
-    """
-    out = [int.from_bytes(hashlib.sha256(f"{salt}:{i}".encode("utf-8")).digest()[:8], "big") >> 11 for i in ids]
-    return np.array(out, dtype=np.int64).astype(np.float64) * 2.0**-53
-
-
-def split_point(item_id: str, seed: int) -> float:
-    """Where an item falls in [0, 1): the first 8 bytes of ``sha256(f"{seed}:{item_id}")`` as a big-endian
-    integer, shifted right by 11 bits (53 bits left), divided by 2**53."""
-    return float(_hash_points([item_id], str(seed))[0])
-
-
-def split_of(item_id: str, cfg: CurateConfig) -> str:
-    """The split of one item: test below ``test_fraction``, then validation up to ``test + validation``, else train."""
-    u = split_point(item_id, cfg.seed)
-    return "test" if u < cfg.test_fraction else "validation" if u < cfg.test_fraction + cfg.validation_fraction else "train"
-
-
-def balance_mask(df: pl.DataFrame, cfg: CurateConfig) -> pl.Series:
-    """Which rows balanced sampling keeps (bool Series, aligned with ``df``).
-
-    Items are grouped by whole-dollar price (round half up). A group is kept whole when its dollar is at
-    least ``balance_keep_all_above`` (the reference: ``i >= 240``) or it holds at most
-    ``balance_cap_per_dollar`` items; otherwise ``cap`` items are drawn without replacement with
-    probability proportional to the category weight: Efraimidis-Spirakis keys ``log(u)/w`` where ``u``
-    is the item's own hash point ``sha256(f"{seed}:balance:{item_id}")`` (not a draw in input order),
-    so an item's key never depends on the other items and a growing catalog only pushes out the
-    lowest keys of a crowded dollar.
-    """
-    if df.height == 0:
-        return pl.Series("keep", [], dtype=pl.Boolean)
-    u = _hash_points(df["item_id"].to_list(), f"{cfg.seed}:balance")
-    weights = df["category"].replace_strict(
-        cfg.category_weights, default=cfg.default_category_weight, return_dtype=pl.Float64
-    ).to_numpy()
-    keys = np.log(np.maximum(u, 1e-300)) / np.maximum(weights, 1e-12)
-    cap = cfg.balance_cap_per_dollar
-    scored = df.select(
-        (pl.col("price") + 0.5).floor().cast(pl.Int64).alias("dollar"),
-    ).with_columns(
-        pl.Series("key", keys),
-        pl.len().over("dollar").alias("n"),
-    )
-    keep = scored.select(
-        (
-            (pl.col("dollar") >= cfg.balance_keep_all_above)
-            | (pl.col("n") <= cap)
-            | (pl.col("key").rank("ordinal", descending=True).over("dollar") <= cap)
-        ).alias("keep")
-    )["keep"]
-    return keep
-
-
-def _set_reason(df: pl.DataFrame, mask: pl.Series, reason: str) -> pl.DataFrame:
-    """Give ``reason`` to still-kept rows where ``mask`` is True."""
-    return df.with_columns(
-        pl.when(pl.col("reason").is_null() & mask).then(pl.lit(reason)).otherwise(pl.col("reason")).alias("reason")
-    )
-
-
-def select_items(df: pl.DataFrame, cfg: CurateConfig) -> pl.DataFrame:
-    """Rules 5-7 (duplicate, sampled_out, over_max_items) on the output of :func:`apply_filters`."""
-    kept = df.filter(pl.col("reason").is_null())
-    dup = ~(pl.struct("title", "text").is_first_distinct() & pl.col("item_id").is_first_distinct())
-    dup_rows = kept.filter(dup)["_row"]
-    df = _set_reason(df, df["_row"].is_in(dup_rows.implode()), "duplicate")
-
-    if cfg.balance:
-        kept = df.filter(pl.col("reason").is_null())
-        out_rows = kept.filter(~balance_mask(kept, cfg))["_row"]
-        df = _set_reason(df, df["_row"].is_in(out_rows.implode()), "sampled_out")
-
-    if cfg.max_items is not None:
-        kept = df.filter(pl.col("reason").is_null())
-        if kept.height > cfg.max_items:
-            # the max_items lowest points sha256(f"{seed}:max_items:{item_id}") stay (ties: item_id)
-            points = _hash_points(kept["item_id"].to_list(), f"{cfg.seed}:max_items")
-            ranked = kept.select("_row", "item_id").with_columns(pl.Series("_p", points)).sort("_p", "item_id")
-            over = ranked["_row"].slice(cfg.max_items)
-            df = _set_reason(df, df["_row"].is_in(over.implode()), "over_max_items")
-    return df
-
-
-def split_items(kept: pl.DataFrame, cfg: CurateConfig) -> dict[str, pl.DataFrame]:
-    """test / validation / train by each item's :func:`split_point` (see :func:`split_of`); input order kept.
-
-    Membership is a pure function of (seed, item_id) and the two fractions: an item keeps its split
-    however the catalog grows or shrinks. Sizes are binomial around ``n x fraction``, not exact.
-    """
-    u = pl.Series("_u", _hash_points(kept["item_id"].to_list(), str(cfg.seed)), dtype=pl.Float64)
-    test_end = cfg.test_fraction
-    val_end = cfg.test_fraction + cfg.validation_fraction
-    return {
-        "test": kept.filter(u < test_end),
-        "validation": kept.filter((u >= test_end) & (u < val_end)),
-        "train": kept.filter(u >= val_end),
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# stage functions
 
 
 def _raw_manifest(raw_dir: str | Path) -> dict[str, Any]:
@@ -509,15 +88,6 @@ def _raw_manifest(raw_dir: str | Path) -> dict[str, Any]:
 def _read_raw(raw_dir: str | Path) -> tuple[pl.DataFrame, dict[str, Any]]:
     manifest = _raw_manifest(raw_dir)
     return pl.read_parquet(Path(raw_dir) / "raw.parquet"), manifest
-
-
-#: what rules 5-7 and the outputs need of apply_filters' frame: the wide raw columns (description,
-#: features, details) are gone once the text is built
-FILTERED_COLUMNS = ["_row", "item_id", "category", "title", "text", "price", "source_file", "source_line", "reason"]
-#: raw rows above which curate reads raw.parquet in chunks (PRICEFIT_CURATE_STREAM_ROWS overrides)
-STREAM_ROWS = 100_000
-CURATE_CHUNK = 50_000  # rows per chunk on that path
-RAW_ROW_GROUP = INGEST_CHUNK  # raw.parquet row groups: a chunk read decodes little beyond itself
 
 
 def curate_chunk_rows(n_rows: int) -> int | None:
@@ -558,7 +128,8 @@ def curate(
 
     ``tokenizer``: a fast tokenizer object (default: ``models.load_tokenizer(cfg.tokenizer)``).
     ``embed_raw``: copy the raw artifact into ``out_dir/raw`` (the ``pricefit curate`` layout).
-    ``contract``: the curated data contract, run before the rename (see :func:`_check_before_commit`).
+    ``contract``: the curated data contract, run before the rename (see
+    :func:`~pricefit.contract_hook.check_before_commit`).
     ``chunk_rows``: "auto" (in memory up to STREAM_ROWS raw rows, else in chunks of CURATE_CHUNK),
     None (in memory) or a number of rows a chunk (see :func:`filtered_rows`); the artifact's bytes
     are the same whichever is used.
@@ -608,10 +179,10 @@ def curate(
                 "dropped": dropped_counts,
                 "quarantined": quarantined,
                 "synthetic": bool(raw_manifest.get("synthetic", False)),
-                "tokenizer": _tokenizer_name(cfg, tok),
+                "tokenizer": tokenizer_name(cfg, tok),
             },
         )
-        manifest = _check_before_commit(tmp, out_dir, contract)
+        manifest = check_before_commit(tmp, out_dir, contract)
     kept_counts, dropped_counts = manifest["kept"], manifest["dropped"]
     log.info("curate: kept %s; dropped %s; quarantined %d -> %s", ", ".join(f"{v} {k}" for k, v in kept_counts.items()),
              ", ".join(f"{v} {k}" for k, v in dropped_counts.items()) or "0", quarantined, out_dir)
@@ -638,28 +209,6 @@ def prepare_items(
     if sample:
         df = select_items(df, cfg)
     return df.select(SPLIT_COLUMNS + ["reason"])
-
-
-def build_text(
-    title: str | None,
-    description: Any = None,
-    features: Any = None,
-    details: Any = None,
-    cfg: CurateConfig | None = None,
-    tokenizer: Any = None,
-) -> str:
-    """The curated text of one listing (same expression as :func:`curate`; with a tokenizer, also truncated).
-
-    Does not apply the min_chars rule; :func:`prepare_items` does.
-    """
-    cfg = cfg or CurateConfig()
-    row = normalize_record(
-        {"title": title, "description": description, "features": features, "details": details}, "listing", 1
-    )
-    text = pl.DataFrame([row], schema=RAW_SCHEMA).select(text_expr(cfg))[0, 0]
-    if tokenizer is not None:
-        text = truncate_to_tokens([text], tokenizer, cfg.max_text_tokens)[0][0]
-    return text
 
 
 def read_split(curated_dir: str | Path, split: str, columns: Iterable[str] = CURATED_COLUMNS) -> pl.DataFrame:

@@ -1,4 +1,4 @@
-"""One source record -> one raw row (the raw.parquet schema of :mod:`pricefit.curation`).
+"""One source record -> one raw row (the raw.parquet schema of :mod:`pricefit.ingestion`).
 
 :func:`normalize_record` flattens an item-metadata object; :func:`row_or_quarantine` does so for one
 record of a source and turns a record no row can be made of into a quarantine row (with its file,

@@ -30,7 +30,8 @@ from typing import Any
 
 from .artifacts import ArtifactRef, atomic_dir, canonical_json, read_manifest, ref_for, sha256_file, write_manifest
 from .settings.tokenize import TokenizeConfig
-from .curation import _check_before_commit, read_split
+from .contract_hook import check_before_commit
+from .curation import read_split
 from .errors import ContractError, PricefitError
 from .models import load_tokenizer, model_info
 
@@ -271,5 +272,5 @@ def tokenize(curated_dir: str | Path, out_dir: str | Path, cfg: TokenizeConfig, 
     with atomic_dir(out_dir, commit_on=(ContractError,)) as tmp:
         datasets.DatasetDict(splits).save_to_disk(str(tmp / "dataset"))
         write_manifest(tmp, body)
-        _check_before_commit(tmp, out_dir, contract)
+        check_before_commit(tmp, out_dir, contract)
     return ref_for(out_dir, "tokenized", rows=all_rows)

@@ -191,13 +191,13 @@ def test_a_fifo_named_jsonl_is_refused_not_read(tmp_path):
 def test_cli_json_prints_one_error_object_when_the_output_cannot_be_written(tmp_path, monkeypatch, code, says):
     from typer.testing import CliRunner
 
-    from pricefit import curation
+    from pricefit import ingestion
     from pricefit.cli import app
 
     def full(path, rows):
         raise OSError(code, os.strerror(code), str(path))
 
-    monkeypatch.setattr(curation, "_write_jsonl", full)
+    monkeypatch.setattr(ingestion, "_write_jsonl", full)
     res = CliRunner().invoke(app, ["curate", "--source", "demo:30", "--out", str(tmp_path / "o"), "--no-contracts", "--json"])
 
     assert res.exit_code == 2, res.output
@@ -211,13 +211,13 @@ def test_cli_json_prints_one_error_object_when_the_output_cannot_be_written(tmp_
 def test_cli_json_prints_one_error_object_even_for_an_unexpected_error(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from pricefit import curation
+    from pricefit import ingestion
     from pricefit.cli import app
 
     def boom(*a, **kw):
         raise KeyError("surprise")
 
-    monkeypatch.setattr(curation, "_write_jsonl", boom)
+    monkeypatch.setattr(ingestion, "_write_jsonl", boom)
     res = CliRunner().invoke(app, ["curate", "--source", "demo:30", "--out", str(tmp_path / "o"), "--no-contracts", "--json"])
 
     assert res.exit_code == 1

@@ -310,10 +310,10 @@ def test_empty_and_all_broken_sources_stop_naming_the_file(tmp_path):
 
 
 def test_ingest_in_chunks_gives_the_same_raw_rows(tmp_path, monkeypatch):
-    import pricefit.curation as curation
+    import pricefit.ingestion as ingestion
 
     whole = ingest("demo:7", tmp_path / "a", CurateConfig())
-    monkeypatch.setattr(curation, "INGEST_CHUNK", 3)
+    monkeypatch.setattr(ingestion, "INGEST_CHUNK", 3)
     chunked = ingest("demo:7", tmp_path / "b", CurateConfig())
     assert pl.read_parquet(whole.dir / "raw.parquet").equals(pl.read_parquet(chunked.dir / "raw.parquet"))
     assert whole.manifest()["files"] == chunked.manifest()["files"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pricefit import curation
+from pricefit import curation, ingestion
 from pricefit.config import CurateConfig
 
 WORDS = "sturdy handle quiet motor easy clean compact design bright finish steel frame".split()
@@ -54,9 +54,9 @@ def test_chunked_paths_write_the_same_bytes(tmp_path, monkeypatch, word_tokenize
     _listings(src)
 
     # ingest: one chunk, or 23-row chunks streamed through part files into one sink -> the same raw bytes
-    monkeypatch.setattr(curation, "INGEST_CHUNK", 10_000)
+    monkeypatch.setattr(ingestion, "INGEST_CHUNK", 10_000)
     one = curation.ingest(str(src), tmp_path / "raw-one", cfg)
-    monkeypatch.setattr(curation, "INGEST_CHUNK", 23)
+    monkeypatch.setattr(ingestion, "INGEST_CHUNK", 23)
     many = curation.ingest(str(src), tmp_path / "raw-many", cfg)
     assert _files(one.dir) == _files(many.dir)
     m = one.manifest()
