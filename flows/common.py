@@ -105,9 +105,9 @@ def resolve_config(params: RetrainParams) -> RunConfig:
     """Profile + overrides -> a validated RunConfig with the source expanded and the workdir absolute."""
     overrides = list(params.overrides)
     if params.source:
-        overrides.append(f"source={params.source}")
+        overrides.append(("source", params.source, f"source {params.source}"))
     if params.workdir:
-        overrides.append(f"workdir={params.workdir}")
+        overrides.append(("workdir", params.workdir, f"workdir {params.workdir}"))
     cfg = load_run_config(params.profile, overrides=overrides)
     cfg = cfg.model_copy(update={"source": expand_env(cfg.source), "workdir": str(Path(os.path.expandvars(cfg.workdir)).resolve())})
     return cfg

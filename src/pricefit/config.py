@@ -145,14 +145,17 @@ def _parse_scalar(value: str) -> Any:
     return parsed
 
 
-# An override is "key.sub=value", or ("key.sub=value", "what the user typed") when it came from an
-# option other than --set (e.g. ("base_model=x", "--base-model x")): errors name what the user typed.
-Override = str | tuple[str, str]
+# An override is "key.sub=value" (--set: the value parsed as YAML would), or ("key.sub", value,
+# "what the user typed") when a typed command-line option gave it (e.g. ("max_items", 5,
+# "--max-items 5")): set as it is, never turned into text and parsed again. Errors name what the
+# user typed. ("key.sub=value", label) is text with a label.
+Override = str | tuple[str, str] | tuple[str, Any, str]
 
 
 def _split_override(item: Override) -> tuple[str, str]:
+    """(text whose part before "=" is the key path, what the user typed)."""
     if isinstance(item, tuple):
-        return item[0], item[1]
+        return (f"{item[0]}=", item[2]) if len(item) == 3 else (item[0], item[1])
     return item, f"--set {item}"
 
 
@@ -162,10 +165,14 @@ def _override_path(text: str, label: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split("=", 1)[0].strip().split("."))
 
 
-def _strip_section(overrides: list[Override] | None, section: str) -> list[tuple[str, str]]:
+def _strip_section(overrides: list[Override] | None, section: str) -> list[Override]:
     """Stage commands accept both "lora_r=16" and "train.lora_r=16"; the label keeps what was typed."""
-    out = []
+    out: list[Override] = []
     for item in overrides or []:
+        if isinstance(item, tuple) and len(item) == 3:
+            key, value, label = item
+            out.append((key.removeprefix(section + "."), value, label))
+            continue
         text, label = _split_override(item)
         if text.startswith(section + "."):
             text = text[len(section) + 1:]
@@ -181,7 +188,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[Override] | None) -> d
     for item in overrides or []:
         text, label = _split_override(item)
         parts = _override_path(text, label)
-        value = text.split("=", 1)[1]
+        typed = isinstance(item, tuple) and len(item) == 3
+        value = item[1] if typed else _parse_scalar(text.split("=", 1)[1])
         node = out
         for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
@@ -189,7 +197,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[Override] | None) -> d
                 typed = label.split("=", 1)[0].split(".")
                 keep = ".".join(typed[: len(typed) - (len(parts) - i - 2) - 1])
                 raise PricefitError(f"{label}: {'.'.join(parts[:i + 1])} is a setting, not a section", hint=f"write {keep}=VALUE")
-        node[parts[-1]] = _parse_scalar(value)
+        node[parts[-1]] = value
     return out
 
 

@@ -39,3 +39,19 @@ def test_one_clip_range():
     with pytest.raises(PricefitError) as e:
         load_run_config("demo", overrides=["evaluate.max_price=500"])
     assert "evaluate clips predictions to [0.0, 500.0] but the language-model baselines clip theirs to [0.0, 10000.0]" in e.value.message
+
+
+def test_a_typed_option_is_set_as_typed_never_parsed_again():
+    """Issue 23: `--base-model X` became the text "base_model=X" and was parsed again as YAML, so a
+    value YAML reads as another type changed (a workdir "2026" became the int 2026, "on" a bool)."""
+    from pricefit.config import BaselinesConfig, load_run_config, load_stage_config
+
+    cfg = load_run_config("demo", overrides=[("workdir", "2026", "--workdir 2026"), ("source", "on", "--source on")])
+    assert cfg.workdir == "2026" and cfg.source == "on"
+    stage = load_stage_config(BaselinesConfig, None, "baselines", [("include", ["constant", "tfidf"], "--include constant,tfidf"),
+                                                                    ("max_items", 5, "--max-items 5")])
+    assert stage.include == ["constant", "tfidf"] and stage.max_items == 5
+    # text given to --set is still read as YAML would
+    assert load_run_config("demo", overrides=["train.learning_rate=1e-4"]).train.learning_rate == 1e-4
+    with pytest.raises(PricefitError, match="--max-items many: baselines.max_items: Input should be a valid integer"):
+        load_stage_config(BaselinesConfig, None, "baselines", [("max_items", "many", "--max-items many")])

@@ -72,13 +72,13 @@ def baselines_cmd(
         unknown = [x for x in names if x not in BASELINE_NAMES]
         if unknown:
             raise PricefitError(f"unknown baseline(s): {', '.join(unknown)}", hint=f"choose from {','.join(BASELINE_NAMES)}")
-        overrides.append((f"include=[{','.join(names)}]", f"--include {include}"))
+        overrides.append(("include", names, f"--include {include}"))
     if base_model:
-        overrides.append((f"base_model={base_model}", f"--base-model {base_model}"))
+        overrides.append(("base_model", base_model, f"--base-model {base_model}"))
     if split:
-        overrides.append((f"split={split}", f"--split {split}"))
+        overrides.append(("split", split, f"--split {split}"))
     if max_items is not None:
-        overrides.append((f"max_items={max_items}", f"--max-items {max_items}"))
+        overrides.append(("max_items", max_items, f"--max-items {max_items}"))
     cfg = load_stage_config(BaselinesConfig, str(config) if config else None, "baselines", overrides)
     from ..config import load_slices  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
 

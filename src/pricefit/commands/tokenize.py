@@ -51,7 +51,7 @@ def tokenize_cmd(
 
     overrides: list = list(set_ or [])  # "tokenize." prefix optional
     if base_model:
-        overrides.append((f"base_model={base_model}", f"--base-model {base_model}"))
+        overrides.append(("base_model", base_model, f"--base-model {base_model}"))
     cfg = load_stage_config(TokenizeConfig, str(config) if config else None, "tokenize", overrides)
     contract = None
     if not no_contracts:  # checked before the rename: a killed run leaves no unchecked artifact
