@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Field
 
 from pricefit import logs, tracking
-from pricefit.compare import champion_sha256, champion_to_rescore
+from pricefit.promotion import champion_sha256, champion_to_rescore
 from pricefit.config import RunConfig, list_profiles, load_run_config
 from pricefit.errors import PricefitError
 from tasks import steps
@@ -168,9 +168,7 @@ class Steps:
     """Runs one step task bound to the run's workdir/cache, records its state, publishes its UI artifacts."""
 
     def __init__(self, cfg: RunConfig, refresh: str | None = None):
-        from tasks import (
-            cache,  # deferred: imports prefect, which must come after prefect_logging_env()
-        )
+        from tasks import cache  # deferred: imports prefect, which must come after prefect_logging_env()
 
         setup_run_logging()
         self.cfg = cfg
@@ -242,9 +240,7 @@ class Steps:
             (of,) = steps.BY_NAME[name].inputs
             return name.removeprefix("contract_"), o[of]
         if name == "ingest":
-            from tasks.ingest import (
-                ingest_options,  # deferred: imports prefect, which must come after prefect_logging_env()
-            )
+            from tasks.ingest import ingest_options  # deferred: imports prefect, which must come after prefect_logging_env()
 
             return cfg.source, ingest_options(cfg.curate), wd
         if name == "curate":

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from flows.common import OptionalText, RetrainParams, Steps, resolve_config, run_name
 from pricefit.artifacts import ref_for
-from pricefit.compare import champion_adapter
+from pricefit.promotion import champion_adapter
 
 
 class EvaluateParams(RetrainParams):

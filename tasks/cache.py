@@ -67,14 +67,7 @@ from typing import Any, Iterable
 from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel
 
-from pricefit.artifacts import (
-    ArtifactRef,
-    canonical_json,
-    damage,
-    pid_alive,
-    sha256_dir,
-    sha256_file,
-)
+from pricefit.artifacts import ArtifactRef, canonical_json, damage, pid_alive, sha256_dir, sha256_file
 from pricefit.errors import PricefitError
 
 from . import outside, steps

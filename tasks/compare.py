@@ -5,6 +5,7 @@ from typing import Any
 from prefect import task
 
 from pricefit import compare as cmp
+from pricefit import promotion
 from pricefit.artifacts import ArtifactRef
 from pricefit.settings.promote import PromoteConfig
 
@@ -25,6 +26,6 @@ def compare(evaluation: ArtifactRef, baselines: ArtifactRef, cfg: PromoteConfig,
                   champion_sha256=champion_sha256)
     key = cache.current_key("compare", inputs)
     ref = cmp.compare(evaluation.path, baselines.path, cache.out_dir(workdir, "compare", key), metric=cfg.metric)
-    decision = cmp.promote(evaluation.path, workdir, cfg, champion_eval=champion.path if champion else None,
+    decision = promotion.promote(evaluation.path, workdir, cfg, champion_eval=champion.path if champion else None,
                            baselines_dir=baselines.path)
     return {"comparison": ref, "decision": decision}

@@ -152,7 +152,7 @@ def promote_cmd(
     check_input(baselines, "--baselines", ("baselines",))
     check_input(champion_evaluation, "--champion-evaluation", ("evaluation",))
     from .. import tracking  # deferred: keeps `pricefit --help` fast (loads pydantic)
-    from ..compare import promote  # deferred: keeps `pricefit --help` fast (loads polars, numpy, pydantic, yaml, tenacity)
+    from ..promotion import promote  # deferred: keeps `pricefit --help` fast (loads polars, numpy, pydantic, yaml, tenacity)
     from ..config import PromoteConfig, validate_model  # deferred: keeps `pricefit --help` fast (loads pydantic, yaml)
 
     cfg = validate_model(
@@ -164,7 +164,7 @@ def promote_cmd(
     import logging
 
     # the decision is this command's output: its log line (the flow's record of it) would say it twice
-    quiet = logging.getLogger("pricefit.compare")
+    quiet = logging.getLogger("pricefit.promotion")
     level = quiet.level
     if not logging.getLogger("pricefit").isEnabledFor(logging.DEBUG):
         quiet.setLevel(logging.WARNING)
