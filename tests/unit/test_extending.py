@@ -30,6 +30,14 @@ def _replace(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
+def _edited(tmp_path: Path, rel: str, old: str, new: str) -> Path:
+    """A copy of the project with one edit, checked to be its only change."""
+    project = _project(tmp_path)
+    _replace(project / rel, old, new)
+    assert _changed(project) == [rel]
+    return project
+
+
 def _run(project: Path, code: str, tmp_path: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OPENAI_API_KEY", "OPENAI_BASE_URL")}
     env |= {"PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}", "PRICEFIT_PROFILES": str(project / "deployments/profiles"),
@@ -100,10 +108,8 @@ def test_a_classical_baseline_is_its_module_and_its_name(tmp_path):
 
 
 def test_a_setting_is_its_field_and_the_code_that_reads_it(tmp_path):
-    project = _project(tmp_path)
-    _replace(project / "src/pricefit/settings/promote.py", '    margin: float = Field(',
-             '    note: str = Field("", description="A word for the promotion log.")\n    margin: float = Field(')
-    assert _changed(project) == ["src/pricefit/settings/promote.py"]
+    project = _edited(tmp_path, "src/pricefit/settings/promote.py", '    margin: float = Field(',
+                      '    note: str = Field("", description="A word for the promotion log.")\n    margin: float = Field(')
     got = _run(project, '''
         import json
         from pricefit.config import load_run_config
@@ -124,10 +130,8 @@ def test_a_setting_is_its_field_and_the_code_that_reads_it(tmp_path):
 
 
 def test_a_built_in_base_model_is_its_builder_and_its_name(tmp_path):
-    project = _project(tmp_path)
-    _replace(project / "src/pricefit/models.py", '    "tiny-random": _build_tiny_random,\n',
-             '    "tiny-random": _build_tiny_random,\n    "tiny-random-copy": _build_tiny_random,\n')
-    assert _changed(project) == ["src/pricefit/models.py"]
+    project = _edited(tmp_path, "src/pricefit/models.py", '    "tiny-random": _build_tiny_random,\n',
+                      '    "tiny-random": _build_tiny_random,\n    "tiny-random-copy": _build_tiny_random,\n')
     got = _run(project, '''
         import json
         from pathlib import Path
