@@ -168,7 +168,7 @@ def auto_trials_per_gpu(cfg: RunConfig, trials: list[dict[str, Any]]) -> int:
     worst = 0.0
     for overrides in trials:
         tc = trial_config(cfg, overrides)
-        est = training._estimate_gib(tc, quant.resolve(tc), base_path, cfg.tokenize.max_length)
+        est = training.estimate_gib(tc, quant.resolve(tc), base_path, cfg.tokenize.max_length)
         if est is None:  # no estimate for this model: one at a time is the safe answer
             return 1
         worst = max(worst, est + PROCESS_OVERHEAD_GIB)

@@ -7,11 +7,13 @@ calls where a kill is most telling:
                manifest, ...), before it starts; the name is the file's
 - ``replace``  each rename ``pricefit.artifacts`` makes (``os.replace``: a file into place, a stage
                directory swapped in, the old one moved aside), before it happens
-- ``fsync``    each file ``pricefit.training`` fsyncs while writing a checkpoint (some files saved)
-- ``batch``    each training micro-batch (mid optimizer step, between checkpoints)
+- ``fsync``    each file ``pricefit.training.checkpoints`` fsyncs while writing a checkpoint (some
+               files saved)
+- ``batch``    each training micro-batch of the eager loop (``pricefit.training.loop``; mid
+               optimizer step, between checkpoints)
 - ``append``   each record appended to a log (``pricefit.compare._append_jsonl``: promotions.jsonl)
-- ``rmtree``   each directory tree ``pricefit.training`` removes (old checkpoints; the checkpoint
-               folder after success)
+- ``rmtree``   each directory tree ``pricefit.training.checkpoints`` removes (old checkpoints; the
+               checkpoint folder after success)
 
 Every call made to one of them counts as one event, in order, across all kinds. With
 ``PRICEFIT_KILL_TRACE=<file>`` each event is appended there as ``<n> <kind> <name>`` (an
@@ -82,18 +84,20 @@ def install() -> None:
     """Wrap the kill points in this process (idempotent). Imports only light pricefit modules."""
     import shutil
 
-    from pricefit import artifacts, compare, training
+    from pricefit import artifacts, compare
+    from pricefit.training import checkpoints, loop
 
     if not isinstance(artifacts.os, _OsWithKillPoints):
         artifacts.os = _OsWithKillPoints(artifacts.os)  # type: ignore[assignment]
     artifacts.write_bytes_atomic = _before("write", artifacts.write_bytes_atomic)
     compare._append_jsonl = _before("append", compare._append_jsonl)
-    training._fsync = _before("fsync", training._fsync)
-    training.micro_batch_indices = _before("batch", training.micro_batch_indices)
-    if not isinstance(training.shutil, types.SimpleNamespace):
-        training.shutil = types.SimpleNamespace(  # type: ignore[assignment]
+    # each patched where it is looked up when called: the module that calls it, not the package
+    checkpoints._fsync = _before("fsync", checkpoints._fsync)
+    loop.micro_batch_indices = _before("batch", loop.micro_batch_indices)
+    if not isinstance(checkpoints.shutil, types.SimpleNamespace):
+        checkpoints.shutil = types.SimpleNamespace(  # type: ignore[assignment]
             **{k: getattr(shutil, k) for k in dir(shutil) if not k.startswith("__")})
-        training.shutil.rmtree = _before("rmtree", shutil.rmtree)
+        checkpoints.shutil.rmtree = _before("rmtree", shutil.rmtree)
 
 
 def read_trace(path: str | os.PathLike) -> list[tuple[int, str, str]]:

@@ -308,14 +308,14 @@ def test_training_refuses_a_tokenized_artifact_whose_contract_failed(tmp_path):
     from pricefit import artifacts
     from pricefit.config import TrainConfig
     from pricefit.errors import PricefitError
-    from pricefit.training import _load_split
+    from pricefit.training import load_split
 
     d = tmp_path / "tokenized"
     (d / "dataset").mkdir(parents=True)
     artifacts.write_manifest(d, {"kind": "tokenized", "base_model": "tiny-random",
                                  "contract": {"stage": "tokenized", "success": False, "failed": 2}})
     with pytest.raises(PricefitError, match=r"its tokenized data contract did not pass \(2 check\(s\) failed"):
-        _load_split(d, TrainConfig(base_model="tiny-random"))
+        load_split(d, TrainConfig(base_model="tiny-random"))
 
 
 @pytest.mark.slow

@@ -257,7 +257,8 @@ def test_launched_processes_get_nvlink_multicast_off():
 
 def test_one_process_keeps_its_checkpoint_key():
     """Adding num_processes did not change the key of a one-process run (its checkpoints still resume)."""
-    from pricefit.training import _NOT_IN_KEY, checkpoint_key
+    from pricefit.training import checkpoint_key
+    from pricefit.training.checkpoints import _NOT_IN_KEY
 
     c = cfg()
     old_body = {k: v for k, v in c.model_dump(mode="json").items() if k not in _NOT_IN_KEY and k != "num_processes"}

@@ -67,7 +67,8 @@ def test_levers_are_not_in_the_checkpoint_key():
 def test_device_data_takes_the_rows_of_micro_batch_indices(tokenized):
     from datasets import load_from_disk
 
-    from pricefit.training import FastPath, _FastData, make_schedule, micro_batch_indices
+    from pricefit.training import FastPath, make_schedule, micro_batch_indices
+    from pricefit.training.fastpath import _FastData
 
     train = load_from_disk(str(tokenized / "dataset"))["train"]
     index = [i for i in range(len(train)) for _ in range(1 + i % 2)]  # repeats, as oversample makes them
@@ -96,6 +97,7 @@ def test_device_data_takes_the_rows_of_micro_batch_indices(tokenized):
 def test_fast_accumulate_reads_nothing_back_from_the_device(tokenized, tmp_path, monkeypatch):
     """The hot path of the fast loop makes no tensor -> host read (.item, bool(), int(), float(), tolist)."""
     import pricefit.training as tr
+    from pricefit.training import fastpath, loop
 
     reads = {"fast": 0, "eager_loss": 0}
     where = []
@@ -124,14 +126,14 @@ def test_fast_accumulate_reads_nothing_back_from_the_device(tokenized, tmp_path,
         return wrapped
 
     calls = {"fast": 0}
-    real_fast = tr._fast_accumulate
+    real_fast = fastpath._fast_accumulate
 
     def fast_counted(*a, **kw):
         calls["fast"] += 1
         return inside("fast", real_fast)(*a, **kw)
 
-    monkeypatch.setattr(tr, "_fast_accumulate", fast_counted)
-    monkeypatch.setattr(tr, "_loss", inside("eager_loss", tr._loss))
+    monkeypatch.setattr(fastpath, "_fast_accumulate", fast_counted)  # where FastStep looks it up
+    monkeypatch.setattr(loop, "label_loss", inside("eager_loss", loop.label_loss))  # where the plain step does
     tr.train(tokenized, tmp_path / "fast", cfg(**FAST, max_steps=4, save_steps=10))
     assert calls["fast"] == 4 and reads["fast"] == 0
     tr.train(tokenized, tmp_path / "eager", cfg(max_steps=2, save_steps=10))
@@ -286,7 +288,7 @@ def test_grad_accum_with_cuda_graphs_copies_each_gradient_out_of_the_graph_memor
     has been overwritten": the first micro-batch's gradient lived in graph memory that the second
     replay reused. _fast_accumulate copies it out; without the copy (``copy=False``, the parameters
     not handed in) the accumulated gradient here is the overwritten buffer plus the second one."""
-    from pricefit.training import _fast_accumulate
+    from pricefit.training.fastpath import _fast_accumulate
 
     w = torch.zeros(3, requires_grad=True)
     _GraphOwnedGrad.static = torch.zeros(3)
