@@ -272,12 +272,16 @@ def _sha(directory: Path) -> str | None:
     return sha256_file(m) if m.exists() else None
 
 
-def _train_run(s: _Session, adapter_dir: str | os.PathLike, tags: dict[str, str] | None) -> str:
+def _train_run(s: _Session, adapter_dir: str | os.PathLike, tags: dict[str, str] | None,
+               logged_as: str | os.PathLike | None = None) -> str:
+    """The train run that logged this adapter (found by its manifest's hash, under ``logged_as``
+    first: the train output a champion's kept copy came from), else a new one."""
     d = _adapter_root(adapter_dir)
     sha = _sha(d)
-    found = s.find_run("train", str(d), sha)
-    if found is not None:
-        return found.info.run_id
+    for where in ([_adapter_root(logged_as)] if logged_as else []) + [d]:
+        found = s.find_run("train", str(where), sha)
+        if found is not None:
+            return found.info.run_id
     manifest = _read_json(d / "manifest.json")
     if manifest.get("kind") != "adapter":
         raise PricefitError(f"{d} is not a `pricefit train` output (manifest kind {manifest.get('kind')!r})")
@@ -389,7 +393,7 @@ def register_champion(decision: dict[str, Any], tgt: Target | None = None, name:
         for mv in s.client.search_model_versions(f"name = '{_quote(name)}'"):
             if mv.tags.get("pricefit.evaluation") == evaluation:
                 return str(mv.version)  # this promotion is already registered (a cached rerun)
-        run_id = _train_run(s, ch["adapter"], tags)
+        run_id = _train_run(s, ch["adapter"], tags, logged_as=ch.get("trained_adapter"))
         eval_run = log_evaluation(evaluation, tgt, tags)
         vtags = {k: str(v) for k, v in (ch.get("metrics") or {}).items() if v is not None}
         vtags.update({"pricefit.evaluation": evaluation, "pricefit.adapter": str(_adapter_root(ch["adapter"])),
