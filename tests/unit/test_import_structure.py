@@ -1,5 +1,6 @@
-"""The library's import structure: no cycle between compare and the baselines (counting the
-function-local imports too, read with ast as the step cache reads them)."""
+"""The library's import structure: no cycle between compare and the baselines, nor between the
+training package and distributed (counting the function-local imports too, read with ast as the
+step cache reads them)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ def test_the_baselines_never_import_compare_and_compare_imports_the_baselines_at
     from pricefit import baselines, items
 
     assert compare.read_summary is baselines.read_summary and compare.item_set_sha256 is items.item_set_sha256
+
+
+def test_training_never_imports_distributed_and_the_train_step_key_covers_the_ranks_code():
+    assert "pricefit.distributed" not in cache.dependency_closure(["pricefit.training"])  # it imports training
+    assert {"pricefit.training.launch", "pricefit.training.ranks"} <= set(cache.step_code_modules("train"))
 
 
 # imports at the top of modules; a function-local import of the project's own modules only where
