@@ -200,7 +200,7 @@ class ActivationModel:
 FIRST_PRINCIPLES = ActivationModel(c_h=47.0, c_i=8.0, c_ckpt=2.0, c_vocab=12.0, overhead_gib=0.75,
                                    source="first principles (bf16, SDPA, LoRA dropout on q/k/v/o)")
 
-# pricefit's own CUDA loop (training.py): the frozen base stays in bf16 (no float32 upcast of norms
+# pricefit's own CUDA loop (pricefit.training): the frozen base stays in bf16 (no float32 upcast of norms
 # and embeddings), autocast runs the fp32 LoRA weights in bf16, and lm_head runs only at the label
 # positions. Fitted (c_h/c_i scale, c_ckpt) to 8 peaks measured on one H200 with
 # bench/gpu_bench.py (bench/results/h200-2026-11-29-*.jsonl: batch 4-64, with and without
