@@ -11,7 +11,7 @@ calls where a kill is most telling:
                files saved)
 - ``batch``    each training micro-batch of the eager loop (``pricefit.training.loop``; mid
                optimizer step, between checkpoints)
-- ``append``   each record appended to a log (``pricefit.compare._append_jsonl``: promotions.jsonl)
+- ``append``   each record appended to a log (``pricefit.promotion._append_jsonl``: promotions.jsonl)
 - ``rmtree``   each directory tree ``pricefit.training.checkpoints`` removes (old checkpoints; the
                checkpoint folder after success)
 
@@ -84,13 +84,13 @@ def install() -> None:
     """Wrap the kill points in this process (idempotent). Imports only light pricefit modules."""
     import shutil
 
-    from pricefit import artifacts, compare
+    from pricefit import artifacts, promotion
     from pricefit.training import checkpoints, loop
 
     if not isinstance(artifacts.os, _OsWithKillPoints):
         artifacts.os = _OsWithKillPoints(artifacts.os)  # type: ignore[assignment]
     artifacts.write_bytes_atomic = _before("write", artifacts.write_bytes_atomic)
-    compare._append_jsonl = _before("append", compare._append_jsonl)
+    promotion._append_jsonl = _before("append", promotion._append_jsonl)
     # each patched where it is looked up when called: the module that calls it, not the package
     checkpoints._fsync = _before("fsync", checkpoints._fsync)
     loop.micro_batch_indices = _before("batch", loop.micro_batch_indices)
