@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Field
 
 from pricefit import logs, tracking
-from pricefit.promotion import champion_sha256, champion_to_rescore
 from pricefit.config import RunConfig, list_profiles, load_run_config
 from pricefit.errors import PricefitError
+from pricefit.promotion import champion_sha256, champion_to_rescore
 from tasks import steps
 
 # ------------------------------------------------------------------------------------------------
@@ -182,10 +182,7 @@ class Steps:
 
     def run(self, step: str, *args: Any) -> Any:
         """Run the registered task of ``step`` (tasks/steps.py) on ``args``, cached; publish its UI artifacts."""
-        from tasks import (  # deferred: imports prefect, which must come after prefect_logging_env()
-            cache,
-            ui,
-        )
+        from tasks import cache, ui  # deferred: imports prefect, which must come after prefect_logging_env()
 
         task = steps.BY_NAME[step].load_task()
         bound = cache.configured(task, step, self.workdir, refresh=step in self.refresh, tags=self.tags)
