@@ -5,8 +5,7 @@
 exactly the same item_id set (refuses otherwise: an error on other items is not comparable), ranks
 them by the chosen metric (lower is better; ties share the better rank) and gives the ratio of the
 fine-tuned model's error to each baseline's (below 1: the fine-tuned model is better). Writes
-``comparison.json`` and ``comparison.md``. Champion and promotion: :mod:`pricefit.promotion`
-(its public names are re-exported here for the callers that take both from one place).
+``comparison.json`` and ``comparison.md``. Champion and promotion: :mod:`pricefit.promotion`.
 """
 
 from __future__ import annotations
@@ -29,23 +28,13 @@ from .baselines import read_summary
 from .composition import component_rows, describe
 from .errors import PricefitError
 from .items import item_set_sha256
-from .promotion import (  # noqa: F401 - re-exported: the callers that take the table and the decision from one place
-    _EPS,
+from .promotion import (
+    EPS,
     FINE_TUNED,
     LOWER_IS_BETTER,
     METRICS,
-    _read_item_ids,
-    _read_metrics,
-    baseline_guard,
-    champion_adapter,
-    champion_sha256,
-    champion_to_rescore,
-    current_champion,
-    decide,
-    decision_value,
-    fine_tune_guard,
-    keep_adapter,
-    promote,
+    read_item_ids,
+    read_metrics,
 )
 from .report import fmt, markdown_table
 
@@ -87,7 +76,7 @@ def build_comparison(
     ranks: dict[str, int] = {}
     for i, name in enumerate(ordered):
         prev = ordered[i - 1] if i else None
-        same = prev is not None and math.isclose(float(models[prev][metric]), float(models[name][metric]), rel_tol=0, abs_tol=_EPS)
+        same = prev is not None and math.isclose(float(models[prev][metric]), float(models[name][metric]), rel_tol=0, abs_tol=EPS)
         ranks[name] = ranks[prev] if same else i + 1  # type: ignore[index]
 
     ft_value = float(models[fine_tuned][metric])
@@ -195,16 +184,16 @@ def compare(
 ) -> ArtifactRef:
     """Comparison table of the evaluation in ``eval_dir`` against every baseline in ``baselines_dir``."""
     ev, bl = Path(eval_dir), Path(baselines_dir)
-    models = {FINE_TUNED: _read_metrics(ev)}
-    items = {FINE_TUNED: _read_item_ids(ev)}
+    models = {FINE_TUNED: read_metrics(ev)}
+    items = {FINE_TUNED: read_item_ids(ev)}
     summary = read_summary(bl)
     skipped: dict[str, str] = {}
     for name, entry in summary.get("baselines", {}).items():
         if entry.get("status") != "ok":
             skipped[name] = entry.get("status", "unknown")
             continue
-        models[name] = _read_metrics(bl / name)
-        items[name] = _read_item_ids(bl / name)
+        models[name] = read_metrics(bl / name)
+        items[name] = read_item_ids(bl / name)
     table = build_comparison(models, items, metric=metric, skipped=skipped)
     usage_file = bl / "frontier" / "usage.json"
     if "frontier" in models and usage_file.exists():

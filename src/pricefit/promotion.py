@@ -45,10 +45,10 @@ FINE_TUNED = "fine_tuned"
 METRICS = ("mae", "rmsle", "hit_rate", "mdape")
 LOWER_IS_BETTER = {"mae": True, "rmsle": True, "mdape": True, "hit_rate": False}
 # a float at the margin boundary ("exactly 2% better") must count as meeting it
-_EPS = 1e-12
+EPS = 1e-12
 
 
-def _read_item_ids(directory: Path) -> list[str]:
+def read_item_ids(directory: Path) -> list[str]:
     import polars as pl
 
     path = directory / "predictions.parquet"
@@ -57,7 +57,7 @@ def _read_item_ids(directory: Path) -> list[str]:
     return [str(x) for x in pl.read_parquet(path, columns=["item_id"])["item_id"].to_list()]
 
 
-def _read_metrics(directory: Path) -> dict[str, Any]:
+def read_metrics(directory: Path) -> dict[str, Any]:
     path = directory / "metrics.json"
     if not path.exists():
         raise PricefitError(f"{path} does not exist", hint="point at a finished evaluation or baseline directory")
@@ -116,7 +116,7 @@ def decide(
         improvement = (champion_value - challenger_value) / abs(champion_value)
     else:
         improvement = (challenger_value - champion_value) / abs(champion_value)
-    return improvement + _EPS >= margin, improvement
+    return improvement + EPS >= margin, improvement
 
 
 def current_champion(workdir: str | Path) -> dict[str, Any] | None:
@@ -202,7 +202,7 @@ def baseline_guard(challenger_value: float, baselines_dir: str | Path | None, cf
     for name in CLASSICAL_BASELINES:
         if (summary.get("baselines", {}).get(name) or {}).get("status") != "ok":
             continue
-        value, _ = decision_value(_read_metrics(bl / name), cfg.metric, cfg.slice)
+        value, _ = decision_value(read_metrics(bl / name), cfg.metric, cfg.slice)
         if value is not None:
             scored[name] = value
     if not scored:
@@ -210,7 +210,7 @@ def baseline_guard(challenger_value: float, baselines_dir: str | Path | None, cf
                 "baselines.include, or promote without the guard (--no-baseline-guard; in a profile "
                 "promote.require_beat_baselines: false)")
     best = (min if lower else max)(scored, key=scored.__getitem__)
-    beats = challenger_value < scored[best] - _EPS if lower else challenger_value > scored[best] + _EPS
+    beats = challenger_value < scored[best] - EPS if lower else challenger_value > scored[best] + EPS
     if beats:
         return None
     return (f"challenger {cfg.metric} {fmt(cfg.metric, challenger_value)} on {_where(cfg)} does not beat the best classical "
@@ -234,11 +234,11 @@ def promote(
     cfg = cfg or PromoteConfig()
     ev = Path(eval_dir).resolve()
     wd = Path(workdir)
-    metrics = _read_metrics(ev)
+    metrics = read_metrics(ev)
     value, n_decided = decision_value(metrics, cfg.metric, cfg.slice)
     if value is None and cfg.slice is None:
         raise PricefitError(f"{ev}/metrics.json lacks {cfg.metric!r}", hint="rerun `pricefit evaluate`")
-    ids = _read_item_ids(ev)
+    ids = read_item_ids(ev)
     try:
         manifest = read_manifest(ev)
     except PricefitError:
@@ -259,12 +259,12 @@ def promote(
     rescored = None
     if champion_eval is not None:
         ce = Path(champion_eval).resolve()
-        ce_ids = _read_item_ids(ce)
+        ce_ids = read_item_ids(ce)
         if item_set_sha256(ce_ids) != challenger["items_sha256"]:
             raise PricefitError(f"the re-scored champion {ce} covers other items than the challenger {ev}",
                                 hint="score the champion's adapter on the challenger's split and max_items")
         ce_man = read_manifest(ce)
-        ce_value, _ = decision_value(_read_metrics(ce), cfg.metric, cfg.slice)
+        ce_value, _ = decision_value(read_metrics(ce), cfg.metric, cfg.slice)
         rescored = {"evaluation": str(ce), "adapter_sha256": ce_man.get("adapter_sha256"), "value": ce_value}
     record = metrics.get("model")
     if record:

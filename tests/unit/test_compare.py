@@ -8,9 +8,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pricefit.compare import build_comparison, compare, decide, item_set_sha256, promote, to_markdown
+from pricefit.compare import build_comparison, compare, item_set_sha256, to_markdown
 from pricefit.config import PromoteConfig
 from pricefit.errors import PricefitError
+from pricefit.promotion import decide, promote
 
 IDS = ["a", "b", "c", "d"]
 

@@ -10,9 +10,10 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 
-from pricefit.compare import build_comparison, item_set_sha256, promote, to_markdown
+from pricefit.compare import build_comparison, item_set_sha256, to_markdown
 from pricefit.composition import adds_nothing, describe, record_for, score_components
 from pricefit.config import PromoteConfig
+from pricefit.promotion import promote
 from pricefit.report import render_evaluation_report
 
 IDS = ["a", "b", "c", "d"]

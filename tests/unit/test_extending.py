@@ -74,32 +74,32 @@ def test_a_classical_baseline_is_its_module_and_its_name(tmp_path):
              'CLASSICAL_BASELINES = ("constant", "linear", "tfidf", "median")')
     assert _changed(project) == ["src/pricefit/baselines/median.py", "src/pricefit/settings/baselines.py"]
 
-    got = _run(project, f'''
+    got = _run(project, '''
         import json
         from pathlib import Path
         import polars as pl
         from pricefit.baselines import run_baselines
         from pricefit.config import load_run_config
-        from pricefit.compare import baseline_guard
+        from pricefit.promotion import baseline_guard
         from pricefit.config import PromoteConfig
         d = Path("curated"); d.mkdir()
         def frame(prices, prefix):
             n = len(prices)
-            return pl.DataFrame({{"item_id": [f"{{prefix}}{{i}}" for i in range(n)], "category": ["Tools"] * n,
+            return pl.DataFrame({"item_id": [f"{prefix}{i}" for i in range(n)], "category": ["Tools"] * n,
                                  "title": ["t"] * n, "text": ["some text"] * n, "price": prices,
-                                 "source_file": ["x"] * n, "source_line": list(range(1, n + 1))}})
+                                 "source_file": ["x"] * n, "source_line": list(range(1, n + 1))})
         frame([1.0, 2.0, 3.0, 100.0], "tr").write_parquet(d / "train.parquet")
         frame([2.0], "va").write_parquet(d / "validation.parquet")
         frame([2.0, 4.0], "te").write_parquet(d / "test.parquet")
-        (d / "manifest.json").write_text(json.dumps({{"kind": "curated"}}))
+        (d / "manifest.json").write_text(json.dumps({"kind": "curated"}))
         cfg = load_run_config("demo", overrides=["baselines.include=[median,constant]"]).baselines
         ref = run_baselines(d, Path("bl"), cfg, progress=False)
         whole = json.loads((Path(ref.path) / "summary.json").read_text())
         summary, items = whole["baselines"], whole["items_sha256"]
         # the promotion guard counts it: a challenger at $1.50 does not beat the median's $1.00
         guard = baseline_guard(1.5, ref.path, PromoteConfig(), items)
-        print(json.dumps({{"include": cfg.include, "median": summary["median"]["mae"], "constant": summary["constant"]["mae"],
-                          "guard": guard}}))
+        print(json.dumps({"include": cfg.include, "median": summary["median"]["mae"], "constant": summary["constant"]["mae"],
+                          "guard": guard}))
     ''', tmp_path)
     assert got["include"] == ["median", "constant"]
     assert got["median"] == 1.0  # median 2.5 against 2 and 4
